@@ -1,0 +1,1 @@
+"""CIA: a self-hosted code intelligence assistant, as a Dagster code location."""

@@ -1,0 +1,216 @@
+"""`cia`: index, search and run the Dagster UI from one command.
+
+Every command reads cia.yaml (--config, else $CIA_CONFIG, else ./cia.yaml) and goes through
+the same code as the Dagster assets, so what the CLI does is what the graph does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cia_assets.config import CONFIG_ENV_VAR, CiaConfig, ConfigError, load_config
+
+INDEX_JOB = "index_repo"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (ConfigError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+        print(f"cia: {message}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        from cia_assets.lib.search import SearchError
+
+        if isinstance(error, SearchError):
+            print(f"cia: {error}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cia", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", help=f"config file (default: ${CONFIG_ENV_VAR} or ./cia.yaml)")
+        return sub
+
+    index = add("index", "Materialize the indexing graph (snapshot, chunks, embeddings, Qdrant).")
+    index.add_argument("repos", nargs="*", metavar="REPO_ID", help="repos to index (default: all)")
+    index.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    index.add_argument("--full", action="store_true", help="rebuild collections from scratch")
+    index.set_defaults(handler=_index)
+
+    search = add("search", "Hybrid (dense + lexical) search over the indexed code.")
+    search.add_argument("query")
+    search.add_argument("--repo", action="append", help="limit to this repo (repeatable)")
+    search.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    search.add_argument("--json", action="store_true", help="print JSON on stdout")
+    search.set_defaults(handler=_search)
+
+    dev = add("dev", "Start the Dagster UI and daemon (sensors, automation) for this project.")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.set_defaults(handler=_dev)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> CiaConfig:
+    config = load_config(args.config)
+    # Dagster resources, sensors and child processes read the same file through this.
+    os.environ[CONFIG_ENV_VAR] = str(config.config_path)
+    return config
+
+
+def prepare_dagster_home(config: CiaConfig) -> Path:
+    """$DAGSTER_HOME if set, else <data_dir>/dagster, holding the project's dagster.yaml."""
+    home = Path(os.environ.get("DAGSTER_HOME") or config.data_dir / "dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    template = config.config_path.parent / "dagster.yaml"
+    target = home / "dagster.yaml"
+    if template.exists() and (not target.exists() or target.read_bytes() != template.read_bytes()):
+        shutil.copyfile(template, target)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _index(args: argparse.Namespace) -> int:
+    config = _load(args)
+    repos = list(args.repos) or config.repo_ids
+    for repo in repos:
+        config.codebase(repo)  # unknown ids fail before anything runs
+    prepare_dagster_home(config)
+
+    import dagster as dg
+
+    from cia_assets.definitions import defs
+    from cia_assets.defs.repos.partitions import repos_partitions
+
+    instance = dg.DagsterInstance.get()
+    known = set(instance.get_dynamic_partitions(repos_partitions.name))
+    new = [repo for repo in repos if repo not in known]
+    if new:
+        instance.add_dynamic_partitions(repos_partitions.name, new)
+    job = defs().resolve_job_def(INDEX_JOB)
+    run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    if args.full:
+        run_config["ops"] = {"qdrant_collection": {"config": {"full_rebuild": True}}}
+
+    summaries: list[dict[str, Any]] = []
+    failed = False
+    for position, repo in enumerate(repos, start=1):
+        print(f"[{position}/{len(repos)}] indexing {repo}", file=sys.stderr, flush=True)
+        result = job.execute_in_process(
+            partition_key=repo, instance=instance, run_config=run_config, raise_on_error=False
+        )
+        summary = _summarize_run(repo, result)
+        failed = failed or not result.success
+        summaries.append(summary)
+        print(f"[{position}/{len(repos)}] {repo}: {_describe(summary)}", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps({"repos": summaries}, indent=2))
+    return 1 if failed else 0
+
+
+def _summarize_run(repo: str, result: Any) -> dict[str, Any]:
+    metadata: dict[str, dict[str, Any]] = {}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        metadata[materialization.asset_key.to_user_string()] = {
+            key: value.value for key, value in materialization.metadata.items()
+        }
+    snapshot = metadata.get("git_repo_snapshots", {})
+    chunks = metadata.get("code_chunks", {})
+    embeddings = metadata.get("chunk_embeddings", {})
+    collection = metadata.get("qdrant_collection", {})
+    summary: dict[str, Any] = {
+        "repo": repo,
+        "sha": snapshot.get("commit_sha"),
+        "files": chunks.get("files"),
+        "chunks": chunks.get("chunks"),
+        "embedded": embeddings.get("embedded"),
+        "reused": embeddings.get("reused"),
+        "skipped": chunks.get("skipped", {}),
+        "collection": collection.get("collection"),
+        "mode": collection.get("mode"),
+    }
+    if not result.success:
+        summary["error"] = _failure_text(result)
+    else:
+        failed_checks = [
+            evaluation.check_name
+            for evaluation in (
+                e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+            )
+            if not evaluation.passed
+        ]
+        if failed_checks:
+            summary["failed_checks"] = failed_checks
+    return summary
+
+
+def _failure_text(result: Any) -> str:
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            error = event.event_specific_data.error
+            description = getattr(event.event_specific_data, "user_failure_data", None)
+            if description is not None and description.description:
+                return str(description.description)
+            while error.cause is not None and error.message.startswith("dagster."):
+                error = error.cause
+            return error.message.strip()
+    return "the run failed"
+
+
+def _describe(summary: dict[str, Any]) -> str:
+    if "error" in summary:
+        return f"FAILED: {summary['error']}"
+    sha = (summary.get("sha") or "")[:12]
+    return (
+        f"{sha} files={summary['files']} chunks={summary['chunks']} embedded={summary['embedded']} "
+        f"reused={summary['reused']} index={summary['mode']}"
+    )
+
+
+def _search(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from cia_assets.lib.search import search_code
+
+    hits = search_code(config, args.query, repos=args.repo, k=args.k)
+    if args.json:
+        print(json.dumps([hit.to_json() for hit in hits], indent=2))
+        return 0
+    for rank, hit in enumerate(hits, start=1):
+        where = hit.url or f"{hit.repo}:{hit.path}#L{hit.line_start}-L{hit.line_end}"
+        print(f"{rank:2d}. {hit.score:.4f}  {hit.symbol or hit.kind}  {where}")
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    config = _load(args)
+    prepare_dagster_home(config)
+    workspace = config.config_path.parent / "workspace.yaml"
+    target = ["-w", str(workspace)] if workspace.exists() else ["-m", "cia_assets.definitions"]
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "dev", *target, "-h", args.host, "-p", str(args.port)]
+    print(f"cia: Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})",
+          file=sys.stderr, flush=True)
+    os.chdir(config.config_path.parent)
+    os.execv(command[0], command)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,251 @@
+"""The typed project config: `cia.yaml` is the single source of truth.
+
+Relative paths in the file (`data_dir`, a local codebase `url`, a model `path`) resolve
+against the directory holding the file, so the same file works from any working directory.
+`${VAR}` in a string value is replaced by that environment variable, so secrets (a Qdrant
+API key) stay out of the file, like a Helm value fed from a Secret.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV_VAR = "CIA_CONFIG"
+DEFAULT_CONFIG_NAME = "cia.yaml"
+REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CodebaseConfig(_Strict):
+    """One git repository to index."""
+
+    url: str = Field(description="git URL (https, ssh, file://) or a local path to a git repository")
+    branch: str = "main"
+    id: str | None = Field(default=None, description="repo id; default: the URL's last path segment")
+    web_url: str | None = Field(
+        default=None, description="browsable base URL; default: derived from an https/ssh URL"
+    )
+    include: tuple[str, ...] = ("**",)
+    exclude: tuple[str, ...] = ()
+
+    @field_validator("url", "branch")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str | None) -> str | None:
+        if value is not None and not REPO_ID_PATTERN.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid repo id (letters, digits, '.', '_', '-'; at most 100)"
+            )
+        return value
+
+    @property
+    def repo_id(self) -> str:
+        if self.id:
+            return self.id
+        tail = self.url.rstrip("/").replace(":", "/").rsplit("/", 1)[-1]
+        if tail.endswith(".git"):
+            tail = tail[: -len(".git")]
+        return tail
+
+    @property
+    def is_local_path(self) -> bool:
+        return "://" not in self.url and not re.match(r"^[\w.-]+@[\w.-]+:", self.url)
+
+    @property
+    def resolved_web_url(self) -> str | None:
+        if self.web_url:
+            return self.web_url.rstrip("/")
+        return derive_web_url(self.url)
+
+
+def derive_web_url(url: str) -> str | None:
+    """https://host/org/repo(.git) and git@host:org/repo(.git) map to https://host/org/repo."""
+    scp_like = re.match(r"^[\w.-]+@([\w.-]+):(.+)$", url)
+    if scp_like:
+        host, path = scp_like.groups()
+    else:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https", "ssh", "git") or not parsed.hostname:
+            return None
+        host, path = parsed.hostname, parsed.path
+    path = path.strip("/")
+    if path.endswith(".git"):
+        path = path[: -len(".git")]
+    return f"https://{host}/{path}" if path else None
+
+
+class EmbeddingConfig(_Strict):
+    """Which model embeds chunks. `path` is a local folder with model.onnx and tokenizer
+    files; unset means the packaged all-MiniLM-L6-v2, exported to ONNX once into data_dir."""
+
+    model: str = "sentence-transformers/all-MiniLM-L6-v2"
+    path: Path | None = None
+    max_tokens: int = Field(default=256, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    threads: int | None = Field(default=None, gt=0)
+
+
+class VectorStoreConfig(_Strict):
+    """`embedded`: Qdrant's engine in-process, stored under `path` (default data_dir/qdrant).
+    `server`: a Qdrant server at `url`."""
+
+    backend: Literal["embedded", "server"] = "embedded"
+    path: Path | None = None
+    url: str | None = None
+    api_key: str | None = None
+    collection_prefix: str = "cia"
+
+    @model_validator(mode="after")
+    def _server_needs_url(self) -> VectorStoreConfig:
+        if self.backend == "server" and not self.url:
+            raise ValueError("backend 'server' needs 'url' (e.g. http://qdrant:6333)")
+        return self
+
+
+class ChunkingConfig(_Strict):
+    max_lines: int = Field(default=120, ge=10)
+    max_file_bytes: int = Field(default=1_000_000, gt=0)
+
+
+class CiaConfig(_Strict):
+    config_path: Path
+    data_dir: Path
+    codebases: tuple[CodebaseConfig, ...]
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    vector_store: VectorStoreConfig = VectorStoreConfig()
+    chunking: ChunkingConfig = ChunkingConfig()
+
+    @model_validator(mode="after")
+    def _unique_repo_ids(self) -> CiaConfig:
+        seen: dict[str, str] = {}
+        for codebase in self.codebases:
+            if not REPO_ID_PATTERN.match(codebase.repo_id):
+                raise ValueError(
+                    f"repo id {codebase.repo_id!r} derived from {codebase.url!r} is not valid; set 'id'"
+                )
+            if codebase.repo_id in seen:
+                raise ValueError(
+                    f"repo id {codebase.repo_id!r} is used by both {seen[codebase.repo_id]!r} and "
+                    f"{codebase.url!r}; set a distinct 'id'"
+                )
+            seen[codebase.repo_id] = codebase.url
+        return self
+
+    def codebase(self, repo_id: str) -> CodebaseConfig:
+        for codebase in self.codebases:
+            if codebase.repo_id == repo_id:
+                return codebase
+        known = ", ".join(c.repo_id for c in self.codebases) or "none"
+        raise KeyError(f"unknown repo {repo_id!r} in {self.config_path} (configured: {known})")
+
+    @property
+    def repo_ids(self) -> list[str]:
+        return [c.repo_id for c in self.codebases]
+
+    def clone_url(self, codebase: CodebaseConfig) -> str:
+        """What git clones: local paths resolve against the config file's directory."""
+        if codebase.is_local_path:
+            return str((self.config_path.parent / codebase.url).resolve())
+        return codebase.url
+
+    @property
+    def vector_store_path(self) -> Path:
+        return self.vector_store.path or self.data_dir / "qdrant"
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """--config wins, then $CIA_CONFIG, then ./cia.yaml."""
+    chosen = explicit or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_NAME
+    return Path(chosen).expanduser().resolve()
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> CiaConfig:
+    """Read and validate a config file; every problem raises ConfigError naming the file."""
+    config_path = resolve_config_path(path)
+    if not config_path.is_file():
+        raise ConfigError(f"{config_path}: config file not found (set --config or ${CONFIG_ENV_VAR})")
+    stat = config_path.stat()
+    return _load_cached(config_path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_cached(config_path: Path, _mtime_ns: int, _size: int) -> CiaConfig:
+    try:
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{config_path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = _expand_env(raw, config_path, ())
+    base = config_path.parent
+    for key in ("data_dir",):
+        if isinstance(raw.get(key), str):
+            raw[key] = str((base / raw[key]).resolve())
+    for section, key in (("embedding", "path"), ("vector_store", "path")):
+        value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
+        if isinstance(value, str):
+            raw[section][key] = str((base / value).resolve())
+    if "data_dir" not in raw:
+        raise ConfigError(f"{config_path}: data_dir: required (a directory for clones, indexes, caches)")
+    if "codebases" not in raw:
+        raise ConfigError(f"{config_path}: codebases: required (a list of {{url, branch}} entries)")
+    try:
+        return CiaConfig(config_path=config_path, **raw)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{_format_location(issue['loc'])}: {issue['msg']}" for issue in error.errors()
+        )
+        raise ConfigError(f"{config_path}: {problems}") from None
+    except TypeError as error:
+        raise ConfigError(f"{config_path}: {error}") from None
+
+
+def _format_location(location: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in location:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _expand_env(value: Any, config_path: Path, location: tuple[Any, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, config_path, (*location, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, config_path, (*location, i)) for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(
+                    f"{config_path}: {_format_location(location)}: environment variable {name} is not set"
+                )
+            return os.environ[name]
+
+        return _ENV_REFERENCE.sub(substitute, value)
+    return value

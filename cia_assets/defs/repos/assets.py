@@ -1,0 +1,58 @@
+import dagster as dg
+
+from cia_assets.defs.repos.partitions import OWNERS, repos_partitions
+from cia_assets.defs.resources import CiaConfigResource
+from cia_assets.lib.git_sync import GitSyncError, RepoMirror, Snapshot, utc_now, write_snapshot
+
+
+@dg.asset(
+    partitions_def=repos_partitions,
+    group_name="repos",
+    kinds={"git"},
+    owners=OWNERS,
+    code_version="1",
+)
+def git_repo_snapshots(context: dg.AssetExecutionContext, cia: CiaConfigResource) -> dg.MaterializeResult:
+    """A local mirror of the repository's configured branch, pinned to one commit.
+
+    Clones on first run, fetches afterwards. If the remote cannot be reached the partition
+    fails with git's message and the previous snapshot stays in place, so everything
+    downstream keeps serving the last good commit.
+    """
+    config = cia.load()
+    layout = cia.layout()
+    repo_id = context.partition_key
+    try:
+        codebase = config.codebase(repo_id)
+    except KeyError as error:
+        raise dg.Failure(description=str(error.args[0])) from None
+    mirror = RepoMirror(layout.mirror(repo_id), config.clone_url(codebase), codebase.branch)
+    try:
+        commit_sha = mirror.sync()
+        files = mirror.tracked_files(commit_sha, codebase.include, codebase.exclude)
+    except GitSyncError as error:
+        raise dg.Failure(
+            description=f"{repo_id}: {error}. The previous snapshot is kept.",
+        ) from error
+    finally:
+        mirror.close()
+    snapshot = Snapshot(
+        repo_id=repo_id,
+        commit_sha=commit_sha,
+        branch=codebase.branch,
+        clone_url=config.clone_url(codebase),
+        web_url=codebase.resolved_web_url,
+        file_count=len(files),
+        fetched_at=utc_now(),
+    )
+    write_snapshot(layout.snapshot(repo_id), snapshot)
+    return dg.MaterializeResult(
+        metadata={
+            "commit_sha": snapshot.commit_sha,
+            "branch": snapshot.branch,
+            "clone_url": snapshot.clone_url,
+            "file_count": snapshot.file_count,
+            **({"web_url": dg.MetadataValue.url(snapshot.web_url)} if snapshot.web_url else {}),
+        },
+        data_version=dg.DataVersion(commit_sha),
+    )

@@ -1,0 +1,49 @@
+import json
+
+import dagster as dg
+
+from cia_assets.defs.repos.assets import git_repo_snapshots
+from cia_assets.defs.repos.partitions import repos_partitions
+from cia_assets.defs.resources import CiaConfigResource
+from cia_assets.lib.git_sync import GitSyncError, remote_head
+
+
+@dg.sensor(
+    name="repo_change_sensor",
+    target=[git_repo_snapshots],
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def repo_change_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResource) -> dg.SensorResult:
+    """Polls each configured repo with `git ls-remote` (no fetch). A repo new to cia.yaml
+    becomes a partition; a new commit requests a snapshot run keyed by its sha. Downstream
+    assets follow through their automation conditions. An unreachable repo is logged and
+    retried next tick."""
+    config = cia.load()
+    seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
+    known = set(context.instance.get_dynamic_partitions(repos_partitions.name))
+    new_partitions = [repo_id for repo_id in config.repo_ids if repo_id not in known]
+    run_requests: list[dg.RunRequest] = []
+    for codebase in config.codebases:
+        repo_id = codebase.repo_id
+        try:
+            sha = remote_head(config.clone_url(codebase), codebase.branch)
+        except GitSyncError as error:
+            context.log.warning(f"{repo_id}: skipped this tick: {error}")
+            continue
+        if seen.get(repo_id) != sha:
+            run_requests.append(
+                dg.RunRequest(
+                    run_key=f"{repo_id}@{sha}",
+                    partition_key=repo_id,
+                    tags={"cia/commit_sha": sha},
+                )
+            )
+            seen[repo_id] = sha
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=(
+            [repos_partitions.build_add_request(new_partitions)] if new_partitions else []
+        ),
+        cursor=json.dumps(seen, sort_keys=True),
+    )

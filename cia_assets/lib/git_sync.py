@@ -1,0 +1,195 @@
+"""Keep a bare mirror of each configured repository and read files at an exact commit.
+
+A bare mirror (no work tree) is enough: every file is read from git's object store at the
+snapshot's sha, so only tracked files are seen (.gitignore holds by construction), a
+symlink is a blob we skip rather than a path we could follow out of the repo, and a failed
+fetch leaves the previous snapshot's objects untouched.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import git
+
+GIT_TIMEOUT_S = 300
+LS_REMOTE_TIMEOUT_S = 20
+_SYMLINK_MODE = "120000"
+_SUBMODULE_TYPE = "commit"
+# Never let git wait for a password or a host-key prompt: a sensor must not hang.
+_NON_INTERACTIVE_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
+
+
+class GitSyncError(RuntimeError):
+    """A repository could not be cloned, fetched or read; the message names it."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    repo_id: str
+    commit_sha: str
+    branch: str
+    clone_url: str
+    web_url: str | None
+    file_count: int
+    fetched_at: str
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrackedFile:
+    path: str
+    blob_sha: str
+    size: int
+
+
+def remote_head(url: str, branch: str, timeout_s: float = LS_REMOTE_TIMEOUT_S) -> str:
+    """The sha `branch` points at on the remote (`git ls-remote`), without fetching."""
+    try:
+        output = git.cmd.Git().execute(
+            ["git", "ls-remote", "--heads", url, f"refs/heads/{branch}"],
+            env={**os.environ, **_NON_INTERACTIVE_ENV},
+            kill_after_timeout=timeout_s,
+        )
+    except git.GitCommandError as error:
+        raise GitSyncError(f"{url}: git ls-remote failed: {_git_error_text(error)}") from error
+    for line in str(output).splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref == f"refs/heads/{branch}":
+            return sha
+    raise GitSyncError(f"{url}: branch {branch!r} not found on the remote")
+
+
+class RepoMirror:
+    """A bare mirror at `path` of one branch of `clone_url`."""
+
+    def __init__(self, path: Path, clone_url: str, branch: str) -> None:
+        self.path = path
+        self.clone_url = clone_url
+        self.branch = branch
+        self._repo: git.Repo | None = None
+
+    @property
+    def repo(self) -> git.Repo:
+        if self._repo is None:
+            if not (self.path / "HEAD").exists():
+                raise GitSyncError(f"{self.clone_url}: no local mirror at {self.path}; sync it first")
+            self._repo = git.Repo(self.path)
+        return self._repo
+
+    def sync(self) -> str:
+        """Clone or fetch; return the branch's sha. On failure the old mirror is intact."""
+        ref = f"refs/heads/{self.branch}"
+        env = {**os.environ, **_NON_INTERACTIVE_ENV}
+        try:
+            if not (self.path / "HEAD").exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                # Clone beside the target and rename, so an interrupted clone leaves no
+                # half-made mirror behind.
+                staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+                try:
+                    git.Repo.clone_from(
+                        self.clone_url,
+                        staging,
+                        bare=True,
+                        branch=self.branch,
+                        single_branch=True,
+                        env=env,
+                        kill_after_timeout=GIT_TIMEOUT_S,
+                    )
+                    os.replace(staging, self.path)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+            else:
+                self.repo.git.execute(
+                    ["git", "fetch", "--prune", "--no-tags", self.clone_url, f"+{ref}:{ref}"],
+                    env=env,
+                    kill_after_timeout=GIT_TIMEOUT_S,
+                )
+            return self.repo.git.rev_parse(ref)
+        except git.GitCommandError as error:
+            raise GitSyncError(
+                f"{self.clone_url}: could not fetch branch {self.branch!r}: {_git_error_text(error)}"
+            ) from error
+
+    def tracked_files(
+        self, commit_sha: str, include: tuple[str, ...] = ("**",), exclude: tuple[str, ...] = ()
+    ) -> list[TrackedFile]:
+        """Regular files at `commit_sha` matching the globs; symlinks and submodules skipped."""
+        output = self.repo.git.ls_tree("-r", "-z", "-l", "--full-tree", commit_sha)
+        files: list[TrackedFile] = []
+        for entry in output.split("\0"):
+            if not entry:
+                continue
+            meta, _, path = entry.partition("\t")
+            mode, object_type, blob_sha, size = meta.split()
+            if mode == _SYMLINK_MODE or object_type == _SUBMODULE_TYPE:
+                continue
+            if path_selected(path, include, exclude):
+                files.append(TrackedFile(path=path, blob_sha=blob_sha, size=int(size)))
+        return files
+
+    def read_blobs(self, blob_shas: list[str]) -> Iterator[tuple[str, bytes]]:
+        """(sha, content) for each blob, through one long-lived `git cat-file --batch`."""
+        for blob_sha in blob_shas:
+            _, _, _, stream = self.repo.git.stream_object_data(blob_sha)
+            yield blob_sha, stream.read()
+
+    def read_file(self, commit_sha: str, path: str) -> bytes | None:
+        try:
+            _, _, _, stream = self.repo.git.stream_object_data(f"{commit_sha}:{path}")
+        except (ValueError, git.GitCommandError):
+            return None
+        return stream.read()
+
+    def close(self) -> None:
+        if self._repo is not None:
+            self._repo.close()
+            self._repo = None
+
+
+def path_selected(path: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    """Globs match the whole repo-relative path; `**` and `*` both cross directories."""
+    return any(fnmatch.fnmatchcase(path, pattern) for pattern in include) and not any(
+        fnmatch.fnmatchcase(path, pattern) for pattern in exclude
+    )
+
+
+def write_snapshot(path: Path, snapshot: Snapshot) -> None:
+    write_json_atomic(path, snapshot.to_json())
+
+
+def read_snapshot(path: Path) -> Snapshot | None:
+    if not path.exists():
+        return None
+    return Snapshot(**json.loads(path.read_text()))
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Readers see the old file or the new one, never a torn write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w") as out:
+        json.dump(data, out, indent=1, sort_keys=True)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(staging, path)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _git_error_text(error: git.GitCommandError) -> str:
+    text = (error.stderr or error.stdout or str(error)).strip()
+    return text.replace("stderr: ", "").strip(" '\n") or str(error)

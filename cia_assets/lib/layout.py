@@ -1,0 +1,40 @@
+"""Where each stage keeps its state under the data dir, and how collections are named."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """Where each stage keeps its state under `data_dir`."""
+
+    data_dir: Path
+
+    def mirror(self, repo_id: str) -> Path:
+        return self.data_dir / "git" / f"{repo_id}.git"
+
+    def snapshot(self, repo_id: str) -> Path:
+        return self.data_dir / "snapshots" / f"{repo_id}.json"
+
+    def chunks(self, repo_id: str) -> Path:
+        return self.data_dir / "chunks" / f"{repo_id}.jsonl"
+
+    def chunks_meta(self, repo_id: str) -> Path:
+        return self.data_dir / "chunks" / f"{repo_id}.meta.json"
+
+    def index_state(self, repo_id: str) -> Path:
+        return self.data_dir / "index" / f"{repo_id}.json"
+
+    @property
+    def embedding_cache(self) -> Path:
+        return self.data_dir / "embeddings.sqlite"
+
+    @property
+    def models(self) -> Path:
+        return self.data_dir / "models"
+
+
+def collection_alias(prefix: str, repo_id: str) -> str:
+    return f"{prefix}-{repo_id}"

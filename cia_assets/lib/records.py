@@ -1,0 +1,93 @@
+"""Records that cross pipeline stages: chunker -> embedder -> vector store -> search."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Point ids must be stable across runs so an unchanged chunk keeps its id (and an
+# incremental update only touches what changed); uuid5 gives Qdrant-valid ids.
+_POINT_NAMESPACE = uuid.UUID("6f1c2d1e-8b7a-4c55-9f0e-3d2c1b0a9e8f")
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChunkDraft:
+    """A chunk as the chunker cuts it from one file, before repo/commit are attached.
+
+    `context` is the enclosing scope a reader needs to understand a fragment (file path is
+    added later): e.g. "class Foo(Base):" for a method, or the function signature for the
+    second half of a split function. It is prepended to the embedded text, never to the
+    cited lines.
+    """
+
+    line_start: int  # 1-based, inclusive
+    line_end: int  # 1-based, inclusive
+    text: str  # exactly lines line_start..line_end of the decoded file
+    language: str
+    kind: str  # function | method | class | module | section | window | ...
+    symbol: str | None = None  # qualified name where known, e.g. "Foo.bar"
+    context: str = ""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One retrievable unit of code with everything a citation needs."""
+
+    repo_id: str
+    path: str
+    line_start: int
+    line_end: int
+    language: str
+    kind: str
+    symbol: str | None
+    commit_sha: str
+    content_hash: str  # sha256 of `text` (the cited lines)
+    text: str
+    context: str = ""
+    web_url: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chunk_id(self) -> str:
+        return str(
+            uuid.uuid5(
+                _POINT_NAMESPACE,
+                f"{self.repo_id}\0{self.path}\0{self.line_start}\0{self.line_end}\0{self.content_hash}",
+            )
+        )
+
+    @property
+    def embedding_text(self) -> str:
+        """What the embedding model and the lexical vector see: path and scope, then code."""
+        header = self.path if not self.context else f"{self.path}\n{self.context}"
+        return f"{header}\n{self.text}"
+
+    @property
+    def embedding_key(self) -> str:
+        """Cache key of the embedding: identical text is never embedded twice."""
+        return sha256_text(self.embedding_text)
+
+    @property
+    def url(self) -> str | None:
+        return source_url(self.web_url, self.commit_sha, self.path, self.line_start, self.line_end)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Chunk:
+        return cls(**data)
+
+
+def source_url(
+    web_url: str | None, commit_sha: str, path: str, line_start: int, line_end: int
+) -> str | None:
+    if not web_url:
+        return None
+    return f"{web_url.rstrip('/')}/blob/{commit_sha}/{path}#L{line_start}-L{line_end}"

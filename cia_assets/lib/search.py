@@ -1,0 +1,91 @@
+"""Hybrid code search across the indexed repos, as the CLI and the answering service use it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cia_assets.config import CiaConfig
+from cia_assets.lib import lexical
+from cia_assets.lib.layout import collection_alias
+from cia_assets.lib.project import open_embedder, open_vector_store
+from cia_assets.lib.records import source_url
+
+
+class SearchError(RuntimeError):
+    """The search cannot run as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class CodeHit:
+    repo: str
+    path: str
+    line_start: int
+    line_end: int
+    symbol: str | None
+    language: str
+    score: float
+    url: str | None
+    kind: str
+    commit_sha: str
+    text: str
+
+    def to_json(self, with_text: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not with_text:
+            for key in ("text", "kind", "commit_sha"):
+                data.pop(key)
+        return data
+
+
+def search_code(
+    config: CiaConfig, query: str, *, repos: Sequence[str] | None = None, k: int = 10
+) -> list[CodeHit]:
+    """Top-k chunks for `query` over `repos` (default: all configured and indexed).
+
+    Each repo has its own collection (so repos re-index independently and access control
+    is a choice of collections); per-repo RRF scores are on one scale, so merging by score
+    is fair.
+    """
+    if not query.strip():
+        raise SearchError("the query is empty")
+    if k < 1:
+        raise SearchError(f"k must be at least 1, got {k}")
+    for repo in repos or ():
+        config.codebase(repo)  # raises KeyError naming an unknown repo
+    store = open_vector_store(config)
+    wanted = list(repos) if repos else config.repo_ids
+    aliases = {
+        repo: collection_alias(config.vector_store.collection_prefix, repo)
+        for repo in wanted
+    }
+    indexed = {repo: alias for repo, alias in aliases.items() if store.resolve_alias(alias)}
+    if not indexed:
+        raise SearchError(
+            f"nothing indexed yet for {', '.join(wanted) or 'any repo'}; run `cia index` first"
+        )
+    embedder = open_embedder(config)
+    dense = embedder.embed_query(query).tolist()
+    sparse = lexical.encode_query(query)
+    hits: list[CodeHit] = []
+    for alias in indexed.values():
+        for hit in store.search(alias, dense, sparse, k):
+            p = hit.payload
+            hits.append(
+                CodeHit(
+                    repo=p["repo_id"],
+                    path=p["path"],
+                    line_start=p["line_start"],
+                    line_end=p["line_end"],
+                    symbol=p.get("symbol"),
+                    language=p["language"],
+                    score=round(hit.score, 6),
+                    url=source_url(p.get("web_url"), p["commit_sha"], p["path"], p["line_start"], p["line_end"]),
+                    kind=p["kind"],
+                    commit_sha=p["commit_sha"],
+                    text=p.get("text", ""),
+                )
+            )
+    hits.sort(key=lambda h: (-h.score, h.repo, h.path, h.line_start))
+    return hits[:k]

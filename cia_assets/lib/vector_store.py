@@ -1,0 +1,119 @@
+"""The vector store interface: collections behind aliases, hybrid (dense + sparse) search.
+
+Two backends implement it (see `embedded_store.py` and `server_store.py`):
+- embedded: Qdrant's Rust engine in-process (qdrant-edge), with alias semantics added here;
+- server: qdrant-client against a Qdrant server (or its in-memory mode in tests).
+
+Readers always go through an alias, so a rebuild is a blue-green switch: write a new
+versioned collection, verify it, `publish` it under the alias, then `drop_collection` the
+old one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+DENSE_VECTOR = "dense"
+SPARSE_VECTOR = "lexical"
+
+
+class CollectionNotFound(KeyError):
+    """No collection or alias of this name exists (both backends raise this)."""
+
+    def __init__(self, name: str, detail: str = "") -> None:
+        super().__init__(name)
+        self.name = name
+        self.detail = detail
+
+    def __str__(self) -> str:
+        # KeyError's default str() is the repr of its argument, which reads badly in logs.
+        message = f"no collection or alias named {self.name!r}"
+        return f"{message}: {self.detail}" if self.detail else message
+
+
+class CollectionExists(ValueError):
+    """`create_collection` was asked for a name that is already taken."""
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    indices: list[int]
+    values: list[float]
+
+
+@dataclass(frozen=True)
+class IndexedPoint:
+    id: str  # a UUID string (Chunk.chunk_id)
+    dense: Sequence[float]
+    sparse: SparseVector
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class VectorStore(Protocol):
+    def resolve_alias(self, alias: str) -> str | None:
+        """The collection the alias points at now, or None when it does not exist."""
+
+    def list_collections(self) -> list[str]: ...
+
+    def create_collection(self, name: str, dense_size: int) -> None:
+        """Create an empty collection; fails if it already exists."""
+
+    def open_for_update(self, alias: str) -> str:
+        """Name of a collection into which an incremental update of `alias` is written.
+
+        The server backend returns the live collection (updated in place); the embedded
+        backend returns a fresh copy of it, because an edge shard can be opened by one
+        process only and readers in other processes must never see a half-applied update.
+        Either way, `publish(alias, name)` afterwards makes the result live.
+        """
+
+    def upsert(self, collection: str, points: Sequence[IndexedPoint]) -> None: ...
+
+    def delete_where(self, collection: str, field: str, values: Sequence[str]) -> None:
+        """Delete every point whose payload `field` equals one of `values`."""
+
+    def set_payload_all(self, collection: str, payload: dict[str, Any]) -> None:
+        """Set these payload keys on every point (e.g. the commit sha after an update)."""
+
+    def count(self, collection: str) -> int:
+        """Number of points in the collection (or in the one an alias points at)."""
+
+    def scroll(self, collection: str, batch_size: int = 1024) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every point's (id, payload), of a collection or of an alias's collection."""
+
+    def publish(self, alias: str, collection: str) -> str | None:
+        """Point `alias` at `collection` atomically; return the collection it pointed at
+        before (None if new). The caller drops the old one once it is safe."""
+
+    def drop_collection(self, collection: str) -> None:
+        """Delete the collection and any alias pointing at it; a missing one is a no-op."""
+
+    def search(
+        self,
+        alias: str,
+        dense: Sequence[float],
+        sparse: SparseVector,
+        limit: int,
+        filters: dict[str, str | list[str]] | None = None,
+        candidates: int = 100,
+    ) -> list[SearchHit]:
+        """Hybrid search through the alias: dense and sparse candidates fused with RRF.
+
+        `alias` may also name a collection directly (as on a Qdrant server), e.g. to
+        smoke-test a build before it is published. `filters` maps payload keys to a value
+        or list of allowed values and applies to both candidate lists. Scores are RRF
+        scores (also when `sparse` is empty), so hits of different collections searched
+        with one query can be merged by score. Raises `CollectionNotFound` for an unknown
+        name.
+        """
+
+    def close(self) -> None: ...
