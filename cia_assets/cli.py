@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -200,14 +201,24 @@ def _search(args: argparse.Namespace) -> int:
 
 def _dev(args: argparse.Namespace) -> int:
     config = _load(args)
-    prepare_dagster_home(config)
+    home = prepare_dagster_home(config)
     workspace = config.config_path.parent / "workspace.yaml"
-    target = ["-w", str(workspace)] if workspace.exists() else ["-m", "cia_assets.definitions"]
+    if not workspace.exists():
+        # A config outside the project checkout: point Dagster at the installed package.
+        workspace = home / "workspace.yaml"
+        workspace.write_text(
+            "load_from:\n  - python_module:\n      module_name: cia_assets.definitions\n"
+            f"      location_name: cia_assets\n      working_directory: {config.config_path.parent}\n"
+        )
     dagster = Path(sys.executable).with_name("dagster")
-    command = [str(dagster), "dev", *target, "-h", args.host, "-p", str(args.port)]
+    command = [str(dagster), "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]
     print(f"cia: Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})",
           file=sys.stderr, flush=True)
     os.chdir(config.config_path.parent)
+    # A shell that starts jobs without job control leaves SIGINT/SIGTERM ignored, and exec
+    # keeps ignored signals ignored: dagster dev would then never stop. Restore them.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.execv(command[0], command)
     return 0  # not reached
 

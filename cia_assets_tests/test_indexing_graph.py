@@ -147,20 +147,21 @@ def test_skipped_files_are_counted(make_repo: Callable[..., GitRepo], write_conf
         {
             "main.py": "def main():\n    return 'ok'\n",
             "logo.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)),
-            "bundle.min.js": "var a=1;" * 2000 + "\n",
-            "huge.txt": "x" * 5000 + "\n",
-            "latin1.py": "# caf\xe9\ndef cafe():\n    return 1\n".encode("latin-1"),
+            "bundle.min.js": "var a=1;" * 500 + "\n",
+            "huge.txt": "x = 1\n" * 20_000,
+            "latin1.py": "# caf\xe9\n\ndef cafe():\n    return 1\n".encode("latin-1"),
         },
     )
-    config = write_config([{"url": repo.url}], chunking={"max_file_bytes": 4096})
+    config = write_config([{"url": repo.url}], chunking={"max_file_bytes": 64_000})
     result = materialize_repo(config, dg.DagsterInstance.ephemeral(), "odd")
     chunks = asset_metadata(result, "code_chunks")
     skipped = chunks["skipped"]
     assert skipped["binary"] == 1
-    assert skipped["too_large"] == 2  # the minified bundle is also over 4 KiB
+    assert skipped["too_large"] == 1
+    assert skipped["minified"] == 1
     assert chunks["files"] == 2
     hit = search_code(config, "cafe", k=1)[0]
-    assert (hit.path, hit.line_start, hit.line_end) == ("latin1.py", 2, 3)
+    assert (hit.path, hit.line_start, hit.line_end) == ("latin1.py", 3, 4)
 
 
 def test_unreachable_remote_fails_partition_and_keeps_snapshot(

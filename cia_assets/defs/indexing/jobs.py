@@ -13,10 +13,11 @@ index_repo_job = dg.define_asset_job(
 
 
 @dg.definitions
-def automation() -> dg.Definitions:
+def indexing_jobs_and_automation() -> dg.Definitions:
     # Evaluates the assets' automation conditions, running from the start so a fresh
     # install follows repo changes without a click in the UI.
     return dg.Definitions(
+        jobs=[index_repo_job],
         sensors=[
             dg.AutomationConditionSensorDefinition(
                 "indexing_automation",
