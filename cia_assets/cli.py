@@ -97,13 +97,13 @@ def _index(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from cia_assets.definitions import defs
-    from cia_assets.defs.repos.partitions import repos_partitions
+    from cia_assets.defs.repos.partitions import REPOS_PARTITIONS_NAME
 
     instance = dg.DagsterInstance.get()
-    known = set(instance.get_dynamic_partitions(repos_partitions.name))
+    known = set(instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME))
     new = [repo for repo in repos if repo not in known]
     if new:
-        instance.add_dynamic_partitions(repos_partitions.name, new)
+        instance.add_dynamic_partitions(REPOS_PARTITIONS_NAME, new)
     job = defs().resolve_job_def(INDEX_JOB)
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     if args.full:
@@ -153,7 +153,9 @@ def _summarize_run(repo: str, result: Any) -> dict[str, Any]:
         failed_checks = [
             evaluation.check_name
             for evaluation in (
-                e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                e.event_specific_data
+                for e in result.all_events
+                if e.event_type_value == "ASSET_CHECK_EVALUATION"
             )
             if not evaluation.passed
         ]
@@ -212,8 +214,11 @@ def _dev(args: argparse.Namespace) -> int:
         )
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]
-    print(f"cia: Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})",
-          file=sys.stderr, flush=True)
+    print(
+        f"cia: Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={os.environ['DAGSTER_HOME']})",
+        file=sys.stderr,
+        flush=True,
+    )
     os.chdir(config.config_path.parent)
     # A shell that starts jobs without job control leaves SIGINT/SIGTERM ignored, and exec
     # keeps ignored signals ignored: dagster dev would then never stop. Restore them.

@@ -214,9 +214,7 @@ def _load_cached(config_path: Path, _mtime_ns: int, _size: int) -> CiaConfig:
     try:
         return CiaConfig(config_path=config_path, **raw)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{_format_location(issue['loc'])}: {issue['msg']}" for issue in error.errors()
-        )
+        problems = "; ".join(f"{_format_location(issue['loc'])}: {issue['msg']}" for issue in error.errors())
         raise ConfigError(f"{config_path}: {problems}") from None
     except TypeError as error:
         raise ConfigError(f"{config_path}: {error}") from None

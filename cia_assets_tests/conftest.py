@@ -36,8 +36,12 @@ class GitRepo:
 
     def git(self, *args: str) -> str:
         return subprocess.run(
-            ["git", *args], cwd=self.path, env={**os.environ, **GIT_ENV},
-            check=True, capture_output=True, text=True,
+            ["git", *args],
+            cwd=self.path,
+            env={**os.environ, **GIT_ENV},
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
 
     def write(self, files: dict[str, str | bytes | None]) -> None:
@@ -144,7 +148,9 @@ SAMPLE_FILES: dict[str, str | bytes | None] = {
         "  return Math.max(0, total - fee);\n"
         "}\n"
     ),
-    "README.md": "# Payments\n\nProcesses card payments.\n\n## Refunds\n\nRefunds are computed in web/refund.ts.\n",
+    "README.md": (
+        "# Payments\n\nProcesses card payments.\n\n## Refunds\n\nRefunds are computed in web/refund.ts.\n"
+    ),
 }
 
 
@@ -165,7 +171,11 @@ def indexing_assets() -> list[object]:
 
 
 def materialize_repo(
-    config: CiaConfig, instance: dg.DagsterInstance, repo_id: str, *, full_rebuild: bool = False,
+    config: CiaConfig,
+    instance: dg.DagsterInstance,
+    repo_id: str,
+    *,
+    full_rebuild: bool = False,
     raise_on_error: bool = True,
 ) -> dg.ExecuteInProcessResult:
     from cia_assets.defs.repos.partitions import repos_partitions
@@ -193,7 +203,4 @@ def asset_metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, o
 
 
 def check_results(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
-    return {
-        evaluation.check_name: evaluation.passed
-        for evaluation in result.get_asset_check_evaluations()
-    }
+    return {evaluation.check_name: evaluation.passed for evaluation in result.get_asset_check_evaluations()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -111,7 +112,10 @@ def test_dev_serves_the_ui_with_sensors_running(
     env = {k: v for k, v in os.environ.items() if k != "CIA_CONFIG"}
     process = subprocess.Popen(
         [CIA, "dev", "--config", str(config.config_path), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -142,8 +146,8 @@ def test_dev_serves_the_ui_with_sensors_running(
         assert (tmp_path / "dagster_home" / "workspace.yaml").exists()  # config outside a checkout
     finally:
         os.killpg(process.pid, signal.SIGINT)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):  # code servers left behind
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.wait()

@@ -27,8 +27,11 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "repo_id", "web_url"),
     [
-        ("https://gitlab.example.com/pay/payments-service.git", "payments-service",
-         "https://gitlab.example.com/pay/payments-service"),
+        (
+            "https://gitlab.example.com/pay/payments-service.git",
+            "payments-service",
+            "https://gitlab.example.com/pay/payments-service",
+        ),
         ("git@github.com:acme/billing.git", "billing", "https://github.com/acme/billing"),
         ("ssh://git@git.internal:2222/team/api", "api", "https://git.internal/team/api"),
         ("file:///srv/git/tools.git", "tools", None),
@@ -74,8 +77,10 @@ def test_env_references_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ("data_dir: d\ncodebases:\n  - {url: x, id: 'bad id!'}\n", "codebases[0].id"),
         ("data_dir: d\ncodebases: []\nvector_store: {backend: server}\n", "needs 'url'"),
         ("data_dir: d\ncodebases: []\nembedding: {batch_size: 0}\n", "embedding.batch_size"),
-        ("data_dir: d\ncodebases: []\nvector_store: {api_key: '${CIA_TEST_UNSET}'}\n",
-         "vector_store.api_key: environment variable CIA_TEST_UNSET is not set"),
+        (
+            "data_dir: d\ncodebases: []\nvector_store: {api_key: '${CIA_TEST_UNSET}'}\n",
+            "vector_store.api_key: environment variable CIA_TEST_UNSET is not set",
+        ),
         ("- just\n- a list\n", "expected a mapping at the top level"),
         ("data_dir: [unclosed\n", "not valid YAML"),
     ],
@@ -90,7 +95,7 @@ def test_malformed_file_names_file_key_and_expectation(tmp_path: Path, text: str
 
 
 def test_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
         load_config(tmp_path / "nope.yaml")
 
 

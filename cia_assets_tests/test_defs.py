@@ -16,11 +16,15 @@ def test_definitions_load_with_expected_graph() -> None:
     definitions = load()
     graph = definitions.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert EXPECTED_ASSETS <= keys
+    assert keys >= EXPECTED_ASSETS
     checks = {key.name for key in graph.asset_check_keys}
-    assert EXPECTED_CHECKS <= checks
-    assert definitions.resolve_sensor_def("repo_change_sensor").default_status == dg.DefaultSensorStatus.RUNNING
-    assert definitions.resolve_sensor_def("indexing_automation").default_status == dg.DefaultSensorStatus.RUNNING
+    assert checks >= EXPECTED_CHECKS
+    assert (
+        definitions.resolve_sensor_def("repo_change_sensor").default_status == dg.DefaultSensorStatus.RUNNING
+    )
+    assert (
+        definitions.resolve_sensor_def("indexing_automation").default_status == dg.DefaultSensorStatus.RUNNING
+    )
     assert definitions.resolve_job_def("index_repo") is not None
 
 

@@ -60,8 +60,16 @@ def test_model_folder_without_onnx_is_a_clear_error(tmp_path: Path) -> None:
 
 def _chunk(text: str, path: str = "a.py") -> Chunk:
     return Chunk(
-        repo_id="r", path=path, line_start=1, line_end=1, language="python", kind="function",
-        symbol=None, commit_sha="0" * 40, content_hash="h", text=text,
+        repo_id="r",
+        path=path,
+        line_start=1,
+        line_end=1,
+        language="python",
+        kind="function",
+        symbol=None,
+        commit_sha="0" * 40,
+        content_hash="h",
+        text=text,
     )
 
 
@@ -75,5 +83,7 @@ def test_cache_embeds_each_text_once(embedder: Embedder, tmp_path: Path) -> None
     assert (second.embedded, second.reused) == (1, 3)
     reopened = EmbeddingCache(tmp_path / "e.sqlite")
     stored = reopened.get_many(embedder.model_id, [chunks[0].embedding_key])
-    np.testing.assert_allclose(stored[chunks[0].embedding_key], embedder.embed([chunks[0].embedding_text])[0], atol=1e-6)
+    np.testing.assert_allclose(
+        stored[chunks[0].embedding_key], embedder.embed([chunks[0].embedding_text])[0], atol=1e-6
+    )
     assert reopened.get_many("another-model", [chunks[0].embedding_key]) == {}

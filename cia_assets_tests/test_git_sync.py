@@ -23,7 +23,9 @@ def test_clone_then_fetch_follows_the_branch(make_repo: Callable[..., GitRepo], 
     assert mirror.read_file(second_commit, "b.py") == b"y = 2\n"
 
 
-def test_only_tracked_regular_files_and_no_symlinks(make_repo: Callable[..., GitRepo], tmp_path: Path) -> None:
+def test_only_tracked_regular_files_and_no_symlinks(
+    make_repo: Callable[..., GitRepo], tmp_path: Path
+) -> None:
     outside = tmp_path / "outside-secret.txt"
     outside.write_text("do not index me\n")
     remote = make_repo("svc", {"src/app.py": "print(1)\n", ".gitignore": "build/\n"})
@@ -54,7 +56,9 @@ def test_path_globs(path: str, include: tuple[str, ...], exclude: tuple[str, ...
     assert path_selected(path, include, exclude) is selected
 
 
-def test_unreachable_remote_keeps_the_previous_mirror(make_repo: Callable[..., GitRepo], tmp_path: Path) -> None:
+def test_unreachable_remote_keeps_the_previous_mirror(
+    make_repo: Callable[..., GitRepo], tmp_path: Path
+) -> None:
     remote = make_repo("svc", {"a.py": "x = 1\n"})
     mirror = RepoMirror(tmp_path / "m.git", remote.url, "main")
     sha = mirror.sync()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -58,7 +57,10 @@ def test_first_index_then_search_cites_exact_lines(payments: GitRepo, config: Ci
     hits = search_code(config, "check_permission", k=3)
     top = hits[0]
     assert (top.path, top.symbol, top.line_start, top.line_end) == (
-        "payments/auth.py", "check_permission", 6, 10,
+        "payments/auth.py",
+        "check_permission",
+        6,
+        10,
     )
     assert top.url == f"https://git.example.com/acme/payments/blob/{sha}/payments/auth.py#L6-L10"
 
@@ -71,7 +73,8 @@ def test_one_file_commit_reembeds_only_that_file(payments: GitRepo, config: CiaC
     first = materialize_repo(config, instance, "payments")
     total = asset_metadata(first, "code_chunks")["chunks"]
     ts_chunks_before = [
-        c for c in indexing.read_chunks(DataLayout(config.data_dir).chunks("payments"))
+        c
+        for c in indexing.read_chunks(DataLayout(config.data_dir).chunks("payments"))
         if c.path == "web/refund.ts"
     ]
     new_sha = payments.commit(
@@ -93,7 +96,8 @@ def test_one_file_commit_reembeds_only_that_file(payments: GitRepo, config: CiaC
     assert chunks["files_reused"] == 3
     embeddings = asset_metadata(second, "chunk_embeddings")
     ts_chunks_after = [
-        c for c in indexing.read_chunks(DataLayout(config.data_dir).chunks("payments"))
+        c
+        for c in indexing.read_chunks(DataLayout(config.data_dir).chunks("payments"))
         if c.path == "web/refund.ts"
     ]
     new_texts = {c.embedding_text for c in ts_chunks_after} - {c.embedding_text for c in ts_chunks_before}
@@ -141,7 +145,9 @@ def test_second_run_without_changes_reuses_everything(payments: GitRepo, config:
     assert check_results(rebuilt) == dict.fromkeys(ALL_CHECKS, True)
 
 
-def test_skipped_files_are_counted(make_repo: Callable[..., GitRepo], write_config: Callable[..., CiaConfig]) -> None:
+def test_skipped_files_are_counted(
+    make_repo: Callable[..., GitRepo], write_config: Callable[..., CiaConfig]
+) -> None:
     repo = make_repo(
         "odd",
         {
@@ -164,9 +170,7 @@ def test_skipped_files_are_counted(make_repo: Callable[..., GitRepo], write_conf
     assert (hit.path, hit.line_start, hit.line_end) == ("latin1.py", 3, 4)
 
 
-def test_unreachable_remote_fails_partition_and_keeps_snapshot(
-    payments: GitRepo, config: CiaConfig
-) -> None:
+def test_unreachable_remote_fails_partition_and_keeps_snapshot(payments: GitRepo, config: CiaConfig) -> None:
     instance = dg.DagsterInstance.ephemeral()
     materialize_repo(config, instance, "payments")
     layout = DataLayout(config.data_dir)
@@ -196,9 +200,17 @@ def test_failure_halfway_through_rebuild_keeps_old_alias(payments: GitRepo, conf
     embedder = open_embedder(config)
     with pytest.raises(indexing.IndexingError, match="injected failure"):
         indexing.update_collection(
-            store, alias=alias, collection_prefix="cia", chunks=chunks, chunk_meta=meta,
-            model_id=embedder.model_id, dense_size=embedder.dim, cache=open_embedding_cache(config),
-            state_path=layout.index_state("payments"), verify=lambda _: {}, force_full=True,
+            store,
+            alias=alias,
+            collection_prefix="cia",
+            chunks=chunks,
+            chunk_meta=meta,
+            model_id=embedder.model_id,
+            dense_size=embedder.dim,
+            cache=open_embedding_cache(config),
+            state_path=layout.index_state("payments"),
+            verify=lambda _: {},
+            force_full=True,
             fail_after_points=len(chunks) // 2 or 1,
         )
     assert store.resolve_alias(alias) == live_before
@@ -226,7 +238,7 @@ def test_searches_during_full_rebuilds_never_fail(payments: GitRepo, config: Cia
                 searches[0] += 1
                 if not hits or hits[0].symbol != "check_permission":
                     empty.append(1)
-            except BaseException as error:  # noqa: BLE001 - any failure is the finding
+            except BaseException as error:
                 errors.append(error)
 
     threads = [threading.Thread(target=hammer) for _ in range(4)]

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from cia_assets.lib import chunking, lexical
-from cia_assets.lib.embeddings import EmbeddingCache, Embedder
-from cia_assets.lib.layout import DataLayout, collection_alias
+from cia_assets.lib.embeddings import Embedder, EmbeddingCache
 from cia_assets.lib.git_sync import RepoMirror, Snapshot, read_snapshot, write_json_atomic
+from cia_assets.lib.layout import DataLayout
 from cia_assets.lib.records import Chunk, sha256_text
 from cia_assets.lib.vector_store import IndexedPoint, SearchHit, VectorStore
 
@@ -202,9 +202,7 @@ def ensure_embeddings(
         done += len(batch)
         if progress:
             progress(done, len(pending))
-    return EmbeddingStats(
-        embedded=len(chunks) - reused, reused=reused, seconds=time.perf_counter() - started
-    )
+    return EmbeddingStats(embedded=len(chunks) - reused, reused=reused, seconds=time.perf_counter() - started)
 
 
 # --- collection ------------------------------------------------------------------------
@@ -314,10 +312,7 @@ def update_collection(
     state = read_index_state(state_path)
     live = store.resolve_alias(alias)
     usable_state = (
-        state is not None
-        and live is not None
-        and state.collection == live
-        and state.model_id == model_id
+        state is not None and live is not None and state.collection == live and state.model_id == model_id
     )
     current_files = chunk_meta.files
     indexed_files = state.files if usable_state and state else {}
@@ -440,9 +435,7 @@ def pick_smoke_chunk(chunks: Sequence[Chunk]) -> Chunk | None:
     return max(candidates, key=lambda c: (len(c.symbol or ""), c.path, -c.line_start))
 
 
-def verify_smoke_search(
-    search: Callable[[str], list[SearchHit]], chunks: Sequence[Chunk]
-) -> dict[str, Any]:
+def verify_smoke_search(search: Callable[[str], list[SearchHit]], chunks: Sequence[Chunk]) -> dict[str, Any]:
     chunk = pick_smoke_chunk(chunks)
     if chunk is None:
         return {"smoke_symbol": None}
@@ -459,7 +452,11 @@ def verify_smoke_search(
 
 
 def hybrid_search_collection(
-    store: VectorStore, embedder: Embedder, alias: str, query: str, limit: int,
+    store: VectorStore,
+    embedder: Embedder,
+    alias: str,
+    query: str,
+    limit: int,
     filters: dict[str, str | list[str]] | None = None,
 ) -> list[SearchHit]:
     return store.search(
@@ -476,4 +473,3 @@ def load_snapshot_or_fail(layout: DataLayout, repo_id: str) -> Snapshot:
     if snapshot is None:
         raise IndexingError(f"{repo_id}: no snapshot yet; materialize git_repo_snapshots first")
     return snapshot
-

@@ -85,9 +85,7 @@ class Chunk:
         return cls(**data)
 
 
-def source_url(
-    web_url: str | None, commit_sha: str, path: str, line_start: int, line_end: int
-) -> str | None:
+def source_url(web_url: str | None, commit_sha: str, path: str, line_start: int, line_end: int) -> str | None:
     if not web_url:
         return None
     return f"{web_url.rstrip('/')}/blob/{commit_sha}/{path}#L{line_start}-L{line_end}"

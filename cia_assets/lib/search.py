@@ -56,15 +56,10 @@ def search_code(
         config.codebase(repo)  # raises KeyError naming an unknown repo
     store = open_vector_store(config)
     wanted = list(repos) if repos else config.repo_ids
-    aliases = {
-        repo: collection_alias(config.vector_store.collection_prefix, repo)
-        for repo in wanted
-    }
+    aliases = {repo: collection_alias(config.vector_store.collection_prefix, repo) for repo in wanted}
     indexed = {repo: alias for repo, alias in aliases.items() if store.resolve_alias(alias)}
     if not indexed:
-        raise SearchError(
-            f"nothing indexed yet for {', '.join(wanted) or 'any repo'}; run `cia index` first"
-        )
+        raise SearchError(f"nothing indexed yet for {', '.join(wanted) or 'any repo'}; run `cia index` first")
     embedder = open_embedder(config)
     dense = embedder.embed_query(query).tolist()
     sparse = lexical.encode_query(query)
@@ -81,7 +76,9 @@ def search_code(
                     symbol=p.get("symbol"),
                     language=p["language"],
                     score=round(hit.score, 6),
-                    url=source_url(p.get("web_url"), p["commit_sha"], p["path"], p["line_start"], p["line_end"]),
+                    url=source_url(
+                        p.get("web_url"), p["commit_sha"], p["path"], p["line_start"], p["line_end"]
+                    ),
                     kind=p["kind"],
                     commit_sha=p["commit_sha"],
                     text=p.get("text", ""),

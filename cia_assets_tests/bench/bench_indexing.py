@@ -122,7 +122,8 @@ def main() -> None:
         bare = time.perf_counter() - started
         report["bare_embedding_texts_per_s"] = round(len(texts) / bare, 1)
         report["whole_index_vs_bare_embedding"] = round(
-            (int(chunks_meta["chunks"]) / full_seconds) / (len(texts) / bare), 3  # type: ignore[arg-type]
+            (int(chunks_meta["chunks"]) / full_seconds) / (len(texts) / bare),
+            3,  # type: ignore[arg-type]
         )
 
         target = next(p for p in sorted(repo.rglob("*.py")) if p.stat().st_size > 2000)

@@ -25,5 +25,5 @@ def indexing_jobs_and_automation() -> dg.Definitions:
                 default_status=dg.DefaultSensorStatus.RUNNING,
                 minimum_interval_seconds=30,
             )
-        ]
+        ],
     )

@@ -1,6 +1,7 @@
 import dagster as dg
 
 # One partition per configured repository; the repo sensor adds them as cia.yaml grows.
-repos_partitions = dg.DynamicPartitionsDefinition(name="repos")
+REPOS_PARTITIONS_NAME = "repos"
+repos_partitions = dg.DynamicPartitionsDefinition(name=REPOS_PARTITIONS_NAME)
 
 OWNERS = ["team:cia-platform"]

@@ -3,7 +3,7 @@ import json
 import dagster as dg
 
 from cia_assets.defs.repos.assets import git_repo_snapshots
-from cia_assets.defs.repos.partitions import repos_partitions
+from cia_assets.defs.repos.partitions import REPOS_PARTITIONS_NAME, repos_partitions
 from cia_assets.defs.resources import CiaConfigResource
 from cia_assets.lib.git_sync import GitSyncError, remote_head
 
@@ -21,7 +21,7 @@ def repo_change_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResour
     retried next tick."""
     config = cia.load()
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-    known = set(context.instance.get_dynamic_partitions(repos_partitions.name))
+    known = set(context.instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME))
     new_partitions = [repo_id for repo_id in config.repo_ids if repo_id not in known]
     run_requests: list[dg.RunRequest] = []
     for codebase in config.codebases:
