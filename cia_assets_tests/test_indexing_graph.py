@@ -30,9 +30,17 @@ def payments(make_repo: Callable[..., GitRepo]) -> GitRepo:
     return make_repo("payments", dict(SAMPLE_FILES))
 
 
-@pytest.fixture
-def config(payments: GitRepo, write_config: Callable[..., CiaConfig]) -> CiaConfig:
-    return write_config([{"url": payments.url, "web_url": "https://git.example.com/acme/payments"}])
+@pytest.fixture(params=["embedded", "server"])
+def config(
+    request: pytest.FixtureRequest, payments: GitRepo, write_config: Callable[..., CiaConfig]
+) -> CiaConfig:
+    """Both backends: the embedded engine, and qdrant-client's in-memory engine standing in
+    for a Qdrant server (same client API as a real server)."""
+    vector_store = {"backend": "server", "url": ":memory:"} if request.param == "server" else {}
+    return write_config(
+        [{"url": payments.url, "web_url": "https://git.example.com/acme/payments"}],
+        vector_store=vector_store,
+    )
 
 
 def test_first_index_then_search_cites_exact_lines(payments: GitRepo, config: CiaConfig) -> None:
@@ -202,7 +210,6 @@ def test_failure_halfway_through_rebuild_keeps_old_alias(payments: GitRepo, conf
         indexing.update_collection(
             store,
             alias=alias,
-            collection_prefix="cia",
             chunks=chunks,
             chunk_meta=meta,
             model_id=embedder.model_id,

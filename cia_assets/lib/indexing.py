@@ -288,7 +288,6 @@ def update_collection(
     store: VectorStore,
     *,
     alias: str,
-    collection_prefix: str,
     chunks: Sequence[Chunk],
     chunk_meta: ChunkSetMeta,
     model_id: str,
@@ -332,7 +331,8 @@ def update_collection(
         to_write = list(chunks)
     else:
         target = store.open_for_update(alias)
-        to_write = [c for c in chunks if c.path in set(changed)]
+        changed_paths = set(changed)
+        to_write = [c for c in chunks if c.path in changed_paths]
 
     written = 0
     try:
@@ -409,10 +409,10 @@ def verify_lines_exist(
         if data is None:
             bad.extend(f"{path} (missing at {commit_sha[:12]})" for _ in payloads)
             continue
-        lines = chunking.decode_source(data).split("\n")
+        lines = chunking.split_lines(chunking.decode_source(data))
         for payload in payloads:
             start, end = payload["line_start"], payload["line_end"]
-            text = "\n".join(line.removesuffix("\r") for line in lines[start - 1 : end])
+            text = "\n".join(lines[start - 1 : end])
             if end > len(lines) or start < 1 or sha256_text(text) != payload["content_hash"]:
                 bad.append(f"{path}#L{start}-L{end}")
     if bad:

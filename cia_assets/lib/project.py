@@ -40,7 +40,9 @@ def open_vector_store(config: CiaConfig) -> VectorStore:
 
                 from cia_assets.lib.server_store import ServerVectorStore
 
-                client = QdrantClient(url=settings.url, api_key=settings.api_key, timeout=60)
+                # `location` takes a server URL, or ":memory:" for qdrant-client's in-process
+                # engine, which speaks the same API (used by the tests of this backend).
+                client = QdrantClient(location=settings.url, api_key=settings.api_key, timeout=60)
                 _STORES[key] = ServerVectorStore(client)
         return _STORES[key]
 

@@ -156,7 +156,6 @@ def qdrant_collection(
         update = indexing.update_collection(
             store,
             alias=alias,
-            collection_prefix=project.vector_store.collection_prefix,
             chunks=chunks,
             chunk_meta=chunk_meta,
             model_id=model.model_id,

@@ -1,6 +1,9 @@
 """Blocking checks on the live index: a collection that fails them stops everything
 downstream (answering, datasets) from building on it."""
 
+from collections.abc import Callable
+from typing import Any
+
 import dagster as dg
 
 from cia_assets.defs.indexing.assets import qdrant_collection
@@ -20,9 +23,9 @@ def _live_collection(cia: CiaConfigResource, vector_store: VectorStoreResource, 
     return collection
 
 
-def _result(run: object) -> dg.AssetCheckResult:
+def _result(run: Callable[[], dict[str, Any]]) -> dg.AssetCheckResult:
     try:
-        metadata = run()  # type: ignore[operator]
+        metadata = run()
     except VerificationError as error:
         return dg.AssetCheckResult(passed=False, description=str(error))
     return dg.AssetCheckResult(passed=True, metadata=metadata)
