@@ -14,6 +14,7 @@ from cia_assets.lib import indexing
 from cia_assets.lib.layout import DataLayout, collection_alias
 from cia_assets.lib.project import open_embedder, open_embedding_cache, open_vector_store
 from cia_assets.lib.search import search_code
+from cia_assets.lib.vector_store import versioned_collection_name
 from cia_assets_tests.conftest import (
     SAMPLE_FILES,
     GitRepo,
@@ -262,3 +263,21 @@ def test_searches_during_full_rebuilds_never_fail(payments: GitRepo, config: Cia
     assert errors == []
     assert empty == []
     assert searches[0] > 10
+
+
+def test_builds_abandoned_by_a_dead_process_are_dropped(payments: GitRepo, config: CiaConfig) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_repo(config, instance, "payments")
+    store = open_vector_store(config)
+    alias = collection_alias("cia", "payments")
+    abandoned = f"{alias}-20200101000000-abcdef"
+    in_progress = versioned_collection_name(alias)
+    unrelated = "cia-other-20200101000000-abcdef"
+    for name in (abandoned, in_progress, unrelated):
+        store.create_collection(name, 384)
+    payments.commit({"web/refund.ts": "export const FEE = 1;\n"})
+    materialize_repo(config, instance, "payments")
+    remaining = set(store.list_collections())
+    assert abandoned not in remaining
+    assert {in_progress, unrelated} <= remaining
+    assert store.resolve_alias(alias) in remaining

@@ -59,6 +59,7 @@ from cia_assets.lib.vector_store import (
     IndexedPoint,
     SearchHit,
     SparseVector,
+    versioned_collection_name,
 )
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ class EmbeddedVectorStore:
         source_dir = self._collection_dir(source)
         if not (source_dir / SEALED_FILE).is_file():
             raise CollectionBusy(f"{source!r} (behind {alias!r}) is not sealed; it cannot be copied")
-        name = f"{alias}-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+        name = versioned_collection_name(alias)
         target_dir = self._collection_dir(name)
         target_dir.mkdir()
         try:

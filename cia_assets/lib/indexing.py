@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import time
@@ -24,7 +25,13 @@ from cia_assets.lib.embeddings import Embedder, EmbeddingCache
 from cia_assets.lib.git_sync import RepoMirror, Snapshot, read_snapshot, write_json_atomic
 from cia_assets.lib.layout import DataLayout
 from cia_assets.lib.records import Chunk, sha256_text
-from cia_assets.lib.vector_store import IndexedPoint, SearchHit, VectorStore
+from cia_assets.lib.vector_store import (
+    IndexedPoint,
+    SearchHit,
+    VectorStore,
+    collection_age_seconds,
+    versioned_collection_name,
+)
 
 # Bump when chunking output changes for the same input, so cached chunks are recut.
 CHUNK_FORMAT_VERSION = "1"
@@ -32,6 +39,10 @@ CHUNK_FORMAT_VERSION = "1"
 # and a fresh collection also sheds the deleted-point tombstones.
 FULL_REBUILD_CHANGED_SHARE = 0.5
 UPSERT_BATCH = 256
+# A build not published after this long is abandoned (its process died).
+ABANDONED_BUILD_AGE_S = 6 * 3600
+
+logger = logging.getLogger(__name__)
 
 
 class IndexingError(RuntimeError):
@@ -326,7 +337,7 @@ def update_collection(
         )
 
     if full:
-        target = f"{alias}-{time.strftime('%Y%m%d%H%M%S')}-{os.urandom(3).hex()}"
+        target = versioned_collection_name(alias)
         store.create_collection(target, dense_size)
         to_write = list(chunks)
     else:
@@ -369,6 +380,7 @@ def update_collection(
     )
     if previous and previous != target:
         store.drop_collection(previous)
+    drop_abandoned_builds(store, alias, keep=target)
     return CollectionUpdate(
         mode="full" if full else "incremental",
         collection=target,
@@ -380,6 +392,24 @@ def update_collection(
         seconds=time.perf_counter() - started,
         verification=verification,
     )
+
+
+def drop_abandoned_builds(
+    store: VectorStore, alias: str, keep: str, min_age_s: float = ABANDONED_BUILD_AGE_S
+) -> list[str]:
+    """Drop versions of `alias` left by builds that died before publishing (a killed
+    process cannot clean up after itself). Young ones may belong to a build in progress."""
+    dropped = []
+    for name in store.list_collections():
+        age = collection_age_seconds(alias, name)
+        if name != keep and age is not None and age > min_age_s and name != store.resolve_alias(alias):
+            try:
+                store.drop_collection(name)
+            except Exception as error:  # another process still holds it: leave it
+                logger.warning("kept abandoned collection %s: %s", name, error)
+                continue
+            dropped.append(name)
+    return dropped
 
 
 # --- verification (shared by the asset before its switch and by the asset checks) ------

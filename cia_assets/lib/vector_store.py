@@ -11,12 +11,33 @@ old one.
 
 from __future__ import annotations
 
+import calendar
+import re
+import secrets
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 DENSE_VECTOR = "dense"
 SPARSE_VECTOR = "lexical"
+
+
+_VERSION_TIME_FORMAT = "%Y%m%d%H%M%S"
+
+
+def versioned_collection_name(alias: str) -> str:
+    """A new collection for `alias`: `<alias>-<UTC timestamp>-<random>`, sortable by age."""
+    return f"{alias}-{time.strftime(_VERSION_TIME_FORMAT, time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def collection_age_seconds(alias: str, name: str) -> float | None:
+    """How old a versioned collection of `alias` is, from its name; None if not one."""
+    match = re.fullmatch(re.escape(alias) + r"-(\d{14})-[0-9a-f]{6}", name)
+    if not match:
+        return None
+    created = calendar.timegm(time.strptime(match.group(1), _VERSION_TIME_FORMAT))
+    return time.time() - created
 
 
 class CollectionNotFound(KeyError):

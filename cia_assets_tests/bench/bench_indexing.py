@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import subprocess
 import tempfile
 import time
@@ -139,6 +140,7 @@ def main() -> None:
             one_file_vs_full=round(one_file_seconds / full_seconds, 4),
         )
 
+        print(json.dumps(report, indent=2), file=sys.stderr, flush=True)
         report["search"] = bench_search(config, chunks, [int(s) for s in args.sizes.split(",")])
     finally:
         if not args.keep:
