@@ -562,3 +562,57 @@ def test_query_is_one_per_distinct_token() -> None:
 def test_hash_collisions_are_merged(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lexical, "token_index", lambda token: 7 if token in ("foo", "bar") else 3)
     assert lexical.encode_query("foo bar baz") == SparseVector(indices=[3, 7], values=[1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("query", "identifiers"),
+    [
+        ("refundDeadlineDays", ["refunddeadlinedays"]),
+        ("where is check_permission called", ["check_permission"]),
+        ("TokenValidator.validate and HTTPServer", ["tokenvalidator", "httpserver"]),
+        ("Ledger transfer", []),  # plain words: nothing the other lists could split apart
+        ("", []),
+    ],
+)
+def test_exact_identifier_query_keeps_only_whole_compound_identifiers(
+    query: str, identifiers: list[str]
+) -> None:
+    encoded = lexical.encode_identifiers(query)
+    assert encoded.indices == sorted(lexical.token_index(t) for t in identifiers)
+    assert encoded.values == [1.0] * len(identifiers)
+
+
+@pytest.mark.parametrize("backend", ["embedded", "server"])
+def test_exact_identifier_list_ranks_the_defining_chunk_first(backend: str, tmp_path: Path) -> None:
+    """A chunk that shares the identifier's parts and is the dense favourite loses to the
+    chunk holding the exact identifier once the exact list joins the fusion."""
+    from qdrant_client import QdrantClient
+
+    store: VectorStore = (
+        EmbeddedVectorStore(tmp_path)
+        if backend == "embedded"
+        else ServerVectorStore(QdrantClient(":memory:"))
+    )
+    store.create_collection("c", 2)
+    texts = {
+        "readme": "Refunds: the refund deadline is a number of days, see refund.ts",
+        "definition": "function refundDeadlineDays(country) { return 14 }",
+        "other": "function unrelated() {}",
+    }
+    dense = {"readme": [1.0, 0.0], "definition": [0.0, 1.0], "other": [0.7, 0.7]}
+    store.upsert(
+        "c",
+        [
+            IndexedPoint(str(uuid.UUID(int=i + 1)), dense[name], lexical.encode_document(text), {"n": name})
+            for i, (name, text) in enumerate(texts.items())
+        ],
+    )
+    store.publish("a", "c")
+    query = "refundDeadlineDays"
+    without = store.search("a", [1.0, 0.0], lexical.encode_query(query), 3)
+    assert without[0].payload["n"] == "readme"  # the trap: dense first, lexical second
+    with_exact = store.search(
+        "a", [1.0, 0.0], lexical.encode_query(query), 3, exact=lexical.encode_identifiers(query)
+    )
+    assert with_exact[0].payload["n"] == "definition"
+    store.close()

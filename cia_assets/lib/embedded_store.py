@@ -342,6 +342,7 @@ class EmbeddedVectorStore:
         limit: int,
         filters: dict[str, str | list[str]] | None = None,
         candidates: int = 100,
+        exact: SparseVector | None = None,
     ) -> list[SearchHit]:
         """Hybrid search through `alias` (or a collection name): dense + sparse, RRF-fused.
 
@@ -349,7 +350,7 @@ class EmbeddedVectorStore:
         by any process is seen by the next search.
         """
         self._check_usable()
-        request = self._query_request(dense, sparse, limit, filters, candidates)
+        request = self._query_request(dense, sparse, limit, filters, candidates, exact)
         vanished: str | None = None
         while True:
             target = self._alias_map().get(alias)
@@ -669,6 +670,7 @@ class EmbeddedVectorStore:
         limit: int,
         filters: dict[str, str | list[str]] | None,
         candidates: int,
+        exact: SparseVector | None = None,
     ) -> qe.QueryRequest:
         condition = _edge_filter(filters)
         depth = max(candidates, limit)
@@ -687,6 +689,16 @@ class EmbeddedVectorStore:
                     limit=depth,
                     query=qe.Query.Nearest(
                         qe.SparseVector(list(sparse.indices), list(sparse.values)), using=SPARSE_VECTOR
+                    ),
+                    filter=condition,
+                )
+            )
+        if exact is not None and exact.indices:
+            prefetches.append(
+                qe.Prefetch(
+                    limit=depth,
+                    query=qe.Query.Nearest(
+                        qe.SparseVector(list(exact.indices), list(exact.values)), using=SPARSE_VECTOR
                     ),
                     filter=condition,
                 )

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -38,6 +39,7 @@ CHUNK_FORMAT_VERSION = "1"
 # Above this share of changed files an in-place update costs about as much as a rebuild,
 # and a fresh collection also sheds the deleted-point tombstones.
 FULL_REBUILD_CHANGED_SHARE = 0.5
+_IDENTIFIER_WORD = re.compile(r"[A-Za-z_]\w*")
 UPSERT_BATCH = 256
 # A build not published after this long is abandoned (its process died).
 ABANDONED_BUILD_AGE_S = 6 * 3600
@@ -453,49 +455,46 @@ def verify_lines_exist(
 
 
 def pick_smoke_chunk(chunks: Sequence[Chunk]) -> Chunk | None:
-    """A chunk with a distinctive symbol: the rarer its name in other chunks, the better."""
-    candidates = [c for c in chunks if c.symbol and c.kind in ("function", "method", "class")]
-    if not candidates:
-        return None
-    name_counts = Counter(c.symbol.rsplit(".", 1)[-1] for c in candidates if c.symbol)
-    candidates = [c for c in candidates if c.symbol and name_counts[c.symbol.rsplit(".", 1)[-1]] == 1]
-    if not candidates:
-        return None
-    # Deterministic: the longest unique name, then by location.
-    return max(candidates, key=lambda c: (len(c.symbol or ""), c.path, -c.line_start))
+    """A definition with a compound name (snake_case or camelCase) that appears in no other
+    chunk: searching that name must find this chunk first, or retrieval is broken. The
+    longest such name wins, so the pick is deterministic."""
+    document_frequency: Counter[str] = Counter()
+    for chunk in chunks:
+        document_frequency.update(set(_IDENTIFIER_WORD.findall(chunk.text)))
+    best: Chunk | None = None
+    best_key: tuple[int, str, int] | None = None
+    for chunk in chunks:
+        if not chunk.symbol or chunk.kind not in ("function", "method", "class"):
+            continue
+        name = chunk.symbol.rsplit(".", 1)[-1]
+        compound = bool(lexical.encode_identifiers(name).indices)
+        if not compound or document_frequency[name] != 1 or name not in chunk.text:
+            continue
+        key = (len(name), chunk.path, -chunk.line_start)
+        if best_key is None or key > best_key:
+            best, best_key = chunk, key
+    return best
+
+
+def smoke_query(chunk: Chunk) -> str:
+    return (chunk.symbol or "").rsplit(".", 1)[-1]
 
 
 def verify_smoke_search(search: Callable[[str], list[SearchHit]], chunks: Sequence[Chunk]) -> dict[str, Any]:
     chunk = pick_smoke_chunk(chunks)
     if chunk is None:
         return {"smoke_symbol": None}
-    hits = search(chunk.symbol or "")
+    query = smoke_query(chunk)
+    hits = search(query)
     if not hits:
-        raise VerificationError(f"smoke search for {chunk.symbol!r} returned nothing")
+        raise VerificationError(f"smoke search for {query!r} returned nothing")
     top = hits[0].payload
     if top.get("path") != chunk.path or top.get("symbol") != chunk.symbol:
         raise VerificationError(
-            f"smoke search for {chunk.symbol!r} ranked {top.get('path')}:{top.get('symbol')} first, "
+            f"smoke search for {query!r} ranked {top.get('path')}:{top.get('symbol')} first, "
             f"expected {chunk.path}:{chunk.symbol}"
         )
     return {"smoke_symbol": chunk.symbol, "smoke_path": chunk.path}
-
-
-def hybrid_search_collection(
-    store: VectorStore,
-    embedder: Embedder,
-    alias: str,
-    query: str,
-    limit: int,
-    filters: dict[str, str | list[str]] | None = None,
-) -> list[SearchHit]:
-    return store.search(
-        alias,
-        embedder.embed_query(query).tolist(),
-        lexical.encode_query(query),
-        limit,
-        filters,
-    )
 
 
 def load_snapshot_or_fail(layout: DataLayout, repo_id: str) -> Snapshot:

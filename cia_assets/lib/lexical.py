@@ -132,3 +132,20 @@ def encode_document(text: str) -> SparseVector:
 def encode_query(text: str) -> SparseVector:
     """Sparse vector of a query: weight 1.0 per distinct token (IDF comes from Qdrant)."""
     return _to_sparse(dict.fromkeys(code_tokens(text), 1.0))
+
+
+def encode_identifiers(text: str) -> SparseVector:
+    """Only the whole compound identifiers of `text` (`refundDeadlineDays`, `check_permission`),
+    none of their parts: the query for the exact-identifier list of a hybrid search.
+
+    Searching `refundDeadlineDays` must rank the chunk containing that identifier above a
+    chunk that merely shares `refund` and `days` and reads similar to the dense model; with
+    its own RRF list the exact match wins regardless of how the other lists rank it.
+    Plain words have no parts to confuse, so they yield nothing here.
+    """
+    wholes = [
+        tokens[0]
+        for word in _WORD.findall(text)
+        if len(tokens := _identifier_tokens(word)) > 1 and tokens[0] == word.lower()
+    ]
+    return _to_sparse(dict.fromkeys(wholes, 1.0))

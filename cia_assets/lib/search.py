@@ -8,13 +8,48 @@ from typing import Any
 
 from cia_assets.config import CiaConfig
 from cia_assets.lib import lexical
+from cia_assets.lib.embeddings import Embedder
 from cia_assets.lib.layout import collection_alias
 from cia_assets.lib.project import open_embedder, open_vector_store
 from cia_assets.lib.records import source_url
+from cia_assets.lib.vector_store import SearchHit, SparseVector, VectorStore
 
 
 class SearchError(RuntimeError):
     """The search cannot run as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class HybridQuery:
+    """A query encoded once for any number of collections."""
+
+    dense: list[float]
+    sparse: SparseVector
+    exact: SparseVector
+
+    @classmethod
+    def encode(cls, embedder: Embedder, text: str) -> HybridQuery:
+        return cls(
+            dense=embedder.embed_query(text).tolist(),
+            sparse=lexical.encode_query(text),
+            exact=lexical.encode_identifiers(text),
+        )
+
+    def run(
+        self,
+        store: VectorStore,
+        collection: str,
+        limit: int,
+        filters: dict[str, str | list[str]] | None = None,
+    ) -> list[SearchHit]:
+        return store.search(collection, self.dense, self.sparse, limit, filters, exact=self.exact)
+
+
+def search_collection(
+    store: VectorStore, embedder: Embedder, collection: str, text: str, limit: int
+) -> list[SearchHit]:
+    """One collection or alias, e.g. a build being verified before it is published."""
+    return HybridQuery.encode(embedder, text).run(store, collection, limit)
 
 
 @dataclass(frozen=True)
@@ -60,12 +95,10 @@ def search_code(
     indexed = {repo: alias for repo, alias in aliases.items() if store.resolve_alias(alias)}
     if not indexed:
         raise SearchError(f"nothing indexed yet for {', '.join(wanted) or 'any repo'}; run `cia index` first")
-    embedder = open_embedder(config)
-    dense = embedder.embed_query(query).tolist()
-    sparse = lexical.encode_query(query)
+    encoded = HybridQuery.encode(open_embedder(config), query)
     hits: list[CodeHit] = []
     for alias in indexed.values():
-        for hit in store.search(alias, dense, sparse, k):
+        for hit in encoded.run(store, alias, k):
             p = hit.payload
             hits.append(
                 CodeHit(

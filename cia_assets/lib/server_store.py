@@ -145,6 +145,7 @@ class ServerVectorStore:
         limit: int,
         filters: dict[str, str | list[str]] | None = None,
         candidates: int = 100,
+        exact: SparseVector | None = None,
     ) -> list[SearchHit]:
         """Hybrid search: dense and sparse prefetches (both filtered) fused with RRF."""
         condition = _filter(filters)
@@ -162,6 +163,15 @@ class ServerVectorStore:
             prefetch.append(
                 models.Prefetch(
                     query=models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)),
+                    using=SPARSE_VECTOR,
+                    limit=depth,
+                    filter=condition,
+                )
+            )
+        if exact is not None and exact.indices:
+            prefetch.append(
+                models.Prefetch(
+                    query=models.SparseVector(indices=list(exact.indices), values=list(exact.values)),
                     using=SPARSE_VECTOR,
                     limit=depth,
                     filter=condition,

@@ -126,8 +126,12 @@ class VectorStore(Protocol):
         limit: int,
         filters: dict[str, str | list[str]] | None = None,
         candidates: int = 100,
+        exact: SparseVector | None = None,
     ) -> list[SearchHit]:
         """Hybrid search through the alias: dense and sparse candidates fused with RRF.
+
+        `exact`, when it has indices, adds a third list: sparse search with only the query's
+        whole identifiers (see `lexical.encode_identifiers`), so an exact match ranks first.
 
         `alias` may also name a collection directly (as on a Qdrant server), e.g. to
         smoke-test a build before it is published. `filters` maps payload keys to a value

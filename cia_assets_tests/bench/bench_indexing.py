@@ -19,8 +19,8 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path

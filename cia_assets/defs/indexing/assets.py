@@ -7,6 +7,7 @@ from cia_assets.lib import indexing
 from cia_assets.lib.git_sync import RepoMirror
 from cia_assets.lib.indexing import CHUNK_FORMAT_VERSION
 from cia_assets.lib.layout import collection_alias
+from cia_assets.lib.search import search_collection
 
 # Each stage runs as soon as the stage before it has new data for the same repo: the repo
 # sensor only has to request a snapshot, and the rest of the graph follows it.
@@ -147,7 +148,7 @@ def qdrant_collection(
             **indexing.verify_point_count(store, collection, len(chunks)),
             **indexing.verify_lines_exist(store, collection, mirror, chunk_meta.commit_sha),
             **indexing.verify_smoke_search(
-                lambda q: indexing.hybrid_search_collection(store, model, collection, q, 5),
+                lambda q: search_collection(store, model, collection, q, 5),
                 chunks,
             ),
         }

@@ -13,6 +13,7 @@ from cia_assets.lib import indexing
 from cia_assets.lib.git_sync import RepoMirror
 from cia_assets.lib.indexing import VerificationError
 from cia_assets.lib.layout import collection_alias
+from cia_assets.lib.search import search_collection
 
 
 def _live_collection(cia: CiaConfigResource, vector_store: VectorStoreResource, repo_id: str) -> str:
@@ -82,7 +83,5 @@ def smoke_search_finds_symbol(
     store = vector_store.open()
     model = embedder.model()
     return _result(
-        lambda: indexing.verify_smoke_search(
-            lambda q: indexing.hybrid_search_collection(store, model, alias, q, 5), chunks
-        )
+        lambda: indexing.verify_smoke_search(lambda q: search_collection(store, model, alias, q, 5), chunks)
     )
