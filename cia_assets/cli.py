@@ -1,4 +1,4 @@
-"""`cia`: index, search and run the Dagster UI from one command.
+"""`cia`: index, search, ask, serve the chat app and run the Dagster UI.
 
 Every command reads cia.yaml (--config, else $CIA_CONFIG, else ./cia.yaml) and goes through
 the same code as the Dagster assets, so what the CLI does is what the graph does.
@@ -31,9 +31,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cia: {message}", file=sys.stderr)
         return 2
     except Exception as error:
+        from cia_assets.lib.access import AccessDenied
+        from cia_assets.lib.answering import AnswerError
+        from cia_assets.lib.endpoint import EndpointError
         from cia_assets.lib.search import SearchError
 
-        if isinstance(error, SearchError):
+        if isinstance(error, SearchError | AnswerError | AccessDenied | EndpointError):
             print(f"cia: {error}", file=sys.stderr)
             return 2
         raise
@@ -61,9 +64,28 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true", help="print JSON on stdout")
     search.set_defaults(handler=_search)
 
-    dev = add("dev", "Start the Dagster UI and daemon (sensors, automation) for this project.")
+    ask = add("ask", "Answer a question from the indexed code, with verified citations.")
+    ask.add_argument("question")
+    ask.add_argument("--repo", action="append", help="limit to this repo (repeatable)")
+    ask.add_argument("--json", action="store_true", help="print JSON on stdout")
+    ask.add_argument(
+        "--token",
+        help="access token (default: $CIA_TOKEN, else the config's only token); decides the repos",
+    )
+    ask.set_defaults(handler=_ask)
+
+    serve = add("serve", "Start the chat app (web page, OpenAI-compatible API) and the model server.")
+    serve.add_argument("--host", help="default: chat.host from the config")
+    serve.add_argument("--port", type=int, help="default: chat.port from the config")
+    serve.set_defaults(handler=_serve)
+
+    mcp = add("mcp", "Run the MCP server on stdio (tools: search_code, ask_codebase).")
+    mcp.set_defaults(handler=_mcp)
+
+    dev = add("dev", "Start the Dagster UI and daemon (sensors, automation), and the chat app.")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--no-chat", action="store_true", help="only the Dagster UI, not the chat app")
     dev.set_defaults(handler=_dev)
     return parser
 
@@ -201,6 +223,67 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cli_grant(config: CiaConfig, token: str | None) -> Any:
+    """The CLI runs as the person at the shell: their token, or the config's only token."""
+    from cia_assets.lib.access import AccessDenied, authorize
+
+    token = token or os.environ.get("CIA_TOKEN")
+    if token is None:
+        if len(config.chat.tokens) != 1:
+            raise AccessDenied(
+                f"{config.config_path}: chat.tokens has {len(config.chat.tokens)} entries; "
+                "pass --token or set $CIA_TOKEN"
+            )
+        token = config.chat.tokens[0].token
+    return authorize(config, token)
+
+
+def _ask(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from cia_assets.chat.service import AssistantService
+    from cia_assets.lib.answering import Answer, AnswerDelta, AskRequest
+
+    grant = cli_grant(config, args.token)
+    service = AssistantService(config)
+    request = AskRequest(question=args.question, grant=grant, repos=args.repo, interface="cli")
+    final: Answer | None = None
+    try:
+        for event in service.answerer.stream(request):
+            if isinstance(event, AnswerDelta):
+                if not args.json and sys.stderr.isatty():
+                    print(event.text, end="", file=sys.stderr, flush=True)
+            else:
+                final = event
+    finally:
+        service.flush()
+        service.close()
+    assert final is not None
+    if args.json:
+        print(json.dumps(final.to_json(), indent=2))
+    else:
+        if sys.stderr.isatty():
+            print("\n", file=sys.stderr)
+        print(final.answer)
+        if final.invalid_citations:
+            print(f"(removed invalid citations: {', '.join(final.invalid_citations)})", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from cia_assets.chat.server import serve
+
+    return serve(config, host=args.host, port=args.port)
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from cia_assets.chat.mcp_server import run_stdio
+
+    run_stdio(config.config_path)
+    return 0
+
+
 def _dev(args: argparse.Namespace) -> int:
     config = _load(args)
     home = prepare_dagster_home(config)
@@ -224,8 +307,51 @@ def _dev(args: argparse.Namespace) -> int:
     # keeps ignored signals ignored: dagster dev would then never stop. Restore them.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.execv(command[0], command)
-    return 0  # not reached
+    if args.no_chat:
+        os.execv(command[0], command)
+    return _supervise(
+        {
+            "dagster": command,
+            "chat": [sys.executable, "-m", "cia_assets.cli", "serve", "--config", str(config.config_path)],
+        }
+    )
+
+
+def _supervise(commands: dict[str, list[str]]) -> int:
+    """Run the commands side by side; when one ends or a signal comes, stop them all."""
+    import subprocess
+    import time
+
+    children = {name: subprocess.Popen(command) for name, command in commands.items()}
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    exit_code = 0
+    try:
+        while not stopping:
+            ended = {name: child.poll() for name, child in children.items() if child.poll() is not None}
+            if ended:
+                name, code = next(iter(ended.items()))
+                print(f"cia: {name} exited with {code}; stopping the rest", file=sys.stderr, flush=True)
+                exit_code = code or 1
+                break
+            time.sleep(0.5)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 20
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return exit_code
 
 
 if __name__ == "__main__":

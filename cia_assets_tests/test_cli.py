@@ -105,10 +105,17 @@ def test_dev_serves_the_ui_with_sensors_running(
     import time
     import urllib.request
 
-    config = write_config([{"url": "file:///nonexistent/ghost.git"}])
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
+    port, chat_port, llm_port = free_port(), free_port(), free_port()
+    config = write_config(
+        [{"url": "file:///nonexistent/ghost.git"}],
+        chat={"port": chat_port, "tokens": [{"name": "t", "token": "test-token-123"}]},
+        llm={"port": llm_port},
+    )
     env = {k: v for k, v in os.environ.items() if k != "CIA_CONFIG"}
     process = subprocess.Popen(
         [CIA, "dev", "--config", str(config.config_path), "--port", str(port)],
@@ -144,6 +151,19 @@ def test_dev_serves_the_ui_with_sensors_running(
             "indexing_automation": "RUNNING",
         }
         assert (tmp_path / "dagster_home" / "workspace.yaml").exists()  # config outside a checkout
+        # The chat app comes up beside the UI, with the model server it needs.
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{chat_port}/healthz", timeout=2) as response:
+                    health = json.load(response)
+                if health["endpoint"] is not None:
+                    break
+            except OSError:
+                pass
+            assert process.poll() is None, "cia dev exited early"
+            assert time.monotonic() < deadline, "the chat app did not come up"
+            time.sleep(1)
+        assert health["endpoint"]["engine"] == "llama_cpp"
     finally:
         os.killpg(process.pid, signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -151,3 +171,7 @@ def test_dev_serves_the_ui_with_sensors_running(
         with contextlib.suppress(ProcessLookupError):  # code servers left behind
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    # Stopping the chat app stopped the model server it started (its own session, so only
+    # the app could have stopped it).
+    left = subprocess.run(["pgrep", "-f", f"llama_cpp.server.*--port {llm_port}"], capture_output=True)
+    assert left.returncode == 1, left.stdout

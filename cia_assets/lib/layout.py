@@ -35,6 +35,16 @@ class DataLayout:
     def models(self) -> Path:
         return self.data_dir / "models"
 
+    @property
+    def serving(self) -> Path:
+        """The served endpoint's record, its history, and local model servers' logs."""
+        return self.data_dir / "serving"
+
+    @property
+    def traces(self) -> Path:
+        """Every trace and feedback event, kept before forwarding to Langfuse."""
+        return self.data_dir / "traces.duckdb"
+
 
 def collection_alias(prefix: str, repo_id: str) -> str:
     return f"{prefix}-{repo_id}"

@@ -1,0 +1,319 @@
+"""The chat app: a web page, an OpenAI-compatible API and feedback, over the answering service.
+
+- `GET /` the web page; `GET /healthz` liveness and what answers questions.
+- `GET /v1/models`, `POST /v1/chat/completions` (streaming too): IDE tools such as Continue
+  or Open WebUI use the assistant as a model. Model `cia` searches every repo the token may
+  see; `cia/<repo>` one of them.
+- `POST /api/ask` (server-sent events for the page), `POST /api/feedback`, `GET /api/repos`.
+
+Every route but `/`, `/healthz` and static files needs `Authorization: Bearer <token>` with a
+token from cia.yaml's `chat.tokens`; the token decides which repos retrieval may open.
+
+(No `from __future__ import annotations` here: FastAPI reads the dependency annotations at
+run time, including the `Caller` alias local to `create_app`.)
+"""
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from cia_assets.chat.service import AssistantService
+from cia_assets.config import CiaConfig, load_config
+from cia_assets.lib.access import AccessDenied, Grant, authorize
+from cia_assets.lib.answering import Answer, AnswerDelta, AnswerError, AskRequest
+from cia_assets.lib.search import SearchError
+from cia_assets.lib.traces import UnknownTrace
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+MODEL_PREFIX = "cia"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields of OpenAI's request that matter here; the rest (temperature, tools...)
+    are accepted and ignored, since the served endpoint's settings come from cia.yaml."""
+
+    model: str = MODEL_PREFIX
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+
+
+class AskBody(BaseModel):
+    question: str
+    repos: list[str] | None = None
+
+
+class FeedbackBody(BaseModel):
+    trace_id: str = Field(min_length=1, max_length=64)
+    value: Literal["up", "down", 1, -1]
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+def create_app(config_path: str | Path | None = None, *, forward_in_background: bool = True) -> FastAPI:
+    """The app for one config file (re-read when it changes, so tokens can rotate live)."""
+    app = FastAPI(title="CIA", summary="Answers about your code, with citations", version="1")
+    services: dict[int, AssistantService] = {}
+
+    def current_config() -> CiaConfig:
+        return load_config(config_path)
+
+    def service_for(config: CiaConfig) -> AssistantService:
+        key = id(config)
+        if key not in services:
+            for old in services.values():
+                old.close()
+            services.clear()
+            services[key] = AssistantService(config, forward_in_background=forward_in_background)
+        return services[key]
+
+    def grant(authorization: Annotated[str | None, Header()] = None) -> Grant:
+        token = None
+        if authorization and authorization.lower().startswith("bearer "):
+            token = authorization[7:].strip()
+        try:
+            return authorize(current_config(), token)
+        except AccessDenied as error:
+            raise ApiError(401, str(error), "authentication_error") from error
+
+    Caller = Annotated[Grant, Depends(grant)]
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": error.message, "type": error.kind}},
+            status_code=error.status,
+            headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None,
+        )
+
+    @app.on_event("shutdown")
+    def _close() -> None:
+        for service in services.values():
+            service.close()
+
+    # -- pages and health -------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        from cia_assets.lib.endpoint import current_endpoint
+
+        config = current_config()
+        record = current_endpoint(config)
+        return {
+            "status": "ok",
+            "endpoint": None
+            if record is None
+            else {"engine": record.engine, "model": record.model, "version": record.version},
+        }
+
+    # -- the web page's API ----------------------------------------------------------------
+
+    @app.get("/api/repos")
+    def repos(who: Caller) -> dict[str, Any]:
+        return {"token": who.name, "repos": list(who.repos)}
+
+    @app.post("/api/ask")
+    def ask(body: AskBody, who: Caller) -> StreamingResponse:
+        config = current_config()
+        service = service_for(config)
+        request = AskRequest(question=body.question, grant=who, repos=body.repos, interface="http")
+        events = _checked(service.answerer.stream(request))
+
+        def sse() -> Iterator[str]:
+            try:
+                for event in events:
+                    if isinstance(event, AnswerDelta):
+                        yield _sse("delta", {"text": event.text})
+                    else:
+                        yield _sse("final", {**event.to_json(), "not_found": event.not_found})
+            except (AnswerError, SearchError, AccessDenied) as error:
+                yield _sse("error", {"message": str(error)})
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/api/feedback")
+    def feedback(body: FeedbackBody, who: Caller) -> dict[str, Any]:
+        service = service_for(current_config())
+        value = {"up": 1, "down": -1}.get(str(body.value), body.value)
+        trace = service.store.get_trace(body.trace_id)
+        # Another token's trace is answered like an unknown one: ids leak nothing.
+        if trace is None or trace.get("token_name") != who.name:
+            raise ApiError(404, f"unknown trace id {body.trace_id!r}", "not_found_error")
+        try:
+            record = service.store.add_feedback(body.trace_id, int(value), body.comment, source="http")
+        except UnknownTrace as error:
+            raise ApiError(404, str(error), "not_found_error") from error
+        return {"status": "recorded", "feedback_id": record.feedback_id, "trace_id": body.trace_id}
+
+    # -- OpenAI-compatible API ---------------------------------------------------------------
+
+    @app.get("/v1/models")
+    def models(who: Caller) -> dict[str, Any]:
+        created = int(time.time())
+        ids = [MODEL_PREFIX, *(f"{MODEL_PREFIX}/{repo}" for repo in who.repos)]
+        return {
+            "object": "list",
+            "data": [{"id": i, "object": "model", "created": created, "owned_by": "cia"} for i in ids],
+        }
+
+    @app.post("/v1/chat/completions", response_model=None)
+    def chat_completions(body: ChatCompletionRequest, who: Caller) -> dict[str, Any] | StreamingResponse:
+        repos = _repos_of_model(body.model)
+        question = _last_user_message(body.messages)
+        service = service_for(current_config())
+        request = AskRequest(question=question, grant=who, repos=repos, interface="openai")
+        events = _checked(service.answerer.stream(request))
+        created = int(time.time())
+        if not body.stream:
+            final: Answer | None = None
+            for event in events:
+                if isinstance(event, Answer):
+                    final = event
+            assert final is not None
+            return _completion(final, body.model, created)
+        return StreamingResponse(
+            _completion_chunks(events, body.model, created),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    return app
+
+
+def _checked(events: Iterator[Any]) -> Iterator[Any]:
+    """Run the answer up to its first event now, so bad input and denied repos become HTTP
+    errors (401/403/400/503) before a 200 stream has started."""
+    try:
+        first = next(events)
+    except AccessDenied as error:
+        raise ApiError(403, str(error), "permission_error") from error
+    except (AnswerError, SearchError) as error:
+        status = 503 if "endpoint" in str(error) else 400
+        raise ApiError(status, str(error)) from error
+    except StopIteration:  # pragma: no cover - a stream always ends with the Answer
+        raise ApiError(500, "no answer was produced", "server_error") from None
+
+    def chained() -> Iterator[Any]:
+        yield first
+        yield from events
+
+    return chained()
+
+
+def _repos_of_model(model: str) -> list[str] | None:
+    if model == MODEL_PREFIX or not model:
+        return None
+    prefix = f"{MODEL_PREFIX}/"
+    if model.startswith(prefix) and len(model) > len(prefix):
+        return [model[len(prefix) :]]
+    raise ApiError(404, f"unknown model {model!r}: use 'cia' or 'cia/<repo>' (see GET /v1/models)")
+
+
+def _last_user_message(messages: list[ChatMessage]) -> str:
+    for message in reversed(messages):
+        if message.role != "user":
+            continue
+        if isinstance(message.content, str):
+            return message.content
+        if isinstance(message.content, list):
+            return "\n".join(
+                str(part.get("text", "")) for part in message.content if part.get("type") == "text"
+            )
+    raise ApiError(400, "messages: no user message with text content")
+
+
+def _completion(answer: Answer, model: str, created: int) -> dict[str, Any]:
+    prompt_tokens = answer.usage.get("prompt_tokens") or 0
+    completion_tokens = answer.usage.get("completion_tokens") or 0
+    return {
+        "id": f"chatcmpl-{answer.trace_id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.answer},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        # Beside OpenAI's fields, so clients that know CIA get the structured citations.
+        "cia": {**answer.to_json(), "not_found": answer.not_found},
+    }
+
+
+def _completion_chunks(events: Iterator[Any], model: str, created: int) -> Iterator[str]:
+    """OpenAI's chunk stream. The text streams as generated (markers already checked);
+    the last content chunk carries the sources, or, when no valid citation was left, the
+    explicit "not found" that replaces the answer for non-streaming clients."""
+    chunk_id: str | None = None
+    pending: list[str] = []
+    streamed = False
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, extra: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {
+            "id": chunk_id or "chatcmpl-pending",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        if extra:
+            body.update(extra)
+        return f"data: {json.dumps(body)}\n\n"
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        for event in events:
+            if isinstance(event, AnswerDelta):
+                streamed = True
+                pending.append(event.text)
+                yield chunk({"content": event.text})
+                continue
+            chunk_id = f"chatcmpl-{event.trace_id}"
+            if event.not_found:
+                closing = ("\n\n---\n" if streamed else "") + event.answer
+            else:
+                closing = "\n\n" + event.answer.rsplit("\n\nSources:\n", 1)[-1].join(["Sources:\n", ""])
+            yield chunk(
+                {"content": closing},
+                extra={"cia": {**event.to_json(), "not_found": event.not_found}},
+            )
+            yield chunk({}, finish="stop")
+    except (AnswerError, SearchError, AccessDenied) as error:
+        yield chunk({"content": f"\n\n[error: {error}]"}, finish="stop")
+    yield "data: [DONE]\n\n"
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"

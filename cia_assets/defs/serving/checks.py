@@ -1,0 +1,42 @@
+"""The gate on what answers questions: a served endpoint that cannot answer a question
+about the indexed code with a valid citation fails its blocking check."""
+
+import dagster as dg
+
+from cia_assets.defs.resources import CiaConfigResource
+from cia_assets.defs.serving.assets import served_endpoint
+
+
+@dg.asset_check(asset=served_endpoint, blocking=True)
+def answers_smoke_question_with_citation(cia: CiaConfigResource) -> dg.AssetCheckResult:
+    """Asks the live endpoint about a definition that appears in exactly one indexed chunk;
+    passes when the answer keeps at least one valid citation (a chunk of its context whose
+    lines exist at the indexed commit)."""
+    from cia_assets.chat.service import AssistantService
+    from cia_assets.lib.answering import AnswerError, smoke_test
+
+    config = cia.load()
+    service = AssistantService(config)
+    try:
+        result = smoke_test(config, service.answerer)
+    except AnswerError as error:
+        return dg.AssetCheckResult(passed=False, description=str(error))
+    finally:
+        service.flush()
+        service.close()
+    answer = result.answer
+    return dg.AssetCheckResult(
+        passed=result.passed,
+        description=None if result.passed else "the answer kept no valid citation",
+        metadata={
+            "question": result.question,
+            "repo": result.repo,
+            "expected_chunk": result.expected,
+            "cited_expected_chunk": result.cited_expected,
+            "citations": [c.link for c in answer.citations],
+            "invalid_citations": answer.invalid_citations,
+            "answer": dg.MetadataValue.md(answer.answer),
+            "trace_id": answer.trace_id,
+            "first_token_ms": answer.timings_ms.get("first_token_ms"),
+        },
+    )
