@@ -399,3 +399,42 @@ def test_web_page_streams_the_answer_links_citations_and_takes_feedback(
             browser.close()
     store = TraceStore(DataLayout(indexed.data_dir).traces)
     assert store.stats()["feedback"] >= 1
+
+
+def test_cia_ask_sends_its_trace_to_langfuse_and_a_down_langfuse_costs_nothing(
+    indexed: CiaConfig, tmp_path: Path
+) -> None:
+    from cia_assets_tests.fixtures.fake_langfuse import (
+        PUBLIC_KEY,
+        SECRET_KEY,
+        attributes,
+        start_fake_langfuse,
+    )
+
+    langfuse = start_fake_langfuse()
+    try:
+        raw = yaml.safe_load(indexed.config_path.read_text())
+        raw["langfuse"] = {"host": langfuse.url, "public_key": PUBLIC_KEY, "secret_key": SECRET_KEY}
+        config_path = indexed.config_path.with_name("cia-langfuse.yaml")
+        config_path.write_text(yaml.safe_dump(raw))
+        config = load_config(config_path)
+        done = _cia(config, "ask", "How are funds moved between accounts?", "--json", "--token", TOKEN_ALL)
+        assert done.returncode == 0, done.stderr
+        trace_id = json.loads(done.stdout)["trace_id"]
+        spans = {span["name"]: attributes(span) for span in langfuse.traces()[trace_id]}
+        assert spans["generation"]["langfuse.observation.model.name"] == "SmolLM2-135M-Instruct"
+        usage = json.loads(spans["generation"]["langfuse.observation.usage_details"])
+        assert usage["input"] > 100 and usage["output"] > 0
+        assert spans["generation"]["langfuse.observation.prompt.version"].startswith("packaged:")
+
+        langfuse.down = True
+        done = _cia(config, "ask", "How are funds moved between accounts?", "--json", "--token", TOKEN_ALL)
+        assert done.returncode == 0, done.stderr  # the answer does not depend on Langfuse
+        kept = json.loads(done.stdout)["trace_id"]
+        store = TraceStore(DataLayout(config.data_dir).traces)
+        assert store.get_trace(kept)["forwarded_at"] is None  # type: ignore[index]
+        langfuse.down = False
+        done = _cia(config, "ask", "When is a refund authorized?", "--json", "--token", TOKEN_ALL)
+        assert kept in langfuse.traces()  # the next command forwarded what was pending
+    finally:
+        langfuse.close()

@@ -187,12 +187,12 @@ _HEALTHY_LOCK = threading.Lock()
 
 
 def _healthy(record: EndpointRecord, config: CiaConfig, *, cached: bool = True) -> bool:
+    if record.is_local and not process_alive(record.pid):
+        return False
     now = time.monotonic()
     with _HEALTHY_LOCK:
         if cached and now - _HEALTHY.get(record.base_url, -1e9) < HEALTH_CACHE_S:
             return True
-    if record.is_local and not process_alive(record.pid):
-        return False
     ok = is_healthy(record.base_url, timeout_s=2.0, api_key=None if record.is_local else config.llm.api_key)
     if ok:
         with _HEALTHY_LOCK:

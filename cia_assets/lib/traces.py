@@ -26,6 +26,8 @@ import duckdb
 
 SCHEMA_VERSION = 1
 LOCK_WAIT_S = 10.0
+# A row Langfuse refused this many times stays in the store but is no longer retried.
+MAX_FORWARD_ATTEMPTS = 50
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -237,12 +239,16 @@ class TraceStore:
         with self._connect() as connection:
             traces = _dicts(
                 connection.execute(
-                    "SELECT * FROM traces WHERE forwarded_at IS NULL ORDER BY created_at LIMIT ?", [limit]
+                    "SELECT * FROM traces WHERE forwarded_at IS NULL AND forward_attempts < ? "
+                    "ORDER BY created_at LIMIT ?",
+                    [MAX_FORWARD_ATTEMPTS, limit],
                 )
             )
             feedback = _dicts(
                 connection.execute(
-                    "SELECT * FROM feedback WHERE forwarded_at IS NULL ORDER BY created_at LIMIT ?", [limit]
+                    "SELECT * FROM feedback WHERE forwarded_at IS NULL AND forward_attempts < ? "
+                    "ORDER BY created_at LIMIT ?",
+                    [MAX_FORWARD_ATTEMPTS, limit],
                 )
             )
         return traces, feedback
