@@ -49,6 +49,7 @@ lint: install
 
 bench: install
 	$(BIN)/python -m cia_assets_tests.bench.bench_indexing
+	$(BIN)/python -m cia_assets_tests.bench.bench_answering
 
 # Re-pin every dependency after changing pyproject.toml.
 lock:

@@ -438,3 +438,63 @@ def test_cia_ask_sends_its_trace_to_langfuse_and_a_down_langfuse_costs_nothing(
         assert kept in langfuse.traces()  # the next command forwarded what was pending
     finally:
         langfuse.close()
+
+
+def test_cia_serve_restarts_a_model_server_that_died_and_stops_it_on_exit(indexed: CiaConfig) -> None:
+    import signal
+
+    from cia_assets.lib.endpoint import current_endpoint, ensure_endpoint
+
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cia_assets.cli",
+            "serve",
+            "--config",
+            str(indexed.config_path),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        before = ensure_endpoint(indexed)
+        assert before.pid is not None
+        os.killpg(before.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            record = current_endpoint(indexed)
+            if record is not None and record.version > before.version:
+                break
+            assert time.monotonic() < deadline, "the model server was not restarted"
+            time.sleep(0.5)
+        assert record.origin == "restart"
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json={"model": "cia", "messages": [{"role": "user", "content": "When is a refund authorized?"}]},
+            headers={"Authorization": f"Bearer {TOKEN_ALL}"},
+            timeout=120,
+        )
+        assert answer.status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    final = current_endpoint(indexed)
+    assert final is not None and final.pid is not None
+    from cia_assets.lib.llm_server import process_alive
+
+    assert not process_alive(final.pid)

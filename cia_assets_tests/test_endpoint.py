@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -214,3 +215,26 @@ def test_served_endpoint_asset_and_its_blocking_check(
         assert live is not None and live.version == 1
     finally:
         stop_local_endpoint(config)
+
+
+def test_any_openai_compatible_endpoint_serves_by_configuration(
+    llm_config: Callable[..., CiaConfig], write_config: Callable[..., CiaConfig], tmp_path: Path
+) -> None:
+    # A llama.cpp server started elsewhere plays "a hosted OpenAI-compatible API" here.
+    elsewhere = llm_config()
+    upstream = ensure_endpoint(elsewhere)
+    remote = write_config(
+        [], llm={"engine": "openai", "base_url": upstream.base_url, "model": upstream.model}
+    )
+    remote = remote.model_copy(update={"data_dir": tmp_path / "remote-data"})
+    try:
+        new, previous, latency_ms = deploy_endpoint(remote)
+        assert (new.engine, new.pid, previous) == ("openai", None, None)
+        assert new.base_url == upstream.base_url and latency_ms > 0
+        assert ensure_endpoint(remote) == new
+        reply = chat_client(new, remote).chat.completions.create(
+            model=new.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+        )
+        assert reply.choices
+    finally:
+        stop_local_endpoint(elsewhere)

@@ -43,6 +43,9 @@ def main() -> None:
     parser.add_argument("--repo", default=str(Path(__file__).resolve().parents[2]))
     parser.add_argument("--questions", type=int, default=len(QUESTIONS))
     parser.add_argument("--max-answer-tokens", type=int, default=160)
+    parser.add_argument(
+        "--context-share", type=float, default=None, help="answering.context_share (default: the config's)"
+    )
     args = parser.parse_args()
 
     import dagster as dg
@@ -67,11 +70,12 @@ def main() -> None:
                 "codebases": [{"url": f"file://{repo}", "id": "bench", "exclude": ["*.lock"]}],
                 "embedding": {"path": str(packaged_model_dir(root / "models"))},
                 "llm": {"max_answer_tokens": args.max_answer_tokens, "port": 8691},
+                **({"answering": {"context_share": args.context_share}} if args.context_share else {}),
             }
         )
     )
     config = load_config(config_path)
-    report: dict[str, Any] = {"repo": str(repo), "sha": sha}
+    report: dict[str, Any] = {"repo": str(repo), "sha": sha, "context_share": config.answering.context_share}
     started = time.perf_counter()
     materialize_repo(config, dg.DagsterInstance.ephemeral(), "bench")
     report["index_seconds"] = round(time.perf_counter() - started, 1)
