@@ -498,3 +498,34 @@ def test_cia_serve_restarts_a_model_server_that_died_and_stops_it_on_exit(indexe
     from cia_assets.lib.llm_server import process_alive
 
     assert not process_alive(final.pid)
+
+
+def test_metrics_expose_latency_tokens_and_index_freshness(chat_app: str, indexed: CiaConfig) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from cia_assets.lib.indexing import read_chunks_meta
+
+    httpx.post(
+        f"{chat_app}/v1/chat/completions",
+        json={
+            "model": "cia",
+            "messages": [{"role": "user", "content": "How are funds moved between accounts?"}],
+        },
+        headers={"Authorization": f"Bearer {TOKEN_ALL}"},
+        timeout=120,
+    ).raise_for_status()
+    text = httpx.get(f"{chat_app}/metrics").text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples[("cia_question_seconds_count", (("interface", "openai"), ("outcome", "answered")))] >= 1
+    assert samples[("cia_retrieval_seconds_count", ())] >= 1
+    assert samples[("cia_llm_tokens_total", (("kind", "prompt"), ("model", "SmolLM2-135M-Instruct")))] > 100
+    assert samples[("cia_llm_tokens_total", (("kind", "completion"), ("model", "SmolLM2-135M-Instruct")))] > 0
+    meta = read_chunks_meta(DataLayout(indexed.data_dir).chunks_meta("payments"))
+    assert meta is not None
+    assert samples[("cia_index_chunks", (("repo", "payments"),))] == meta.chunk_count
+    assert samples[("cia_index_files", (("repo", "billing"),))] == 1
+    assert 0 <= samples[("cia_index_snapshot_age_seconds", (("repo", "payments"),))] < 3600

@@ -1,6 +1,8 @@
 """The chat app: a web page, an OpenAI-compatible API and feedback, over the answering service.
 
-- `GET /` the web page; `GET /healthz` liveness and what answers questions.
+- `GET /` the web page; `GET /healthz` liveness and what answers questions; `GET /metrics`
+  Prometheus metrics (question, retrieval and first-token latency, tokens, index size and
+  freshness per repo).
 - `GET /v1/models`, `POST /v1/chat/completions` (streaming too): IDE tools such as Continue
   or Open WebUI use the assistant as a model. Model `cia` searches every repo the token may
   see; `cia/<repo>` one of them.
@@ -21,14 +23,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
 from cia_assets.chat.service import AssistantService
 from cia_assets.config import CiaConfig, load_config
 from cia_assets.lib.access import AccessDenied, Grant, authorize
 from cia_assets.lib.answering import Answer, AnswerDelta, AnswerError, AskRequest
+from cia_assets.lib.metrics import AnswerMetrics, IndexCollector
 from cia_assets.lib.search import SearchError
 from cia_assets.lib.traces import UnknownTrace
 
@@ -73,6 +77,9 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
     """The app for one config file (re-read when it changes, so tokens can rotate live)."""
     app = FastAPI(title="CIA", summary="Answers about your code, with citations", version="1")
     services: dict[int, AssistantService] = {}
+    registry = CollectorRegistry()
+    metrics = AnswerMetrics(registry)
+    registry.register(IndexCollector(str(config_path) if config_path else None))
 
     def current_config() -> CiaConfig:
         return load_config(config_path)
@@ -83,7 +90,9 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
             for old in services.values():
                 old.close()
             services.clear()
-            services[key] = AssistantService(config, forward_in_background=forward_in_background)
+            services[key] = AssistantService(
+                config, forward_in_background=forward_in_background, metrics=metrics
+            )
         return services[key]
 
     def grant(authorization: Annotated[str | None, Header()] = None) -> Grant:
@@ -130,6 +139,12 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
             if record is None
             else {"engine": record.engine, "model": record.model, "version": record.version},
         }
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        # Inside the cluster only (a NetworkPolicy admits the Prometheus namespace): it carries
+        # repo names and sizes, never code.
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     # -- the web page's API ----------------------------------------------------------------
 

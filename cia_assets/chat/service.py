@@ -11,6 +11,7 @@ from typing import Any
 from cia_assets.config import CiaConfig
 from cia_assets.lib.answering import Answer, Answerer, AskRequest
 from cia_assets.lib.layout import DataLayout
+from cia_assets.lib.metrics import AnswerMetrics
 from cia_assets.lib.traces import TraceRecord, TraceStore
 
 log = logging.getLogger(__name__)
@@ -19,8 +20,11 @@ log = logging.getLogger(__name__)
 class AssistantService:
     """The answering service with its trace store and (optional) Langfuse forwarder."""
 
-    def __init__(self, config: CiaConfig, *, forward_in_background: bool = False) -> None:
+    def __init__(
+        self, config: CiaConfig, *, forward_in_background: bool = False, metrics: AnswerMetrics | None = None
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.store = TraceStore(DataLayout(config.data_dir).traces)
         self.forwarder: Any = None
         if config.langfuse.enabled:
@@ -33,6 +37,8 @@ class AssistantService:
         self._lock = threading.Lock()
 
     def _record(self, request: AskRequest, answer: Answer, details: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.observe(request.interface, answer)
         timings = answer.timings_ms
         self.store.add_trace(
             TraceRecord(

@@ -1,0 +1,275 @@
+"""deploy/ checked offline: every manifest validates against the Kubernetes schema, GPU work
+lands on the GPU node group with the GPU resource, nothing runs as root, secrets only come
+from Secrets; and the cluster's cia.yaml drives the same asset graph against local stand-ins
+(qdrant-client's in-memory engine for the Qdrant server, a local OpenAI-compatible server for
+vLLM, a local Langfuse)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import kubernetes_validate
+import pytest
+import yaml
+
+from cia_assets.config import load_config
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+K8S_VERSION = "1.34.0"
+SECRET_NAME = re.compile(r"(KEY|TOKEN|PASSWORD|SECRET)", re.IGNORECASE)
+
+
+def manifests() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    documents: list[dict[str, Any]] = []
+    for name in kustomization["resources"]:
+        documents.extend(d for d in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text()) if d)
+    for generator in kustomization["configMapGenerator"]:
+        data = {f: (DEPLOY / "k8s" / f).read_text() for f in generator["files"]}
+        documents.append(
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": data}
+        )
+    return documents
+
+
+def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
+    for document in manifests():
+        if document["kind"] in ("Deployment", "Job", "StatefulSet", "DaemonSet"):
+            yield document["metadata"]["name"], document["spec"]["template"]["spec"]
+
+
+def dagster_values() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "helm" / "dagster-values.yaml").read_text())
+
+
+def dagster_pods() -> Iterator[tuple[str, dict[str, Any]]]:
+    """The pods the Dagster chart makes from these values, as far as the values define them."""
+    values = dagster_values()
+    for deployment in values["dagster-user-deployments"]["deployments"]:
+        image = deployment["image"]
+        yield (
+            f"user-deployment {deployment['name']}",
+            {
+                "securityContext": deployment["podSecurityContext"],
+                "volumes": deployment["volumes"],
+                "containers": [
+                    {
+                        "name": deployment["name"],
+                        "image": f"{image['repository']}:{image['tag']}",
+                        "args": ["dagster", "api", "grpc", *deployment["dagsterApiGrpcArgs"]],
+                        "env": deployment["env"],
+                        "envFrom": [{"secretRef": {"name": s["name"]}} for s in deployment["envSecrets"]],
+                        "volumeMounts": deployment["volumeMounts"],
+                        "securityContext": deployment["securityContext"],
+                        "resources": deployment["resources"],
+                    }
+                ],
+            },
+        )
+    run = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
+    yield (
+        "run pod",
+        {
+            **run["podSpecConfig"],
+            "containers": [{"name": "run", "image": "cia:run", **run["containerConfig"]}],
+        },
+    )
+
+
+def test_every_manifest_validates_against_the_kubernetes_schema() -> None:
+    documents = manifests()
+    kinds = {d["kind"] for d in documents}
+    assert {
+        "Deployment",
+        "Service",
+        "Ingress",
+        "NetworkPolicy",
+        "PersistentVolumeClaim",
+        "ConfigMap",
+        "Job",
+    } <= kinds
+    for document in documents:
+        kubernetes_validate.validate(document, K8S_VERSION, strict=True)
+    for name, spec in dagster_pods():
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name.replace(" ", "-")}, "spec": spec}
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+
+
+def test_no_pod_runs_as_root_and_secrets_only_come_from_secrets() -> None:
+    checked = 0
+    for name, spec in [*pod_specs(), *dagster_pods()]:
+        pod_context = spec.get("securityContext", {})
+        assert pod_context.get("runAsNonRoot") is True, name
+        assert pod_context.get("runAsUser", 0) != 0, name
+        for container in spec["containers"]:
+            context = container.get("securityContext", {})
+            assert context.get("allowPrivilegeEscalation") is False, (name, container["name"])
+            assert context.get("capabilities", {}).get("drop") == ["ALL"], (name, container["name"])
+            for variable in container.get("env", []):
+                if SECRET_NAME.search(variable["name"]):
+                    assert "value" not in variable, f"{name}: {variable['name']} must come from a Secret"
+                    assert "secretKeyRef" in variable["valueFrom"], (name, variable["name"])
+            checked += 1
+        assert not any("hostPath" in volume for volume in spec.get("volumes", [])), name
+    assert checked >= 6
+    for values_file in (DEPLOY / "helm").glob("*.yaml"):
+        text = values_file.read_text()
+        assert not re.search(
+            r"(?i)(password|secret|api_?key|token)[ \t]*:[ \t]*['\"]?[A-Za-z0-9+/]{12,}", text
+        ), values_file
+
+
+def test_gpu_work_requests_the_gpu_and_lands_on_the_gpu_node_group() -> None:
+    specs = dict(pod_specs())
+    vllm = specs["vllm"]
+    [container] = vllm["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert vllm["nodeSelector"]["cia.example.com/node-group"] == "gpu"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in vllm["tolerations"]
+    assert "--enable-lora" in container["args"]
+    models = next(m for m in container["volumeMounts"] if m["name"] == "models")
+    assert models["readOnly"] is True
+    claim = next(v for v in vllm["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
+    assert claim["readOnly"] is True
+    # CPU work stays off the GPU nodes.
+    for name, spec in specs.items():
+        if name != "vllm":
+            assert not any(
+                "nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in spec["containers"]
+            )
+    run = dagster_values()["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]
+    assert run["nodeSelector"]["cia.example.com/node-group"] == "cpu"
+
+
+def test_egress_is_denied_but_to_git_and_the_allowed_teacher() -> None:
+    policies = {d["metadata"]["name"]: d["spec"] for d in manifests() if d["kind"] == "NetworkPolicy"}
+    deny = policies["default-deny"]
+    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+    assert "egress" not in deny and "ingress" not in deny
+    external = {
+        name: [
+            peer["ipBlock"]["cidr"]
+            for rule in spec.get("egress", [])
+            for peer in rule["to"]
+            if "ipBlock" in peer
+        ]
+        for name, spec in policies.items()
+    }
+    assert {name for name, cidrs in external.items() if cidrs} == {"git-remotes", "teacher-endpoint"}
+    teacher = policies["teacher-endpoint"]
+    assert teacher["podSelector"] == {"matchLabels": {"cia.example.com/teacher-egress": "true"}}
+    assert all(cidr.endswith("/32") for cidr in external["teacher-endpoint"])
+
+
+def test_dockerfiles_pin_their_bases_and_run_as_a_user() -> None:
+    for dockerfile in (DEPLOY / "docker").glob("*.Dockerfile"):
+        lines = [line.strip() for line in dockerfile.read_text().splitlines()]
+        bases = [line.split()[1] for line in lines if line.startswith("FROM ")]
+        assert bases and all(":" in b and not b.endswith(":latest") for b in bases), dockerfile
+        users = [line.split()[1] for line in lines if line.startswith("USER ")]
+        assert users and users[-1].split(":")[0] not in ("0", "root"), dockerfile
+        assert not any(re.match(r"(ENV|ARG)\s+\S*(KEY|TOKEN|PASSWORD|SECRET)", line) for line in lines), (
+            dockerfile
+        )
+        text = dockerfile.read_text()
+        assert "unsloth" not in text or dockerfile.name == "trainer.Dockerfile", dockerfile
+    code_location = (DEPLOY / "docker" / "code-location.Dockerfile").read_text()
+    assert "cia_assets.definitions" in code_location and "requirements.lock" in code_location
+
+
+def test_the_dashboard_plots_metrics_the_app_exports() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from cia_assets.lib.metrics import AnswerMetrics
+
+    registry = CollectorRegistry()
+    AnswerMetrics(registry)
+    exported = set(re.findall(r"^# TYPE (\w+)", generate_latest(registry).decode(), re.MULTILINE))
+    exported |= {"cia_index_chunks", "cia_index_files", "cia_index_snapshot_age_seconds"}
+    dashboard = json.loads((DEPLOY / "grafana" / "cia-dashboard.json").read_text())
+    used = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b(cia_[a-z_]+)", target["expr"])
+    }
+    base = {re.sub(r"_(bucket|count|sum|total)$", "", name) for name in used}
+    assert base <= {re.sub(r"_total$", "", name) for name in exported}, base
+    assert any("vllm:" in t["expr"] for p in dashboard["panels"] for t in p["targets"])
+
+
+def test_the_cluster_config_drives_the_same_graph_against_local_stand_ins(
+    tmp_path: Path, model_dir: Path, make_repo: Any, write_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cia_assets.chat.service import AssistantService
+    from cia_assets.defs.resources import build_resources
+    from cia_assets.defs.serving.assets import served_endpoint
+    from cia_assets.lib.access import authorize
+    from cia_assets.lib.answering import AskRequest
+    from cia_assets.lib.endpoint import current_endpoint, ensure_endpoint, stop_local_endpoint
+    from cia_assets_tests.conftest import SAMPLE_FILES, materialize_repo
+    from cia_assets_tests.fixtures.fake_langfuse import PUBLIC_KEY, SECRET_KEY, start_fake_langfuse
+    from cia_assets_tests.test_endpoint import _free_port
+
+    # The stand-in for vLLM: a llama.cpp server, OpenAI-compatible, started elsewhere.
+    vllm_stand_in = write_config([], llm={"port": _free_port()})
+    upstream = ensure_endpoint(vllm_stand_in)
+    langfuse = start_fake_langfuse()
+    try:
+        for name, value in {
+            "QDRANT_URL": ":memory:",
+            "QDRANT_API_KEY": "unused-locally",
+            "VLLM_BASE_URL": upstream.base_url,
+            "VLLM_API_KEY": "unused-locally",
+            "CIA_TOKEN_ENGINEERING": "engineering-token-0123",
+            "LANGFUSE_HOST": langfuse.url,
+            "LANGFUSE_PUBLIC_KEY": PUBLIC_KEY,
+            "LANGFUSE_SECRET_KEY": SECRET_KEY,
+        }.items():
+            monkeypatch.setenv(name, value)
+        cluster = yaml.safe_load((DEPLOY / "k8s" / "cia.yaml").read_text())
+        repo = make_repo("payments", SAMPLE_FILES)
+        # Only what cannot exist here changes: the data volume, the git server, the model's
+        # local path, and the served model's name on the stand-in.
+        cluster["data_dir"] = str(tmp_path / "cluster-data")
+        cluster["codebases"] = [{"url": repo.url, "id": "payments"}]
+        cluster["embedding"]["path"] = str(model_dir)
+        cluster["llm"]["model"] = upstream.model
+        path = tmp_path / "cluster" / "cia.yaml"
+        path.parent.mkdir()
+        path.write_text(yaml.safe_dump(cluster))
+        config = load_config(path)
+        assert config.vector_store.backend == "server" and config.llm.engine == "vllm"
+
+        instance = dg.DagsterInstance.ephemeral()
+        result = materialize_repo(config, instance, "payments")
+        assert result.success
+        served = dg.materialize([served_endpoint], instance=instance, resources=build_resources(str(path)))
+        assert served.success
+        record = current_endpoint(config)
+        assert record is not None and (record.engine, record.base_url, record.pid) == (
+            "vllm",
+            upstream.base_url,
+            None,
+        )
+
+        service = AssistantService(config)
+        try:
+            grant = authorize(config, os.environ["CIA_TOKEN_ENGINEERING"])
+            answer = service.answerer.ask(AskRequest(question="How are API tokens validated?", grant=grant))
+            service.flush()
+        finally:
+            service.close()
+        assert answer.model == upstream.model
+        assert any("payments/auth.py" in where for where in answer.searched)
+        assert all(c.repo == "payments" for c in answer.citations)
+        assert answer.trace_id in langfuse.traces()
+    finally:
+        langfuse.close()
+        stop_local_endpoint(vllm_stand_in)
