@@ -238,3 +238,23 @@ def test_any_openai_compatible_endpoint_serves_by_configuration(
         assert reply.choices
     finally:
         stop_local_endpoint(elsewhere)
+
+
+def test_a_server_too_busy_to_answer_is_not_mistaken_for_a_dead_one(
+    llm_config: Callable[..., CiaConfig],
+) -> None:
+    from cia_assets.lib import endpoint
+
+    config = llm_config()
+    record = ensure_endpoint(config)
+    assert record.pid is not None
+    # A server in the middle of a long prefill on two busy cores answers no HTTP probe for
+    # seconds; a stopped process is the same from outside: alive, listening, silent.
+    os.kill(record.pid, signal.SIGSTOP)
+    try:
+        endpoint._HEALTHY.clear()  # as after the health cache expired
+        assert ensure_endpoint(config) == record
+        assert len(endpoint_history(config)) == 1
+    finally:
+        os.kill(record.pid, signal.SIGCONT)
+        stop_local_endpoint(config)

@@ -37,6 +37,7 @@ from cia_assets.lib.git_sync import utc_now, write_json_atomic
 from cia_assets.lib.layout import DataLayout
 from cia_assets.lib.llm_server import (
     is_healthy,
+    is_listening,
     model_file,
     process_alive,
     start_llama_server,
@@ -193,7 +194,12 @@ def _healthy(record: EndpointRecord, config: CiaConfig, *, cached: bool = True) 
     with _HEALTHY_LOCK:
         if cached and now - _HEALTHY.get(record.base_url, -1e9) < HEALTH_CACHE_S:
             return True
-    ok = is_healthy(record.base_url, timeout_s=2.0, api_key=None if record.is_local else config.llm.api_key)
+    if record.is_local:
+        # Its process runs and its port listens: alive, even while a long answer keeps its
+        # API busy (the model itself was checked when the server started).
+        ok = is_listening(record.base_url)
+    else:
+        ok = is_healthy(record.base_url, timeout_s=5.0, api_key=config.llm.api_key)
     if ok:
         with _HEALTHY_LOCK:
             _HEALTHY[record.base_url] = now
@@ -282,6 +288,8 @@ def ensure_endpoint(config: CiaConfig) -> EndpointRecord:
             new = _launch(config, wanted, version=1, origin="on-demand")
         elif record.is_local:
             log.warning("model server of endpoint v%d is down; restarting it", record.version)
+            if record.pid and process_alive(record.pid):
+                stop_process(record.pid)  # alive but not listening: hung, never left behind
             new = _launch(config, record.spec, version=record.version + 1, origin="restart",
                           previous_version=record.version, note=f"restart of v{record.version}")  # fmt: skip
         else:

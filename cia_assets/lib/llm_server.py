@@ -77,6 +77,22 @@ def is_healthy(base_url: str, timeout_s: float = 2.0, api_key: str | None = None
     return response.status_code == 200
 
 
+def is_listening(base_url: str, timeout_s: float = 1.0) -> bool:
+    """Something accepts connections at the URL's host and port.
+
+    The liveness check of a local server: llama.cpp's server answers its API one request at a
+    time, so an HTTP probe times out while it generates a long answer, and would make a busy
+    server look dead."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(base_url)
+    try:
+        with socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or 80), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class LocalServer:
     pid: int
