@@ -1,143 +1,281 @@
-"""The MCP server over real stdio with the official client: tools, search, answers, and a
-token that cannot reach a repo it lacks."""
+"""`cia mcp` over real stdio with the official `mcp` client: the tools as an agent sees them,
+search with exact lines, answers from the packaged model, and tokens: one that may not read
+`payments` gets none of it by search, by answer or by citation; a missing, unknown or
+revoked one gets an error and no data."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import dagster as dg
 import pytest
 import yaml
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from cia_assets.config import CiaConfig, load_config
-from cia_assets_tests.test_answering import (
-    BILLING_FILES,
-    PAYMENTS_FILES,
-    TOKEN_ALL,
-    TOKEN_BILLING,
-    _free_port,
-    _git_repo,
-)
+from cia_assets.lib.layout import DataLayout
+from cia_assets.lib.traces import TraceStore
+from cia_assets_tests.conftest import GitRepo, materialize_repo
+
+TOKEN_ALL = "mcp-token-all-0123456789"
+TOKEN_BILLING = "mcp-token-billing-0123456789"
+PAYMENTS_RULE = "user.role == 'manager'"  # a line only the payments chunk holds
+
+PAYMENTS_FILES: dict[str, str | bytes | None] = {
+    "payments/refunds.py": (
+        '"""Refund rules of the payments service."""\n'
+        "\n"
+        "\n"
+        "def authorize_refund(user, amount):\n"
+        '    """A refund is authorized when the user is a manager or the amount is under 50."""\n'
+        f"    if {PAYMENTS_RULE}:\n"
+        "        return True\n"
+        "    return amount < 50\n"
+    ),
+    "payments/ledger.py": (
+        "def transfer_between_accounts(ledger, source, target, amount):\n"
+        '    """Move an amount from one account balance to another."""\n'
+        "    ledger[source] -= amount\n"
+        "    ledger[target] += amount\n"
+    ),
+}
+BILLING_FILES: dict[str, str | bytes | None] = {
+    "billing/invoice.py": (
+        "def render_invoice_total(lines):\n"
+        '    """The invoice total is the sum of line amounts plus tax."""\n'
+        "    return sum(line.amount for line in lines) * 1.2\n"
+        "\n"
+        "\n"
+        "def credit_note_for_refund(invoice, amount):\n"
+        '    """A refund is recorded on the invoice as a credit note."""\n'
+        "    return {'invoice': invoice.number, 'credit': -amount}\n"
+    ),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_config(
+    path: Path, root: Path, urls: dict[str, str], tokens: list[dict[str, Any]], port: int
+) -> Path:
+    raw = {
+        "data_dir": str(root / "data"),
+        "codebases": [{"url": url, "id": repo} for repo, url in urls.items()],
+        "embedding": {"path": str(root / "model")},
+        "llm": {"port": port, "max_answer_tokens": 64, "drain_s": 1},
+        "chat": {"tokens": tokens},
+    }
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+TOKENS = [
+    {"name": "all", "token": TOKEN_ALL, "repos": ["*"]},
+    {"name": "billing-only", "token": TOKEN_BILLING, "repos": ["billing"]},
+]
 
 
 @pytest.fixture(scope="module")
-def mcp_config(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[CiaConfig]:
-    import dagster as dg
-
+def indexed(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[CiaConfig]:
+    """Both repos indexed for real, through the Dagster graph."""
     from cia_assets.lib.endpoint import stop_local_endpoint
-    from cia_assets_tests.conftest import materialize_repo
 
     root = tmp_path_factory.mktemp("mcp")
-    payments = _git_repo(root, "payments", PAYMENTS_FILES)
-    billing = _git_repo(root, "billing", BILLING_FILES)
-    path = root / "cia.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "data_dir": str(root / "data"),
-                "codebases": [{"url": payments.url, "id": "payments"}, {"url": billing.url, "id": "billing"}],
-                "embedding": {"path": str(model_dir)},
-                "llm": {"port": _free_port(), "max_answer_tokens": 64},
-                "chat": {
-                    "tokens": [
-                        {"name": "all", "token": TOKEN_ALL, "repos": ["*"]},
-                        {"name": "billing-only", "token": TOKEN_BILLING, "repos": ["billing"]},
-                    ]
-                },
-            }
-        )
-    )
-    config = load_config(path)
+    (root / "model").symlink_to(model_dir)
+    urls = {}
+    for name, files in (("payments", PAYMENTS_FILES), ("billing", BILLING_FILES)):
+        repo = GitRepo(root / "remotes" / name)
+        repo.path.mkdir(parents=True)
+        repo.git("init", "-q", "-b", "main")
+        repo.commit(dict(files), "initial")
+        urls[name] = repo.url
+    config = load_config(_write_config(root / "cia.yaml", root, urls, TOKENS, _free_port()))
     old_home = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
     try:
         instance = dg.DagsterInstance.ephemeral()
-        for repo in ("payments", "billing"):
-            materialize_repo(config, instance, repo)
+        for repo_id in urls:
+            materialize_repo(config, instance, repo_id)
         yield config
     finally:
-        stop_local_endpoint(config)
+        stop_local_endpoint(config)  # started on demand by the server's first answer
         if old_home is not None:
             os.environ["DAGSTER_HOME"] = old_home
 
 
-def call_tools(
-    config: CiaConfig, token: str | None, calls: list[tuple[str, dict[str, Any]]]
-) -> dict[str, Any]:
-    """Start `cia mcp` as a client would, list its tools and make the calls."""
+Call = tuple[str, dict[str, Any]] | Callable[[], object]
 
-    async def run() -> dict[str, Any]:
-        env = {k: v for k, v in os.environ.items() if k != "CIA_TOKEN"}
+
+def run_client(config_path: Path, token: str | None, calls: list[Call]) -> dict[str, Any]:
+    """Start `cia mcp` the way an MCP client does (token in its env), list the tools and make
+    the calls in one session; a callable in `calls` runs between two tool calls."""
+
+    async def session_run() -> dict[str, Any]:
+        env = {k: v for k, v in os.environ.items() if k not in ("CIA_TOKEN", "CIA_CONFIG")}
         if token is not None:
             env["CIA_TOKEN"] = token
         params = StdioServerParameters(
             command=sys.executable,
-            args=["-m", "cia_assets.cli", "mcp", "--config", str(config.config_path)],
+            args=["-m", "cia_assets.cli", "mcp", "--config", str(config_path)],
             env=env,
         )
         out: dict[str, Any] = {"results": []}
-        async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
-            await session.initialize()
-            out["tools"] = {tool.name: tool for tool in (await session.list_tools()).tools}
-            for name, arguments in calls:
-                result = await session.call_tool(name, arguments)
-                text = "".join(getattr(part, "text", "") for part in result.content)
-                out["results"].append((result.is_error, text))
+        with open(config_path.parent / "mcp-server.log", "a") as errlog:
+            async with (
+                stdio_client(params, errlog=errlog) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                out["tools"] = {tool.name: tool for tool in (await session.list_tools()).tools}
+                for call in calls:
+                    if callable(call):
+                        call()
+                        continue
+                    result = await session.call_tool(*call)
+                    text = "".join(getattr(part, "text", "") for part in result.content)
+                    out["results"].append((result.is_error, text, result.structured_content))
         return out
 
-    return anyio.run(run)
+    return anyio.run(session_run)
 
 
-def test_tools_are_listed_and_search_finds_the_function(mcp_config: CiaConfig) -> None:
-    out = call_tools(mcp_config, TOKEN_ALL, [("search_code", {"query": "authorize_refund", "k": 3})])
-    assert set(out["tools"]) == {"search_code", "ask_codebase"}
-    schema = (
-        out["tools"]["search_code"].input_schema
-        if hasattr(out["tools"]["search_code"], "input_schema")
-        else out["tools"]["search_code"].inputSchema
+def _trace(config: CiaConfig, trace_id: str) -> dict[str, Any]:
+    stored = TraceStore(DataLayout(config.data_dir).traces).get_trace(trace_id)
+    assert stored is not None, trace_id
+    return stored
+
+
+def test_tools_search_and_answer_with_a_full_access_token(indexed: CiaConfig) -> None:
+    out = run_client(
+        indexed.config_path,
+        TOKEN_ALL,
+        [
+            ("search_code", {"query": "authorize_refund", "k": 3}),
+            ("search_code", {"query": "invoice total", "repo": "billing", "k": 1}),
+            ("ask_codebase", {"question": "When is a refund authorized?"}),
+        ],
     )
-    assert schema["required"] == ["query"] and set(schema["properties"]) == {"query", "repo", "k"}
-    is_error, text = out["results"][0]
-    assert not is_error, text
-    hits = json.loads(text)
-    assert (hits[0]["repo"], hits[0]["path"], hits[0]["line_start"], hits[0]["line_end"]) == (
-        "payments",
-        "payments/auth.py",
-        4,
-        8,
-    )
-    assert "def authorize_refund" in hits[0]["text"]
+    tools = out["tools"]
+    assert set(tools) == {"search_code", "ask_codebase"}
+    search_schema, ask_schema = tools["search_code"].input_schema, tools["ask_codebase"].input_schema
+    assert search_schema["required"] == ["query"]
+    assert set(search_schema["properties"]) == {"query", "repo", "k"}
+    k_spec = search_schema["properties"]["k"]
+    assert (k_spec["minimum"], k_spec["maximum"], k_spec["default"]) == (1, 50, 10)
+    assert ask_schema["required"] == ["question"] and set(ask_schema["properties"]) == {"question", "repo"}
+    for tool in tools.values():
+        assert "token may read" in (tool.description or "")  # what the agent reads
+        assert all(spec.get("description") for spec in tool.input_schema["properties"].values())
+        assert tool.annotations is not None and tool.annotations.read_only_hint
+
+    (error, text, structured), (error2, text2, _), (ask_error, ask_text, ask_structured) = out["results"]
+    assert not error, text
+    result = json.loads(text)
+    assert result == structured  # the same data as text (for any client) and as structured content
+    assert result["repos"] == ["payments", "billing"]
+    top = result["hits"][0]
+    assert (top["repo"], top["path"], top["line_start"], top["line_end"], top["symbol"]) == (
+        "payments", "payments/refunds.py", 4, 8, "authorize_refund",
+    )  # fmt: skip
+    assert top["text"].startswith("def authorize_refund(user, amount):") and PAYMENTS_RULE in top["text"]
+    assert top["url"] is None and len(top["commit_sha"]) == 40 and top["truncated"] is False
+    assert not error2, text2
+    only = json.loads(text2)
+    assert only["repos"] == ["billing"] and [(h["path"], h["line_start"]) for h in only["hits"]] == [
+        ("billing/invoice.py", 1)
+    ]
+
+    assert not ask_error, ask_text
+    answer = json.loads(ask_text)
+    assert answer == ask_structured
+    assert set(answer) == {"answer", "citations", "model", "trace_id"}
+    assert answer["model"] == "SmolLM2-135M-Instruct"
+    for citation in answer["citations"]:
+        assert set(citation) == {"n", "repo", "path", "line_start", "line_end", "url"}
+        assert f"[{citation['n']}]" in answer["answer"]
+    assert answer["citations"] or answer["answer"].startswith("Not found in the indexed code")
+    trace = _trace(indexed, answer["trace_id"])
+    assert (trace["interface"], trace["token_name"]) == ("mcp", "all")
+    assert {hit["repo"] for hit in trace["hits"]} == {"payments", "billing"}  # this token reads both
 
 
-def test_a_restricted_token_gets_nothing_of_another_repo(mcp_config: CiaConfig) -> None:
-    out = call_tools(
-        mcp_config,
+def test_a_token_without_payments_gets_none_of_it(indexed: CiaConfig) -> None:
+    out = run_client(
+        indexed.config_path,
         TOKEN_BILLING,
         [
             ("search_code", {"query": "authorize_refund manager refund", "k": 10}),
-            ("search_code", {"query": "refund", "repo": "payments"}),
-            ("ask_codebase", {"question": "When is a refund authorized by authorize_refund?"}),
+            ("search_code", {"query": "authorize_refund", "repo": "payments"}),
+            ("search_code", {"query": "authorize_refund", "repo": "no-such-repo"}),
+            ("ask_codebase", {"question": "When does authorize_refund authorize a refund?"}),
+            ("ask_codebase", {"question": "When is a refund authorized?", "repo": "payments"}),
         ],
     )
-    (search_error, search_text), (denied, denied_text), (ask_error, ask_text) = out["results"]
-    assert not search_error and {hit["repo"] for hit in json.loads(search_text)} == {"billing"}
-    assert denied and "may not read repo(s): payments" in denied_text
+    (search_error, search_text, _), denied, unknown, (ask_error, ask_text, _), ask_denied = out["results"]
+    assert not search_error, search_text
+    found = json.loads(search_text)
+    assert found["repos"] == ["billing"] and found["hits"]
+    assert {hit["repo"] for hit in found["hits"]} == {"billing"}
+    assert PAYMENTS_RULE not in search_text and "payments/" not in search_text
+    # Naming a repo outside the grant is an error naming it, whether or not the repo exists.
+    assert denied[0] and "may not read repo(s): payments" in denied[1]
+    assert unknown[0] and "may not read repo(s): no-such-repo" in unknown[1]
+    assert ask_denied[0] and "may not read repo(s): payments" in ask_denied[1]
+    for _, text, _ in (denied, unknown, ask_denied):
+        assert PAYMENTS_RULE not in text and "refunds.py" not in text
+
     assert not ask_error, ask_text
     answer = json.loads(ask_text)
-    assert set(answer) == {"answer", "citations", "model", "trace_id"}
-    assert all(c["repo"] == "billing" for c in answer["citations"])
-    assert "payments/" not in answer["answer"]
+    assert all(citation["repo"] == "billing" for citation in answer["citations"]), answer
+    assert PAYMENTS_RULE not in answer["answer"] and "payments/" not in answer["answer"]
+    assert answer["citations"] or answer["answer"].startswith("Not found in the indexed code")
+    # What the model was shown: retrieval never opened the payments collection.
+    trace = _trace(indexed, answer["trace_id"])
+    assert trace["token_name"] == "billing-only" and trace["repos"] == ["billing"]
+    assert trace["hits"] and {hit["repo"] for hit in trace["hits"]} == {"billing"}
 
 
-def test_a_missing_or_unknown_token_gets_an_error(mcp_config: CiaConfig) -> None:
-    for token in (None, "not-a-real-token-123"):
-        out = call_tools(mcp_config, token, [("search_code", {"query": "refund"})])
-        is_error, text = out["results"][0]
-        assert is_error and "CIA_TOKEN" in text
+def test_a_missing_unknown_or_revoked_token_gets_an_error_and_no_data(indexed: CiaConfig) -> None:
+    for token, message in ((None, "no token: set CIA_TOKEN"), ("not-a-real-token-123", "unknown token")):
+        out = run_client(
+            indexed.config_path,
+            token,
+            [
+                ("search_code", {"query": "authorize_refund"}),
+                ("ask_codebase", {"question": "What is a refund?"}),
+            ],
+        )
+        assert set(out["tools"]) == {"search_code", "ask_codebase"}  # listing needs no token
+        for is_error, text, structured in out["results"]:
+            assert is_error and message in text and structured is None
+            assert "authorize_refund(" not in text
+
+    # Revoked while the server runs: the next call is refused, without a restart.
+    root = indexed.config_path.parent
+    urls = {repo: indexed.codebase(repo).url for repo in indexed.repo_ids}
+    port = indexed.llm.port
+    revocable = _write_config(root / "cia-revocable.yaml", root, urls, TOKENS, port)
+    out = run_client(
+        revocable,
+        TOKEN_BILLING,
+        [
+            ("search_code", {"query": "render_invoice_total", "k": 1}),
+            lambda: _write_config(revocable, root, urls, TOKENS[:1], port),
+            ("search_code", {"query": "render_invoice_total", "k": 1}),
+        ],
+    )
+    (before_error, before_text, _), (after_error, after_text, _) = out["results"]
+    assert not before_error and json.loads(before_text)["hits"][0]["path"] == "billing/invoice.py"
+    assert after_error and "unknown token" in after_text and "invoice" not in after_text
