@@ -62,6 +62,11 @@ BILLING_FILES = {
         "def render_invoice_total(lines):\n"
         '    """The invoice total is the sum of line amounts plus tax."""\n'
         "    return sum(line.amount for line in lines) * 1.2\n"
+        "\n"
+        "\n"
+        "def refund_invoice_line(line):\n"
+        '    """Add a refund line that cancels one invoice line."""\n'
+        "    return line.amount * -1\n"
     ),
 }
 
@@ -158,6 +163,21 @@ def test_cia_ask_cites_the_function_that_holds_the_answer(indexed: CiaConfig) ->
     assert first["url"] in answer["answer"]
     stored = TraceStore(DataLayout(indexed.data_dir).traces).get_trace(answer["trace_id"])
     assert stored is not None and stored["interface"] == "cli"
+
+
+def test_hits_of_several_repos_are_ranked_together_not_interleaved(indexed: CiaConfig) -> None:
+    from cia_assets.lib.search import search_code
+
+    # Each repo's best hit for this question ranks first in its own collection, so their RRF
+    # scores tie; the merge must still put the function that answers it first.
+    for question in ("When is a refund authorized?", "Which refunds need a manager?"):
+        hits = search_code(indexed, question, k=5)
+        assert (hits[0].repo, hits[0].path) == ("payments", "payments/auth.py"), [
+            (h.repo, h.path, h.score) for h in hits
+        ]
+        assert hits == sorted(hits, key=lambda h: -h.score)
+    only_billing = search_code(indexed, "When is a refund authorized?", repos=["billing"], k=5)
+    assert {h.repo for h in only_billing} == {"billing"}
 
 
 def test_instructions_planted_in_code_are_not_followed(indexed: CiaConfig) -> None:
