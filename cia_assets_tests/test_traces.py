@@ -110,6 +110,31 @@ def test_two_processes_writing_at_once_both_land(store: TraceStore) -> None:
     assert store.stats()["traces"] == 51
 
 
+def test_threads_of_one_process_share_the_store_without_conflicts(store: TraceStore) -> None:
+    # The chat app answers on several threads while its forwarder reads and marks rows:
+    # DuckDB refuses a second open of one file in a process, so they must take turns.
+    import threading
+
+    errors: list[BaseException] = []
+
+    def work(name: str) -> None:
+        try:
+            for i in range(15):
+                store.add_trace(trace(f"{name} {i}"))
+                store.stats()
+                store.pending(5)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(f"t{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert store.stats()["traces"] == 60
+
+
 def test_a_trace_and_its_feedback_reach_langfuse(store: TraceStore, langfuse: FakeLangfuse) -> None:
     record = trace()
     store.add_trace(record)

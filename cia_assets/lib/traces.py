@@ -13,6 +13,7 @@ another process holds the file.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -70,6 +71,16 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 """
 _JSON_COLUMNS = ("repos", "hits", "citations", "invalid_citations")
+# DuckDB refuses to open one file twice in a process ("already attached"): operations of
+# one process on one file take turns (other processes are waited for by retrying).
+_FILE_LOCKS: dict[str, threading.Lock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: Path) -> threading.Lock:
+    key = str(path.resolve())
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(key, threading.Lock())
 
 
 class UnknownTrace(KeyError):
@@ -139,6 +150,11 @@ class TraceStore:
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with _file_lock(self.path), self._open() as connection:
+            yield connection
+
+    @contextmanager
+    def _open(self) -> Iterator[duckdb.DuckDBPyConnection]:
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:
             try:
