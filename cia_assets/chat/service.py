@@ -70,14 +70,14 @@ class AssistantService:
         )
 
     def flush(self) -> None:
-        """Forward what is pending now, bounded by Langfuse's timeout (CLI exits)."""
+        """Forward what is pending now, bounded by Langfuse's timeout (CLI exits); what
+        Langfuse does not take stays in the store for the next forwarder."""
         if self.forwarder is not None:
-            try:
-                self.forwarder.forward_pending()
-            except Exception:
-                log.exception("forwarding traces to Langfuse failed; they stay in %s", self.store.path)
+            report = self.forwarder.flush()
+            if not report.ok:
+                log.warning("traces stay in %s for later: %s", self.store.path, report.error)
 
     def close(self) -> None:
         if self.forwarder is not None:
-            self.forwarder.stop()
+            self.forwarder.close()
         self.answerer.close()

@@ -1,18 +1,40 @@
-"""The local trace and feedback store: a DuckDB file in the data dir.
+"""The local trace and feedback store: a DuckDB file in the data dir (`DataLayout.traces`).
 
 Every answer and every feedback event is written here first, so nothing is lost while
-Langfuse is down or not configured (like a local WAL before replication); the forwarder
-then sends pending rows to Langfuse and marks them. The analytics models (dbt on DuckDB)
-and the feedback sensor read these tables directly: columns are flat, lists are JSON.
+Langfuse is down or not configured (like a local write-ahead log before replication); the
+forwarder (`langfuse_client.LangfuseForwarder`) then sends pending rows and marks them. The
+analytics models (dbt on DuckDB) and the feedback sensor read these tables:
 
-DuckDB lets one process at a time open a file for writing, and the chat app, `cia ask` and
-Dagster runs all write: each operation opens, writes and closes, retrying briefly while
-another process holds the file.
+- `traces`: one row per question. Scalars are plain columns; the list columns `repos`,
+  `hits`, `citations` and `invalid_citations` are DuckDB `JSON`, read in SQL as
+  `repos::VARCHAR[]`, `hits->>'$[0].path'` or, one row per hit,
+  `unnest(from_json(hits, '[{"repo": "VARCHAR", "path": "VARCHAR", "line_start": "INTEGER",
+  "line_end": "INTEGER", "symbol": "VARCHAR", "score": "DOUBLE"}]'))`. JSON rather than
+  STRUCT lists so that a new key in a hit can never make an insert, and so a trace, fail.
+- `feedback`: one row per vote, `value` +1 (up) or -1 (down), on a trace in `traces`.
+- Both tables carry `seq`, a number that grows in commit order (writers are serialized),
+  so it is a cursor that never skips a row, unlike `created_at`; and the forwarding state:
+  `forwarded_at` (when Langfuse accepted the row; NULL while pending), `forward_attempts`,
+  `forward_error` (the last failure) and `forward_rejected_at` (Langfuse refused this row
+  itself, e.g. as too large: it stays here and is not retried).
+- `schema_version`: one row per applied migration.
+Timestamps are `TIMESTAMPTZ`, written and read in UTC.
+
+DuckDB lets one process at a time open a file, and the chat app, `cia ask` and Dagster runs
+all write: every operation opens the file, runs one short transaction and closes it,
+retrying for up to LOCK_WAIT_S while another process holds it. Within a process, operations
+on one file take turns (DuckDB refuses a second open of a file being opened or closed, and
+its optimistic concurrency would abort one of two threads updating the same rows). A
+reader that keeps the file open for long (a dbt run) would block every writer, so such
+readers read a `snapshot()`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import random
+import re
 import threading
 import time
 import uuid
@@ -25,62 +47,74 @@ from typing import Any
 
 import duckdb
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOCK_WAIT_S = 10.0
-# A row Langfuse refused this many times stays in the store but is no longer retried.
-MAX_FORWARD_ATTEMPTS = 50
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS traces (
-    trace_id VARCHAR PRIMARY KEY,
-    created_at TIMESTAMPTZ NOT NULL,
-    interface VARCHAR NOT NULL,
-    token_name VARCHAR,
-    question VARCHAR NOT NULL,
-    repos JSON,
-    answer VARCHAR,
-    not_found BOOLEAN NOT NULL,
-    model VARCHAR,
-    endpoint VARCHAR,
-    prompt_name VARCHAR,
-    prompt_version VARCHAR,
-    hits JSON,
-    citations JSON,
-    invalid_citations JSON,
-    retrieval_ms DOUBLE,
-    generation_ms DOUBLE,
-    first_token_ms DOUBLE,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    error VARCHAR,
+TRACE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+_FORWARD_STATE = """
     forwarded_at TIMESTAMPTZ,
     forward_attempts INTEGER NOT NULL DEFAULT 0,
     forward_error VARCHAR
-);
-CREATE TABLE IF NOT EXISTS feedback (
-    feedback_id VARCHAR PRIMARY KEY,
-    trace_id VARCHAR NOT NULL,
-    value INTEGER NOT NULL,
-    comment VARCHAR,
-    source VARCHAR NOT NULL,
-    created_at TIMESTAMPTZ NOT NULL,
-    forwarded_at TIMESTAMPTZ,
-    forward_attempts INTEGER NOT NULL DEFAULT 0,
-    forward_error VARCHAR
-);
 """
+# Migration n brings a store from version n-1 to n; a new store runs them all. Never edit
+# one that has shipped: add the next.
+_MIGRATIONS: dict[int, str] = {
+    1: f"""
+        CREATE TABLE IF NOT EXISTS traces (
+            trace_id VARCHAR PRIMARY KEY,
+            created_at TIMESTAMPTZ NOT NULL,
+            interface VARCHAR NOT NULL,
+            token_name VARCHAR,
+            question VARCHAR NOT NULL,
+            repos JSON,
+            answer VARCHAR,
+            not_found BOOLEAN NOT NULL,
+            model VARCHAR,
+            endpoint VARCHAR,
+            prompt_name VARCHAR,
+            prompt_version VARCHAR,
+            hits JSON,
+            citations JSON,
+            invalid_citations JSON,
+            retrieval_ms DOUBLE,
+            generation_ms DOUBLE,
+            first_token_ms DOUBLE,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            error VARCHAR,
+            {_FORWARD_STATE}
+        );
+        CREATE TABLE IF NOT EXISTS feedback (
+            feedback_id VARCHAR PRIMARY KEY,
+            trace_id VARCHAR NOT NULL,
+            value INTEGER NOT NULL,
+            comment VARCHAR,
+            source VARCHAR NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            {_FORWARD_STATE}
+        );
+    """,
+    2: """
+        CREATE SEQUENCE IF NOT EXISTS traces_seq;
+        CREATE SEQUENCE IF NOT EXISTS feedback_seq;
+        ALTER TABLE traces ADD COLUMN IF NOT EXISTS seq BIGINT DEFAULT nextval('traces_seq');
+        ALTER TABLE feedback ADD COLUMN IF NOT EXISTS seq BIGINT DEFAULT nextval('feedback_seq');
+        ALTER TABLE traces ADD COLUMN IF NOT EXISTS forward_rejected_at TIMESTAMPTZ;
+        ALTER TABLE feedback ADD COLUMN IF NOT EXISTS forward_rejected_at TIMESTAMPTZ;
+    """,
+}
 _JSON_COLUMNS = ("repos", "hits", "citations", "invalid_citations")
-# DuckDB refuses to open one file twice in a process ("already attached"): operations of
-# one process on one file take turns (other processes are waited for by retrying).
-_FILE_LOCKS: dict[str, threading.Lock] = {}
+_KEYS = {"traces": "trace_id", "feedback": "feedback_id"}
+_PENDING = "forwarded_at IS NULL AND forward_rejected_at IS NULL"
+
+# One operation at a time per file within a process (see the module docstring); they take
+# milliseconds. Keyed by the resolved path, so two spellings of one file share a lock.
+_FILE_LOCKS: dict[str, threading.RLock] = {}
 _FILE_LOCKS_GUARD = threading.Lock()
 
 
-def _file_lock(path: Path) -> threading.Lock:
-    key = str(path.resolve())
+def _file_lock(path: Path) -> threading.RLock:
     with _FILE_LOCKS_GUARD:
-        return _FILE_LOCKS.setdefault(key, threading.Lock())
+        return _FILE_LOCKS.setdefault(str(path.resolve()), threading.RLock())
 
 
 class UnknownTrace(KeyError):
@@ -90,7 +124,11 @@ class UnknownTrace(KeyError):
         return str(self.args[0]) if self.args else "unknown trace"
 
 
-class TraceStoreBusy(RuntimeError):
+class TraceStoreError(RuntimeError):
+    """The store cannot be used; the message names the file."""
+
+
+class TraceStoreBusy(TraceStoreError):
     """Another process held the store for longer than LOCK_WAIT_S."""
 
 
@@ -101,8 +139,10 @@ def new_trace_id() -> str:
 
 @dataclass(frozen=True)
 class TraceRecord:
-    trace_id: str
-    created_at: datetime
+    """One answered (or failed) question, as the answering service saw it."""
+
+    trace_id: str  # new_trace_id()
+    created_at: datetime  # UTC, when the answer was recorded (its end)
     interface: str  # cli | http | openai | mcp | check
     token_name: str | None
     question: str
@@ -110,15 +150,17 @@ class TraceRecord:
     answer: str
     not_found: bool
     model: str
-    endpoint: str
+    endpoint: str  # the model server's base URL
     prompt_name: str
-    prompt_version: str
-    hits: list[dict[str, Any]] = field(default_factory=list)
-    citations: list[dict[str, Any]] = field(default_factory=list)
+    prompt_version: str  # "packaged:3" or "langfuse:7"
+    hits: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # repo, path, line_start, line_end, symbol, score
+    citations: list[dict[str, Any]] = field(default_factory=list)  # n, repo, path, line_start, line_end, url
     invalid_citations: list[str] = field(default_factory=list)
     retrieval_ms: float = 0.0
     generation_ms: float = 0.0
-    first_token_ms: float | None = None
+    first_token_ms: float | None = None  # from the question's start
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None
@@ -128,15 +170,16 @@ class TraceRecord:
 class FeedbackRecord:
     feedback_id: str
     trace_id: str
-    value: int
+    value: int  # +1 or -1
     comment: str | None
-    source: str
+    source: str  # where the vote came from: http, mcp, ...
     created_at: datetime
 
 
 def parse_feedback_value(value: int | str) -> int:
-    mapping: dict[int | str, int] = {"up": 1, "down": -1, 1: 1, -1: -1, "1": 1, "-1": -1}
-    if value not in mapping:
+    """+1/-1 from 1, -1, "+1", "1", "-1", "up" or "down"; anything else is a ValueError."""
+    mapping: dict[int | str, int] = {"up": 1, "down": -1, 1: 1, -1: -1, "1": 1, "+1": 1, "-1": -1}
+    if isinstance(value, bool) or value not in mapping:
         raise ValueError(f"feedback value must be up, down, 1 or -1; got {value!r}")
     return mapping[value]
 
@@ -145,45 +188,64 @@ class TraceStore:
     """Traces and feedback in one DuckDB file (see the module docstring)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._ready = False
+        self.path = Path(path)
+        self._lock = _file_lock(self.path)
+        self._migrated = False
+
+    # -- connections ----------------------------------------------------------------------
 
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        with _file_lock(self.path), self._open() as connection:
-            yield connection
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = self._open()
+            try:
+                connection.execute("SET TimeZone = 'UTC'")
+                if not self._migrated:
+                    _migrate(connection, self.path)
+                    self._migrated = True
+                yield connection
+            finally:
+                connection.close()
 
-    @contextmanager
-    def _open(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def _open(self) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:
             try:
-                connection = duckdb.connect(str(self.path))
-                break
+                return duckdb.connect(str(self.path))
             except duckdb.IOException as error:
-                if "lock" not in str(error).lower() or time.monotonic() > deadline:
-                    raise TraceStoreBusy(f"{self.path}: could not open the trace store: {error}") from error
-                time.sleep(0.05)
-        try:
-            if not self._ready:
-                connection.execute(_SCHEMA)
-                if connection.execute("SELECT count(*) FROM schema_version").fetchone() == (0,):
-                    connection.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION])
-                self._ready = True
-            yield connection
-        finally:
-            connection.close()
+                if "lock" not in str(error).lower():
+                    raise TraceStoreError(f"{self.path}: cannot open the trace store: {error}") from error
+                if time.monotonic() > deadline:
+                    raise TraceStoreBusy(
+                        f"{self.path}: another process has held the trace store for more than "
+                        f"{LOCK_WAIT_S:.0f} s ({error}). Long readers such as dbt should read a "
+                        "TraceStore.snapshot() instead of the live file."
+                    ) from error
+                # Jitter, so two waiting processes do not retry in lockstep.
+                time.sleep(random.uniform(0.02, 0.1))
 
-    def _ensure_parent(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._connect() as connection:
+            connection.execute("BEGIN TRANSACTION")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
 
     # -- writing ----------------------------------------------------------------------------
 
     def add_trace(self, trace: TraceRecord) -> None:
-        self._ensure_parent()
+        if not TRACE_ID_PATTERN.match(trace.trace_id):
+            raise ValueError(f"trace id must be 32 lowercase hex digits; got {trace.trace_id!r}")
+        if trace.created_at.tzinfo is None:
+            raise ValueError("created_at must be timezone-aware (UTC)")
         row = asdict(trace)
         for column in _JSON_COLUMNS:
-            row[column] = json.dumps(row[column])
+            row[column] = json.dumps(row[column], default=str)
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._connect() as connection:
@@ -192,30 +254,31 @@ class TraceStore:
     def add_feedback(
         self, trace_id: str, value: int | str, comment: str | None = None, source: str = "http"
     ) -> FeedbackRecord:
-        score = parse_feedback_value(value)
+        """Record a vote on a stored trace. ValueError for a value other than +1/-1/up/down,
+        UnknownTrace (nothing stored) for a trace id the store does not hold."""
         record = FeedbackRecord(
             feedback_id=uuid.uuid4().hex,
             trace_id=trace_id,
-            value=score,
+            value=parse_feedback_value(value),
             comment=comment,
             source=source,
             created_at=datetime.now(UTC),
         )
-        self._ensure_parent()
-        with self._connect() as connection:
+        with self._transaction() as connection:
             known = connection.execute("SELECT 1 FROM traces WHERE trace_id = ?", [trace_id]).fetchone()
             if known is None:
                 raise UnknownTrace(f"unknown trace id {trace_id!r}")
             connection.execute(
                 "INSERT INTO feedback (feedback_id, trace_id, value, comment, source, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                [record.feedback_id, trace_id, score, comment, source, record.created_at],
+                [record.feedback_id, trace_id, record.value, comment, source, record.created_at],
             )
         return record
 
     # -- reading ----------------------------------------------------------------------------
 
     def get_trace(self, trace_id: str) -> dict[str, Any] | None:
+        """The stored row (lists decoded, forwarding state included), or None."""
         if not self.path.exists():
             return None
         with self._connect() as connection:
@@ -227,75 +290,140 @@ class TraceStore:
             return []
         with self._connect() as connection:
             return _dicts(
-                connection.execute(
-                    "SELECT * FROM feedback WHERE trace_id = ? ORDER BY created_at", [trace_id]
-                )
+                connection.execute("SELECT * FROM feedback WHERE trace_id = ? ORDER BY seq", [trace_id])
+            )
+
+    def feedback_after(self, seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Feedback committed after cursor `seq`, in commit order (for a sensor's cursor)."""
+        if not self.path.exists():
+            return []
+        with self._connect() as connection:
+            return _dicts(
+                connection.execute("SELECT * FROM feedback WHERE seq > ? ORDER BY seq LIMIT ?", [seq, limit])
             )
 
     def stats(self) -> dict[str, int]:
+        """Row counts: traces, feedback, pending_* (not yet in Langfuse), rejected_*."""
+        names = (
+            "traces",
+            "feedback",
+            "pending_traces",
+            "pending_feedback",
+            "rejected_traces",
+            "rejected_feedback",
+        )
         if not self.path.exists():
-            return {"traces": 0, "feedback": 0, "pending_traces": 0, "pending_feedback": 0}
+            return dict.fromkeys(names, 0)
         with self._connect() as connection:
             row = connection.execute(
                 "SELECT (SELECT count(*) FROM traces), (SELECT count(*) FROM feedback), "
-                "(SELECT count(*) FROM traces WHERE forwarded_at IS NULL), "
-                "(SELECT count(*) FROM feedback WHERE forwarded_at IS NULL)"
+                f"(SELECT count(*) FROM traces WHERE {_PENDING}), "
+                f"(SELECT count(*) FROM feedback WHERE {_PENDING}), "
+                "(SELECT count(*) FROM traces WHERE forward_rejected_at IS NOT NULL), "
+                "(SELECT count(*) FROM feedback WHERE forward_rejected_at IS NOT NULL)"
             ).fetchone()
         assert row is not None
-        return dict(
-            zip(("traces", "feedback", "pending_traces", "pending_feedback"), map(int, row), strict=True)
-        )
+        return dict(zip(names, map(int, row), strict=True))
+
+    def snapshot(self, destination: Path) -> Path:
+        """A consistent copy of the whole store at `destination`, replaced atomically, for
+        readers that keep a file open for long (a dbt run, a notebook) and would otherwise
+        block every writer."""
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = destination.with_name(destination.name + ".partial")
+        for leftover in (partial, partial.with_name(partial.name + ".wal")):
+            leftover.unlink(missing_ok=True)
+        with self._connect() as connection:
+            row = connection.execute("SELECT current_database()").fetchone()
+            assert row is not None
+            source = str(row[0]).replace('"', '""')
+            quoted_path = str(partial).replace("'", "''")
+            connection.execute(f"ATTACH '{quoted_path}' AS cia_snapshot")
+            try:
+                connection.execute(f'COPY FROM DATABASE "{source}" TO cia_snapshot')
+            finally:
+                connection.execute("DETACH cia_snapshot")
+        os.replace(partial, destination)
+        return destination
 
     # -- forwarding state ---------------------------------------------------------------------
 
     def pending(self, limit: int = 100) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Traces and feedback not yet accepted by Langfuse, oldest first."""
+        """Traces and feedback not yet accepted by Langfuse, oldest first, at most `limit` each."""
         if not self.path.exists():
             return [], []
         with self._connect() as connection:
             traces = _dicts(
-                connection.execute(
-                    "SELECT * FROM traces WHERE forwarded_at IS NULL AND forward_attempts < ? "
-                    "ORDER BY created_at LIMIT ?",
-                    [MAX_FORWARD_ATTEMPTS, limit],
-                )
+                connection.execute(f"SELECT * FROM traces WHERE {_PENDING} ORDER BY seq LIMIT ?", [limit])
             )
             feedback = _dicts(
-                connection.execute(
-                    "SELECT * FROM feedback WHERE forwarded_at IS NULL AND forward_attempts < ? "
-                    "ORDER BY created_at LIMIT ?",
-                    [MAX_FORWARD_ATTEMPTS, limit],
-                )
+                connection.execute(f"SELECT * FROM feedback WHERE {_PENDING} ORDER BY seq LIMIT ?", [limit])
             )
         return traces, feedback
 
     def mark_forwarded(self, trace_ids: list[str], feedback_ids: list[str]) -> None:
-        now = datetime.now(UTC)
-        with self._connect() as connection:
-            for table, key, ids in (
-                ("traces", "trace_id", trace_ids),
-                ("feedback", "feedback_id", feedback_ids),
-            ):
-                if ids:
-                    marks = ", ".join("?" for _ in ids)
-                    connection.execute(
-                        f"UPDATE {table} SET forwarded_at = ?, forward_error = NULL, "
-                        f"forward_attempts = forward_attempts + 1 WHERE {key} IN ({marks})",
-                        [now, *ids],
-                    )
+        """Langfuse accepted these rows."""
+        self._mark(trace_ids, feedback_ids, "forwarded_at = ?, forward_error = NULL", [datetime.now(UTC)])
 
     def mark_failed(self, trace_ids: list[str], feedback_ids: list[str], error: str) -> None:
-        with self._connect() as connection:
-            for table, key, ids in (
-                ("traces", "trace_id", trace_ids),
-                ("feedback", "feedback_id", feedback_ids),
-            ):
+        """Langfuse did not take these rows (down, wrong keys...): they stay pending."""
+        self._mark(trace_ids, feedback_ids, "forward_error = ?", [error[:2000]])
+
+    def mark_rejected(self, trace_ids: list[str], feedback_ids: list[str], error: str) -> None:
+        """Langfuse refused these rows themselves: kept, no longer retried (see requeue_rejected)."""
+        self._mark(
+            trace_ids,
+            feedback_ids,
+            "forward_rejected_at = ?, forward_error = ?",
+            [datetime.now(UTC), error[:2000]],
+        )
+
+    def requeue_rejected(self) -> int:
+        """Make rejected rows pending again (after fixing what Langfuse refused); returns how many."""
+        if not self.path.exists():
+            return 0
+        count = 0
+        with self._transaction() as connection:
+            for table in _KEYS:
+                row = connection.execute(
+                    f"UPDATE {table} SET forward_rejected_at = NULL WHERE forward_rejected_at IS NOT NULL"
+                ).fetchone()
+                count += int(row[0]) if row else 0
+        return count
+
+    def _mark(
+        self, trace_ids: list[str], feedback_ids: list[str], assignments: str, values: list[Any]
+    ) -> None:
+        if not trace_ids and not feedback_ids:
+            return
+        with self._transaction() as connection:
+            for table, ids in (("traces", trace_ids), ("feedback", feedback_ids)):
                 if ids:
                     connection.execute(
-                        f"UPDATE {table} SET forward_error = ?, forward_attempts = forward_attempts + 1 "
-                        f"WHERE {key} IN ({', '.join('?' for _ in ids)})",
-                        [error[:2000], *ids],
+                        f"UPDATE {table} SET {assignments}, forward_attempts = forward_attempts + 1 "
+                        f"WHERE {_KEYS[table]} IN ({', '.join('?' for _ in ids)})",
+                        [*values, *ids],
                     )
+
+
+def _migrate(connection: duckdb.DuckDBPyConnection, path: Path) -> None:
+    connection.execute("BEGIN TRANSACTION")
+    try:
+        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = connection.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise TraceStoreError(
+                f"{path}: the trace store has schema version {current}, newer than this CIA "
+                f"understands ({SCHEMA_VERSION}); upgrade CIA"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            connection.execute(_MIGRATIONS[version])
+            connection.execute("INSERT INTO schema_version VALUES (?)", [version])
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
 
 
 def _dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
