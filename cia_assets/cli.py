@@ -34,9 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cia_assets.lib.access import AccessDenied
         from cia_assets.lib.answering import AnswerError
         from cia_assets.lib.endpoint import EndpointError
+        from cia_assets.lib.git_sync import GitSyncError
+        from cia_assets.lib.retrieval_eval import RetrievalEvalError
         from cia_assets.lib.search import SearchError
 
-        if isinstance(error, SearchError | AnswerError | AccessDenied | EndpointError):
+        known = SearchError | AnswerError | AccessDenied | EndpointError | RetrievalEvalError | GitSyncError
+        if isinstance(error, known):
             print(f"cia: {error}", file=sys.stderr)
             return 2
         raise
@@ -63,6 +66,17 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     search.add_argument("--json", action="store_true", help="print JSON on stdout")
     search.set_defaults(handler=_search)
+
+    evaluate = add(
+        "eval-retrieval",
+        "Measure retrieval on cases mined from each repo's history (commit message -> changed files).",
+    )
+    evaluate.add_argument("repos", nargs="*", metavar="REPO_ID", help="repos to measure (default: all)")
+    evaluate.add_argument(
+        "--cases", type=int, default=30, help="newest descriptive commits per repo (default 30)"
+    )
+    evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
+    evaluate.set_defaults(handler=_eval_retrieval)
 
     ask = add("ask", "Answer a question from the indexed code, with verified citations.")
     ask.add_argument("question")
@@ -220,6 +234,40 @@ def _search(args: argparse.Namespace) -> int:
     for rank, hit in enumerate(hits, start=1):
         where = hit.url or f"{hit.repo}:{hit.path}#L{hit.line_start}-L{hit.line_end}"
         print(f"{rank:2d}. {hit.score:.4f}  {hit.symbol or hit.kind}  {where}")
+    return 0
+
+
+def _eval_retrieval(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from cia_assets.lib.layout import DataLayout
+    from cia_assets.lib.retrieval_eval import RepoSource, RetrievalHarness
+    from cia_assets.lib.search import SearchOptions
+
+    repos = list(args.repos) or config.repo_ids
+    sources = {repo: RepoSource.of_codebase(config, config.codebase(repo)) for repo in repos}
+    # Its own data dir: the harness moves its index to old commits, never the live one.
+    harness = RetrievalHarness(config, DataLayout(config.data_dir).data_dir / "retrieval-eval")
+    cases = [case for source in sources.values() for case in harness.mine(source, args.cases)]
+    if not cases:
+        print(
+            "cia: no descriptive commits that change 1-3 indexed non-test files were found", file=sys.stderr
+        )
+        return 1
+    report = harness.run(
+        cases,
+        sources,
+        {"cia": SearchOptions()},
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    if report.skipped:
+        print(f"{len(report.skipped)} case(s) skipped (see --json)", file=sys.stderr)
+    for name, per_repo in report.scores().items():
+        for repo, scores in per_repo.items():
+            accs = "  ".join(f"acc@{k} {value:.3f}" for k, value in scores.acc.items())
+            print(f"{name:5s} {repo:30s} cases {scores.cases:3d}  {accs}  mrr {scores.mrr:.3f}")
     return 0
 
 

@@ -161,6 +161,21 @@ def test_filters_by_repo_and_path(published: VectorStore) -> None:
     assert published.search("docs", query, sparse, 10, filters={"repo_id": "nobody"}) == []
 
 
+def test_lexical_list_alone_scores_by_bm25(published: VectorStore) -> None:
+    # "widget" occurs twice in widgets.py (tf saturates, so more than once counts more) and
+    # nowhere else; "user" only in users.py: scores are BM25 mass, not ranks.
+    hits = published.search_lexical("docs", lexical.encode_query("widget spin user"), 10)
+    assert paths(hits) == ["src/widgets.py", "lib/users.py"]
+    assert hits[0].score > hits[1].score > 0
+    assert (
+        published.search_lexical("docs", lexical.encode_query("widget"), 10, filters={"repo_id": "gamma"})
+        == []
+    )
+    assert published.search_lexical("docs", NO_SPARSE, 10) == []
+    with pytest.raises(CollectionNotFound):
+        published.search_lexical("nope", lexical.encode_query("widget"), 10)
+
+
 def test_delete_where_and_set_payload_all(store: VectorStore) -> None:
     store.create_collection("c1", DIM)
     store.upsert("c1", doc_points())

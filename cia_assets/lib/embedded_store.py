@@ -351,6 +351,9 @@ class EmbeddedVectorStore:
         """
         self._check_usable()
         request = self._query_request(dense, sparse, limit, filters, candidates, exact)
+        return self._query(alias, request)
+
+    def _query(self, alias: str, request: qe.QueryRequest) -> list[SearchHit]:
         vanished: str | None = None
         while True:
             target = self._alias_map().get(alias)
@@ -379,6 +382,29 @@ class EmbeddedVectorStore:
                 return _hits(view.shard.query(request))
             finally:
                 self._release_view(view)
+
+    def search_lexical(
+        self,
+        alias: str,
+        sparse: SparseVector,
+        limit: int,
+        filters: dict[str, str | list[str]] | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> list[SearchHit]:
+        """The lexical list alone, with its own scores (BM25 with the collection's IDF)."""
+        self._check_usable()
+        if not sparse.indices:
+            return []
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(
+                qe.SparseVector(list(sparse.indices), list(sparse.values)), using=SPARSE_VECTOR
+            ),
+            filter=_edge_filter(filters),
+            with_payload=qe.PayloadSelector.Include(list(fields)) if fields else True,
+            with_vector=False,
+        )
+        return self._query(alias, request)
 
     def close(self) -> None:
         """Flush and close writers (an unsealed collection can be reopened later), close

@@ -13,6 +13,7 @@ collection's own statistics, so no corpus-wide vocabulary has to be kept here.
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from collections import Counter
@@ -129,9 +130,16 @@ def encode_document(text: str) -> SparseVector:
     return _to_sparse({token: tf * (BM25_K1 + 1.0) / (tf + norm) for token, tf in counts.items()})
 
 
-def encode_query(text: str) -> SparseVector:
-    """Sparse vector of a query: weight 1.0 per distinct token (IDF comes from Qdrant)."""
-    return _to_sparse(dict.fromkeys(code_tokens(text), 1.0))
+def encode_query(text: str, *, repeated_terms_count: bool = False) -> SparseVector:
+    """Sparse vector of a query: weight 1.0 per distinct token (IDF comes from Qdrant).
+
+    With `repeated_terms_count`, a token used n times weighs 1 + ln(n): a long report keeps
+    naming what it is about (`header_rows`, `rst`), which one mention of each word hides.
+    """
+    if not repeated_terms_count:
+        return _to_sparse(dict.fromkeys(code_tokens(text), 1.0))
+    counts = Counter(code_tokens(text))
+    return _to_sparse({token: 1.0 + math.log(n) for token, n in counts.items()})
 
 
 def encode_identifiers(text: str) -> SparseVector:
@@ -143,9 +151,14 @@ def encode_identifiers(text: str) -> SparseVector:
     its own RRF list the exact match wins regardless of how the other lists rank it.
     Plain words have no parts to confuse, so they yield nothing here.
     """
+    return _to_sparse(dict.fromkeys(identifiers(text), 1.0))
+
+
+def identifiers(text: str) -> list[str]:
+    """The whole compound identifiers of `text`, lowercased, in order of first use."""
     wholes = [
         tokens[0]
         for word in _WORD.findall(text)
         if len(tokens := _identifier_tokens(word)) > 1 and tokens[0] == word.lower()
     ]
-    return _to_sparse(dict.fromkeys(wholes, 1.0))
+    return list(dict.fromkeys(wholes))

@@ -11,12 +11,16 @@ import numpy as np
 from cia_assets.config import CiaConfig
 from cia_assets.lib import lexical
 from cia_assets.lib.embeddings import Embedder
-from cia_assets.lib.layout import collection_alias
+from cia_assets.lib.indexing import read_index_state
+from cia_assets.lib.layout import DataLayout, collection_alias
 from cia_assets.lib.project import open_embedder, open_embedding_cache, open_vector_store
+from cia_assets.lib.query_plan import QueryPlan, match_mentions
 from cia_assets.lib.records import sha256_text, source_url
 from cia_assets.lib.vector_store import SearchHit, SparseVector, VectorStore
 
 MERGE_RRF_K = 60  # as the stores' own fusion
+# Files of the lexical-mass list: beyond the first few dozen, RRF adds next to nothing.
+LEXICAL_FILES = 30
 
 
 class SearchError(RuntimeError):
@@ -80,19 +84,214 @@ class CodeHit:
         return data
 
 
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a question becomes retrieval lists; defaults are what the benchmarks chose
+    (`cia_assets_tests/bench/bench_retrieval.py` measures every switch)."""
+
+    query_tf: bool = True  # a query word used n times weighs 1 + ln(n) in the lexical list
+    mentions: bool = True  # files the text names (tracebacks, paths, modules) get a list
+    mention_weight: float = 1.0
+    definitions: bool = True  # chunks defining a symbol the text names get a list
+    file_lexical: bool = True  # files ranked by the summed BM25 of their chunks get a list
+    lexical_depth: int = 500  # chunks read for that file ranking
+    candidates: int = 100  # chunks per list before fusion
+
+
+@dataclass(frozen=True)
+class FileHit:
+    repo: str
+    path: str
+    score: float
+    chunks: tuple[CodeHit, ...]  # the file's retrieved chunks, best first
+
+
+def _fuse(lists: Sequence[tuple[list[SearchHit], float]]) -> list[tuple[SearchHit, float]]:
+    """Reciprocal-rank fusion over point ids; one list alone keeps its order."""
+    scores: dict[str, float] = {}
+    first: dict[str, SearchHit] = {}
+    for hits, weight in lists:
+        for rank, hit in enumerate(hits, start=1):
+            scores[hit.id] = scores.get(hit.id, 0.0) + weight / (MERGE_RRF_K + rank)
+            first.setdefault(hit.id, hit)
+    ordered = sorted(scores, key=lambda pid: (-scores[pid], first[pid].payload.get("path", ""), pid))
+    return [(first[pid], scores[pid]) for pid in ordered]
+
+
+def _code_hit(hit: SearchHit, score: float) -> CodeHit:
+    p = hit.payload
+    return CodeHit(
+        repo=p["repo_id"],
+        path=p["path"],
+        line_start=p["line_start"],
+        line_end=p["line_end"],
+        symbol=p.get("symbol"),
+        language=p["language"],
+        score=round(score, 6),
+        url=source_url(p.get("web_url"), p["commit_sha"], p["path"], p["line_start"], p["line_end"]),
+        kind=p["kind"],
+        commit_sha=p["commit_sha"],
+        text=p.get("text", ""),
+        context=p.get("context") or "",
+    )
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    plan: QueryPlan
+    dense: list[float]
+
+    def as_hybrid(self) -> HybridQuery:
+        return HybridQuery(dense=self.dense, sparse=self.plan.sparse, exact=self.plan.exact)
+
+
+def _search_repo(
+    config: CiaConfig,
+    store: VectorStore,
+    alias: str,
+    repo: str,
+    encoded: _Encoded,
+    limit: int,
+    options: SearchOptions,
+) -> list[CodeHit]:
+    plan = encoded.plan
+    depth = max(limit, options.candidates)
+    lists: list[tuple[list[SearchHit], float]] = [
+        (store.search(alias, encoded.dense, plan.sparse, depth, exact=plan.exact), 1.0)
+    ]
+    if options.mentions and plan.path_mentions:
+        state = read_index_state(DataLayout(config.data_dir).index_state(repo))
+        named_files = match_mentions(plan.path_mentions, state.files) if state else []
+        if named_files:
+            inside = store.search(
+                alias, encoded.dense, plan.sparse, depth, filters={"path": named_files}, exact=plan.exact
+            )
+            # One chunk per named file: a traceback names the call chain, and the fix is
+            # often elsewhere; a named file earns a place, not a flood of its chunks.
+            best_per_file: dict[str, SearchHit] = {}
+            for hit in inside:
+                best_per_file.setdefault(hit.payload["path"], hit)
+            lists.append((list(best_per_file.values()), options.mention_weight))
+    if options.file_lexical and plan.sparse.indices:
+        lists.append((_files_by_lexical_mass(store, alias, encoded, lists, options.lexical_depth), 1.0))
+    fused = _fuse(lists)
+    if options.definitions and plan.identifiers:
+        # A report names `separability_matrix` or `URLField`: the chunks that define it
+        # (their symbol, not merely a use) are where a fix starts. Candidates come from
+        # the lists above, so this only reorders what retrieval already found.
+        # Dunder names (`__init__`, `__call__`) are defined in every other class.
+        names = {name for name in plan.identifiers if not name.rsplit(".", 1)[-1].startswith("__")}
+        defining = [hit for hit, _ in fused if _defines(hit, names)]
+        if defining:
+            fused = _fuse([*lists, (defining, 1.0)])
+    return [_code_hit(hit, score) for hit, score in fused[:limit]]
+
+
+def _files_by_lexical_mass(
+    store: VectorStore,
+    alias: str,
+    encoded: _Encoded,
+    lists: Sequence[tuple[list[SearchHit], float]],
+    depth: int,
+) -> list[SearchHit]:
+    """One chunk per file, files ordered by the sum of their chunks' BM25 scores.
+
+    A long report's words are spread over the module that needs the fix: no single chunk
+    holds many of them, but their sum over the file does (what BM25 over whole files sees).
+    Each file is represented by its best chunk from the other lists, else by its best chunk
+    for the query within the file, so the file-level evidence lands on a citable chunk.
+    """
+    plan = encoded.plan
+    mass: dict[str, float] = {}
+    for hit in store.search_lexical(alias, plan.sparse, depth, fields=["path"]):
+        path = hit.payload["path"]
+        mass[path] = mass.get(path, 0.0) + hit.score
+    ordered = sorted(mass, key=lambda path: (-mass[path], path))[:LEXICAL_FILES]
+    best: dict[str, SearchHit] = {}
+    for hit, _ in _fuse(lists):
+        best.setdefault(hit.payload["path"], hit)
+    missing = [path for path in ordered if path not in best]
+    if missing:
+        inside = store.search(
+            alias,
+            encoded.dense,
+            plan.sparse,
+            len(missing) * 4,
+            filters={"path": missing},
+            exact=plan.exact,
+        )
+        for hit in inside:
+            best.setdefault(hit.payload["path"], hit)
+    return [best[path] for path in ordered if path in best]
+
+
+def _defines(hit: SearchHit, names: set[str]) -> bool:
+    """The chunk defines a named symbol: its own name (the last part of `Class.method`) is
+    named, or its qualified name ends with a dotted name of the text (`Dataset.update`).
+    Naming a class does not make every method of it a definition of that name."""
+    symbol = str(hit.payload.get("symbol") or "").lower()
+    if not symbol:
+        return False
+    if symbol.rsplit(".", 1)[-1] in names:
+        return True
+    return any("." in name and (symbol == name or symbol.endswith("." + name)) for name in names)
+
+
 def search_code(
-    config: CiaConfig, query: str, *, repos: Sequence[str] | None = None, k: int = 10
+    config: CiaConfig,
+    query: str,
+    *,
+    repos: Sequence[str] | None = None,
+    k: int = 10,
+    options: SearchOptions = SearchOptions(),
 ) -> list[CodeHit]:
     """Top-k chunks for `query` over `repos` (default: all configured and indexed).
 
     Each repo has its own collection (so repos re-index independently and access control
-    is a choice of collections); per-repo RRF scores are on one scale, so merging by score
-    is fair.
+    is a choice of collections). Within a repo, the store's hybrid list (dense, lexical and
+    exact identifiers), the best chunks of files the query names, files ranked by lexical
+    mass and the chunks defining symbols it names are fused by reciprocal rank; across
+    repos the union is fused again (`merge_across_repos`).
     """
+    hits = _search(config, query, repos=repos, limit=k, options=options)
+    return hits[:k]
+
+
+def search_files(
+    config: CiaConfig,
+    query: str,
+    *,
+    repos: Sequence[str] | None = None,
+    k: int = 10,
+    options: SearchOptions = SearchOptions(),
+) -> list[FileHit]:
+    """The files most relevant to `query`, from the chunks of `options.candidates` (see
+    `rank_files`)."""
+    hits = _search(config, query, repos=repos, limit=options.candidates, options=options)
+    return rank_files(hits)[:k]
+
+
+def rank_files(hits: Sequence[CodeHit]) -> list[FileHit]:
+    """Files in order of their best chunk. Summing a file's chunks (decayed 0.25 or 0.5)
+    was measured too: it favours long files and paid nothing on the retrieval sets."""
+    by_file: dict[tuple[str, str], list[CodeHit]] = {}
+    for hit in hits:
+        by_file.setdefault((hit.repo, hit.path), []).append(hit)
+    files = []
+    for (repo, path), chunks in by_file.items():
+        chunks.sort(key=lambda h: -h.score)
+        files.append(FileHit(repo=repo, path=path, score=chunks[0].score, chunks=tuple(chunks)))
+    files.sort(key=lambda f: (-f.score, f.repo, f.path))
+    return files
+
+
+def _search(
+    config: CiaConfig, query: str, *, repos: Sequence[str] | None, limit: int, options: SearchOptions
+) -> list[CodeHit]:
     if not query.strip():
         raise SearchError("the query is empty")
-    if k < 1:
-        raise SearchError(f"k must be at least 1, got {k}")
+    if limit < 1:
+        raise SearchError(f"k must be at least 1, got {limit}")
     for repo in repos or ():
         config.codebase(repo)  # raises KeyError naming an unknown repo
     store = open_vector_store(config)
@@ -101,34 +300,15 @@ def search_code(
     indexed = {repo: alias for repo, alias in aliases.items() if store.resolve_alias(alias)}
     if not indexed:
         raise SearchError(f"nothing indexed yet for {', '.join(wanted) or 'any repo'}; run `cia index` first")
-    encoded = HybridQuery.encode(open_embedder(config), query)
+    plan = QueryPlan.of(query, repeated_terms_count=options.query_tf)
+    embedder = open_embedder(config)
+    encoded = _Encoded(plan=plan, dense=embedder.embed_query(query).tolist())
     hits: list[CodeHit] = []
-    for alias in indexed.values():
-        for hit in encoded.run(store, alias, k):
-            p = hit.payload
-            hits.append(
-                CodeHit(
-                    repo=p["repo_id"],
-                    path=p["path"],
-                    line_start=p["line_start"],
-                    line_end=p["line_end"],
-                    symbol=p.get("symbol"),
-                    language=p["language"],
-                    score=round(hit.score, 6),
-                    url=source_url(
-                        p.get("web_url"), p["commit_sha"], p["path"], p["line_start"], p["line_end"]
-                    ),
-                    kind=p["kind"],
-                    commit_sha=p["commit_sha"],
-                    text=p.get("text", ""),
-                    context=p.get("context") or "",
-                )
-            )
+    for repo, alias in indexed.items():
+        hits.extend(_search_repo(config, store, alias, repo, encoded, limit, options))
     if len(indexed) > 1:
-        hits = merge_across_repos(config, encoded, hits)
-    else:
-        hits.sort(key=lambda h: (-h.score, h.path, h.line_start))
-    return hits[:k]
+        return merge_across_repos(config, encoded.as_hybrid(), hits)
+    return hits
 
 
 def merge_across_repos(config: CiaConfig, encoded: HybridQuery, hits: list[CodeHit]) -> list[CodeHit]:

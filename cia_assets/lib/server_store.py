@@ -177,16 +177,38 @@ class ServerVectorStore:
                     filter=condition,
                 )
             )
+        return self._query(
+            alias,
+            prefetch=prefetch,
+            # RRF even over the dense list alone keeps scores on one scale.
+            query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
+            limit=limit,
+        )
+
+    def search_lexical(
+        self,
+        alias: str,
+        sparse: SparseVector,
+        limit: int,
+        filters: dict[str, str | list[str]] | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> list[SearchHit]:
+        """The lexical list alone, with its own scores (BM25 with the collection's IDF)."""
+        if not sparse.indices:
+            return []
+        return self._query(
+            alias,
+            query=models.SparseVector(indices=list(sparse.indices), values=list(sparse.values)),
+            using=SPARSE_VECTOR,
+            query_filter=_filter(filters),
+            limit=limit,
+            with_payload=list(fields) if fields else True,
+        )
+
+    def _query(self, alias: str, **request: Any) -> list[SearchHit]:
+        request.setdefault("with_payload", True)
         try:
-            response = self.client.query_points(
-                alias,
-                prefetch=prefetch,
-                # RRF even over the dense list alone keeps scores on one scale.
-                query=models.RrfQuery(rrf=models.Rrf(k=RRF_K)),
-                limit=limit,
-                with_payload=True,
-                with_vectors=False,
-            )
+            response = self.client.query_points(alias, with_vectors=False, **request)
         except (ValueError, UnexpectedResponse) as err:
             # Local mode raises ValueError, a server a 404: turn "no such collection" into
             # the protocol's error and let anything else through.

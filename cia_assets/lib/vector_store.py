@@ -141,4 +141,16 @@ class VectorStore(Protocol):
         name.
         """
 
+    def search_lexical(
+        self,
+        alias: str,
+        sparse: SparseVector,
+        limit: int,
+        filters: dict[str, str | list[str]] | None = None,
+        fields: Sequence[str] | None = None,
+    ) -> list[SearchHit]:
+        """The lexical (sparse) list alone, scored by the store's BM25: term weights times the
+        collection's IDF, so scores add up meaningfully across the chunks of one file.
+        `fields` limits the payload returned (e.g. only "path" when reading hundreds)."""
+
     def close(self) -> None: ...
