@@ -313,3 +313,38 @@ def test_eval_retrieval_command_measures_a_configured_repo_on_its_own_history(
     none = write_config([{"url": empty.url, "id": "empty"}])
     refused = cia("eval-retrieval", "--config", str(none.config_path))  # type: ignore[attr-defined]
     assert refused.returncode == 1 and "no descriptive commits" in refused.stderr
+
+
+def test_harness_runs_against_the_server_backend_in_its_own_collections(
+    make_repo: Callable[..., GitRepo], write_config: Callable[..., object], tmp_path: Path
+) -> None:
+    from cia_assets.lib.project import open_vector_store
+
+    repo, commits = _history(make_repo)
+    # qdrant-client's in-memory engine stands in for a Qdrant server, as in the cluster tests.
+    live = write_config(
+        [{"url": repo.url, "id": "live"}], vector_store={"backend": "server", "url": ":memory:"}
+    )
+    source = RepoSource(repo="acme/payments", url=str(repo.path), branch="main", include=("*.py",))
+    cases = [
+        RetrievalCase(
+            "deadline",
+            "acme/payments",
+            commits[0],
+            "refund deadline after delivery",
+            ("payments/refunds.py",),
+        ),
+        RetrievalCase(
+            "admins",
+            "acme/payments",
+            commits[2],
+            "administrators bypass the permission check",
+            ("payments/auth.py",),
+        ),
+    ]
+    harness = RetrievalHarness(live, tmp_path / "eval")  # type: ignore[arg-type]
+    report = harness.run(cases, {"acme/payments": source}, {"default": SearchOptions()})
+    assert [r.ranks["default"] for r in report.results] == [1, 1]
+    store = open_vector_store(harness.config_for([source]))
+    assert store.resolve_alias("cia-eval-acme__payments") is not None
+    assert store.resolve_alias("cia-live") is None  # the live prefix was never written
