@@ -245,8 +245,7 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
     repos = list(args.repos) or config.repo_ids
     sources = {repo: RepoSource.of_codebase(config, config.codebase(repo)) for repo in repos}
-    # Its own data dir: the harness moves its index to old commits, never the live one.
-    harness = RetrievalHarness(config, DataLayout(config.data_dir).data_dir / "retrieval-eval")
+    harness = RetrievalHarness(config, DataLayout(config.data_dir).retrieval_eval)
     cases = [case for source in sources.values() for case in harness.mine(source, args.cases)]
     if not cases:
         print(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cia_assets.lib.git_sync import RepoMirror
-from cia_assets.lib.query_plan import QueryPlan, match_mentions, path_mentions
+from cia_assets.lib.query_plan import QueryPlan, RepoPaths, path_mentions
 from cia_assets.lib.retrieval_eval import (
     RepoSource,
     RetrievalCase,
@@ -68,15 +68,18 @@ def test_mentions_match_repo_files_by_suffix() -> None:
         "c/utils.py",
         "d/utils.py",
     ]
-    assert match_mentions(path_mentions(TRACEBACK_REPORT), files) == [
+    paths = RepoPaths(files)
+    assert paths.named_by(path_mentions(TRACEBACK_REPORT)) == [
         "django/forms/fields.py",
         "django/core/validators.py",
         "astropy/modeling/separable.py",
         # utils.py names four files: too vague to trust; np/array and the user's own
         # basic_fuzzer.py name none.
     ]
-    assert match_mentions(["db/models/fields"], files) == ["django/db/models/fields/__init__.py"]
-    assert match_mentions(["fields"], files) == []  # one segment, no extension: too vague
+    assert paths.named_by(["db/models/fields"]) == ["django/db/models/fields/__init__.py"]
+    assert paths.named_by(["fields"]) == []  # one segment, no extension: too vague
+    assert paths.named_by(["ascii.rst"]) == []  # no such file, and no ascii/rst module here
+    assert RepoPaths(["astropy/io/ascii/rst.py"]).named_by(["ascii.rst"]) == ["astropy/io/ascii/rst.py"]
 
 
 def test_repeated_query_words_weigh_more_and_definitions_are_named() -> None:
@@ -280,8 +283,28 @@ def test_named_files_are_searched_and_files_aggregate_their_chunks(
     hits = search_code(config, "refund deadline days", k=5)  # type: ignore[arg-type]
     files = rank_files(hits)
     assert len({f.path for f in files}) == len(files)
-    assert files[0].score >= files[-1].score
+    assert [f.score for f in files] == sorted((f.score for f in files), reverse=True)
+    assert all(f.score == f.chunks[0].score == max(c.score for c in f.chunks) for f in files)
     assert sum(len(f.chunks) for f in files) == len(hits)
+
+    def scores(question: str, **switches: bool) -> dict[tuple[str, str | None], float]:
+        found = search_code(config, question, k=20, options=SearchOptions(**switches))  # type: ignore[arg-type]
+        return {(hit.path, hit.symbol): hit.score for hit in found}
+
+    # The chunk defining the named function gains a list; a test that merely calls it does not.
+    question = "refund_allowed says no although the order was delivered yesterday"
+    with_definitions, without = scores(question), scores(question, definitions=False)
+    defining = ("payments/refunds.py", "refund_allowed")
+    caller = ("tests/test_refunds.py", "test_refund_allowed")
+    assert with_definitions[defining] > without[defining]
+    assert with_definitions[caller] == without[caller]
+
+    # The file holding most of the question's words gains a list, through one of its chunks.
+    question = "refund deadline days delivered order today"
+    with_mass, without = scores(question), scores(question, file_lexical=False)
+    gains = {key: score - without.get(key, 0.0) for key, score in with_mass.items()}
+    assert max(gains, key=lambda key: gains[key])[0] == "payments/refunds.py"
+    assert len([key for key, gain in gains.items() if gain > 0 and key[0] == "payments/refunds.py"]) == 1
 
 
 def test_eval_retrieval_command_measures_a_configured_repo_on_its_own_history(

@@ -17,8 +17,12 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import git
+
+if TYPE_CHECKING:
+    from cia_assets.config import CodebaseConfig
 
 GIT_TIMEOUT_S = 300
 LS_REMOTE_TIMEOUT_S = 20
@@ -162,6 +166,20 @@ def path_selected(path: str, include: tuple[str, ...], exclude: tuple[str, ...])
     """Globs match the whole repo-relative path; `**` and `*` both cross directories."""
     return any(fnmatch.fnmatchcase(path, pattern) for pattern in include) and not any(
         fnmatch.fnmatchcase(path, pattern) for pattern in exclude
+    )
+
+
+def snapshot_at(mirror: RepoMirror, commit_sha: str, codebase: CodebaseConfig, clone_url: str) -> Snapshot:
+    """The record of `codebase` pinned to `commit_sha`, counting the files it selects there."""
+    files = mirror.tracked_files(commit_sha, codebase.include, codebase.exclude)
+    return Snapshot(
+        repo_id=codebase.repo_id,
+        commit_sha=commit_sha,
+        branch=codebase.branch,
+        clone_url=clone_url,
+        web_url=codebase.resolved_web_url,
+        file_count=len(files),
+        fetched_at=utc_now(),
     )
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cia_assets.config import ChunkingConfig, CodebaseConfig
 from cia_assets.lib import chunking, lexical
 from cia_assets.lib.embeddings import Embedder, EmbeddingCache
 from cia_assets.lib.git_sync import RepoMirror, Snapshot, read_snapshot, write_json_atomic
@@ -83,14 +84,14 @@ def chunk_snapshot(
     layout: DataLayout,
     snapshot: Snapshot,
     mirror: RepoMirror,
-    *,
-    include: tuple[str, ...],
-    exclude: tuple[str, ...],
-    max_lines: int,
-    max_file_bytes: int,
+    codebase: CodebaseConfig,
+    limits: ChunkingConfig,
 ) -> ChunkSetMeta:
-    """Chunk every tracked file at the snapshot's sha, reusing chunks of unchanged blobs."""
+    """Chunk every file `codebase` selects at the snapshot's sha, reusing chunks of
+    unchanged blobs."""
     repo_id = snapshot.repo_id
+    include, exclude = codebase.include, codebase.exclude
+    max_lines, max_file_bytes = limits.max_lines, limits.max_file_bytes
     format_version = f"{CHUNK_FORMAT_VERSION}:{max_lines}:{max_file_bytes}"
     previous_meta = read_chunks_meta(layout.chunks_meta(repo_id))
     previous_by_path: dict[str, list[Chunk]] = {}

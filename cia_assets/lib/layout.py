@@ -41,6 +41,11 @@ class DataLayout:
         return self.data_dir / "serving"
 
     @property
+    def retrieval_eval(self) -> Path:
+        """The retrieval harness's own data dir: its index moves to old commits."""
+        return self.data_dir / "retrieval-eval"
+
+    @property
     def traces(self) -> Path:
         """Every trace and feedback event, kept before forwarding to Langfuse."""
         return self.data_dir / "traces.duckdb"

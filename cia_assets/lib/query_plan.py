@@ -27,9 +27,10 @@ _SOURCE_SUFFIXES = (
 )
 _PATH = re.compile(rf"(?<![\w/.-])((?:[\w.-]+/)*[\w.-]+\.(?:{_SOURCE_SUFFIXES}))\b")
 # `astropy.modeling.separable`, `from sklearn.linear_model import Ridge`: a dotted name of
-# at least two lowercase segments (a module path), as opposed to `self.x` or `obj.method()`,
-# which the path match below would not find anyway.
+# lowercase segments not followed by a call (a module path rather than `obj.method()`).
 _DOTTED_MODULE = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+)(?![\w(])")
+# `Dataset.update`, `RST.__init__`: any qualified name, for finding definitions.
+_DOTTED_NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)")
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,6 @@ class QueryPlan:
             identifiers=tuple(dict.fromkeys([*lexical.identifiers(text), *dotted_names(text)])),
             path_mentions=path_mentions(text),
         )
-
-
-_DOTTED_NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)")
 
 
 def dotted_names(text: str) -> list[str]:
@@ -100,45 +98,50 @@ def _with_module_readings(mentions: Sequence[str]) -> list[str]:
     return out
 
 
-def match_mentions(mentions: Sequence[str], files: Iterable[str]) -> list[str]:
-    """Repo files that the mentioned fragments name, best match of each mention first.
+class RepoPaths:
+    """A repo's file paths, indexed by every path suffix and module suffix once, so each
+    question's mentions are matched with dictionary lookups (see `search.py`'s cache)."""
 
-    A fragment matches a file when the file's path ends with it at a `/` boundary
-    (`forms/fields.py` -> `django/forms/fields.py`), or, for a module fragment without an
-    extension, with `<fragment>.<ext>` or `<fragment>/__init__.py`. An absolute path from
-    a traceback matches through its longest suffix that is a repo path. Fragments of one
-    segment without an extension (`numpy`, `self`) are too vague and match nothing.
-    """
-    paths = list(files)
-    by_suffix: dict[str, list[str]] = {}
-    for path in paths:
-        segments = path.split("/")
-        for start in range(len(segments)):
-            by_suffix.setdefault("/".join(segments[start:]), []).append(path)
-        stem, dot, _ = path.rpartition(".")
-        if dot:
-            module = stem[: -len("/__init__")] if stem.endswith("/__init__") else stem
-            module_segments = module.split("/")
-            for start in range(len(module_segments)):
-                by_suffix.setdefault("/".join(module_segments[start:]) + "/", []).append(path)
-    matched: dict[str, None] = {}
-    for mention in _with_module_readings(mentions):
-        segments = mention.split("/")
-        has_extension = "." in segments[-1]
-        if not has_extension and len(segments) < 2:
-            continue
-        for start in range(len(segments)):
-            suffix = "/".join(segments[start:])
-            if not has_extension:
-                suffix += "/"
-            elif start == len(segments) - 1 and len(segments) > 1:
-                break  # a bare file name from a longer path matched nothing more specific
-            candidates = by_suffix.get(suffix)
-            if candidates:
-                # A bare name like `utils.py` can match dozens of files: only a unique or
-                # shortest-path match is specific enough to trust.
-                if len(candidates) <= 3:
-                    for candidate in sorted(candidates, key=len):
-                        matched.setdefault(candidate, None)
-                break
-    return list(matched)
+    def __init__(self, files: Iterable[str]) -> None:
+        self.by_suffix: dict[str, list[str]] = {}
+        for path in files:
+            segments = path.split("/")
+            for start in range(len(segments)):
+                self.by_suffix.setdefault("/".join(segments[start:]), []).append(path)
+            stem, dot, _ = path.rpartition(".")
+            if dot:
+                module = stem[: -len("/__init__")] if stem.endswith("/__init__") else stem
+                module_segments = module.split("/")
+                for start in range(len(module_segments)):
+                    self.by_suffix.setdefault("/".join(module_segments[start:]) + "/", []).append(path)
+
+    def named_by(self, mentions: Sequence[str]) -> list[str]:
+        """Files that the mentioned fragments name, best match of each mention first.
+
+        A fragment matches a file when the file's path ends with it at a `/` boundary
+        (`forms/fields.py` -> `django/forms/fields.py`), or, for a module fragment without
+        an extension, with `<fragment>.<ext>` or `<fragment>/__init__.py`. An absolute path
+        from a traceback matches through its longest suffix that is a repo path. Fragments
+        of one segment without an extension (`numpy`, `self`) are too vague to match.
+        """
+        matched: dict[str, None] = {}
+        for mention in _with_module_readings(mentions):
+            segments = mention.split("/")
+            has_extension = "." in segments[-1]
+            if not has_extension and len(segments) < 2:
+                continue
+            for start in range(len(segments)):
+                suffix = "/".join(segments[start:])
+                if not has_extension:
+                    suffix += "/"
+                elif start == len(segments) - 1 and len(segments) > 1:
+                    break  # a bare file name from a longer path matched nothing more specific
+                candidates = self.by_suffix.get(suffix)
+                if candidates:
+                    # A bare name like `utils.py` can match dozens of files: only a few
+                    # candidates are specific enough to trust.
+                    if len(candidates) <= 3:
+                        for candidate in sorted(candidates, key=len):
+                            matched.setdefault(candidate, None)
+                    break
+        return list(matched)

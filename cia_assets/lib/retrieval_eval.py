@@ -21,6 +21,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import git
 
 from cia_assets.config import CiaConfig, CodebaseConfig
 from cia_assets.lib import indexing, lexical
-from cia_assets.lib.git_sync import RepoMirror, Snapshot, utc_now, write_snapshot
+from cia_assets.lib.git_sync import RepoMirror, path_selected, snapshot_at, write_snapshot
 from cia_assets.lib.layout import DataLayout, collection_alias
 from cia_assets.lib.project import embedding_model_dir, open_embedder, open_embedding_cache, open_vector_store
 from cia_assets.lib.search import SearchOptions, search_files
@@ -115,8 +116,6 @@ def load_cases(path: Path) -> list[RetrievalCase]:
 
 
 def is_test_path(path: str) -> bool:
-    from fnmatch import fnmatchcase
-
     return any(fnmatchcase(path, pattern) for pattern in TEST_PATH_GLOBS)
 
 
@@ -166,7 +165,7 @@ def mine_commit_cases(
         if len(query.split()) < min_words or _UNINFORMATIVE_SUBJECT.match(subject):
             continue
         changed = [name for name in names.split("\n") if name.strip()]
-        gold = [path for path in changed if not is_test_path(path) and _selected(path, include, exclude)]
+        gold = [path for path in changed if not is_test_path(path) and path_selected(path, include, exclude)]
         if not 1 <= len(gold) <= max_files:
             continue
         cases.append(
@@ -181,12 +180,6 @@ def mine_commit_cases(
         if len(cases) >= max_cases:
             break
     return cases
-
-
-def _selected(path: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
-    from cia_assets.lib.git_sync import path_selected
-
-    return path_selected(path, include, exclude)
 
 
 # --- scoring -------------------------------------------------------------------------------
@@ -326,7 +319,7 @@ class Report:
                 "calls": len(values),
                 "total_s": round(sum(values), 2),
                 "p50_ms": round(statistics.median(values) * 1000, 1),
-                "p95_ms": round(sorted(values)[max(0, int(len(values) * 0.95) - 1)] * 1000, 1),
+                "p95_ms": round(_p95(values) * 1000, 1),
             }
             for stage, values in self.timings.items()
         }
@@ -341,6 +334,10 @@ class Report:
             "skipped": self.skipped,
             "cases": [asdict(r) for r in self.results],
         }
+
+
+def _p95(values: Sequence[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
 
 
 class RetrievalHarness:
@@ -374,14 +371,13 @@ class RetrievalHarness:
             }
         )
 
+    def _mirror(self, config: CiaConfig, source: RepoSource) -> RepoMirror:
+        codebase = config.codebase(source.repo_id)
+        return RepoMirror(self.layout.mirror(source.repo_id), config.clone_url(codebase), codebase.branch)
+
     def mine(self, source: RepoSource, max_cases: int) -> list[RetrievalCase]:
         """Cases mined from the source's own history (see `mine_commit_cases`)."""
-        config = self.config_for([source])
-        mirror = RepoMirror(
-            self.layout.mirror(source.repo_id),
-            config.clone_url(config.codebase(source.repo_id)),
-            source.branch,
-        )
+        mirror = self._mirror(self.config_for([source]), source)
         try:
             head = mirror.sync()
             return mine_commit_cases(
@@ -426,9 +422,7 @@ class RetrievalHarness:
         progress: Callable[[str], None],
     ) -> None:
         repo_id = source.repo_id
-        mirror = RepoMirror(
-            self.layout.mirror(repo_id), config.clone_url(config.codebase(repo_id)), source.branch
-        )
+        mirror = self._mirror(config, source)
         started = time.perf_counter()
         head = mirror.sync()
         report.time("git_sync", time.perf_counter() - started)
@@ -439,8 +433,7 @@ class RetrievalHarness:
         baseline = FileBm25() if bm25 else None
         try:
             for position, case in enumerate(ordered, start=1):
-                stats = self.index_at(config, source, mirror, case.base_commit, report)
-                report.index[source.repo] = stats
+                meta = self.index_at(config, source, mirror, case.base_commit, report)
                 ranks: dict[str, int | None] = {}
                 tops: dict[str, list[str]] = {}
                 # The first search after an update opens the new collection (tens of ms):
@@ -458,8 +451,6 @@ class RetrievalHarness:
                     ranks[name] = first_gold_rank(files, case.gold_files)
                     tops[name] = files[:10]
                 if baseline is not None:
-                    meta = indexing.read_chunks_meta(self.layout.chunks_meta(repo_id))
-                    assert meta is not None
                     started = time.perf_counter()
                     baseline.build(mirror, meta.files)
                     report.time("bm25_build", time.perf_counter() - started)
@@ -480,32 +471,16 @@ class RetrievalHarness:
 
     def index_at(
         self, config: CiaConfig, source: RepoSource, mirror: RepoMirror, commit: str, report: Report
-    ) -> dict[str, Any]:
+    ) -> indexing.ChunkSetMeta:
         """The indexing steps of `code_chunks`, `chunk_embeddings` and `qdrant_collection`,
-        with the snapshot pinned to `commit` instead of the branch head."""
+        with the snapshot pinned to `commit` instead of the branch head. Returns what was
+        chunked; the step's figures go to `report.index`."""
         repo_id = source.repo_id
         codebase = config.codebase(repo_id)
-        files = mirror.tracked_files(commit, codebase.include, codebase.exclude)
-        snapshot = Snapshot(
-            repo_id=repo_id,
-            commit_sha=commit,
-            branch=source.branch,
-            clone_url=config.clone_url(codebase),
-            web_url=codebase.resolved_web_url,
-            file_count=len(files),
-            fetched_at=utc_now(),
-        )
+        snapshot = snapshot_at(mirror, commit, codebase, config.clone_url(codebase))
         write_snapshot(self.layout.snapshot(repo_id), snapshot)
         started = time.perf_counter()
-        meta = indexing.chunk_snapshot(
-            self.layout,
-            snapshot,
-            mirror,
-            include=codebase.include,
-            exclude=codebase.exclude,
-            max_lines=config.chunking.max_lines,
-            max_file_bytes=config.chunking.max_file_bytes,
-        )
+        meta = indexing.chunk_snapshot(self.layout, snapshot, mirror, codebase, config.chunking)
         report.time("chunk", time.perf_counter() - started)
         chunks = indexing.read_chunks(self.layout.chunks(repo_id))
         embedder = open_embedder(config)
@@ -525,7 +500,7 @@ class RetrievalHarness:
             verify=lambda collection: indexing.verify_point_count(store, collection, len(chunks)),
         )
         report.time("collection_update", update.seconds)
-        return {
+        report.index[source.repo] = {
             "commit": commit,
             "files": len(meta.files),
             "chunks": len(chunks),
@@ -534,6 +509,7 @@ class RetrievalHarness:
             "embedded": embedded.embedded,
             "mode": update.mode,
         }
+        return meta
 
 
 def _in_commit_order(

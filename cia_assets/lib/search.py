@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +16,7 @@ from cia_assets.lib.embeddings import Embedder
 from cia_assets.lib.indexing import read_index_state
 from cia_assets.lib.layout import DataLayout, collection_alias
 from cia_assets.lib.project import open_embedder, open_embedding_cache, open_vector_store
-from cia_assets.lib.query_plan import QueryPlan, match_mentions
+from cia_assets.lib.query_plan import QueryPlan, RepoPaths
 from cia_assets.lib.records import sha256_text, source_url
 from cia_assets.lib.vector_store import SearchHit, SparseVector, VectorStore
 
@@ -91,7 +93,6 @@ class SearchOptions:
 
     query_tf: bool = True  # a query word used n times weighs 1 + ln(n) in the lexical list
     mentions: bool = True  # files the text names (tracebacks, paths, modules) get a list
-    mention_weight: float = 1.0
     definitions: bool = True  # chunks defining a symbol the text names get a list
     file_lexical: bool = True  # files ranked by the summed BM25 of their chunks get a list
     lexical_depth: int = 500  # chunks read for that file ranking
@@ -136,13 +137,20 @@ def _code_hit(hit: SearchHit, score: float) -> CodeHit:
     )
 
 
-@dataclass(frozen=True)
-class _Encoded:
-    plan: QueryPlan
-    dense: list[float]
+def _repo_paths(state_path: Path) -> RepoPaths | None:
+    """The indexed files of a repo, for matching the files a question names; rebuilt only
+    when the index state changes (a new commit), not on every question."""
+    try:
+        stat = state_path.stat()
+    except FileNotFoundError:
+        return None
+    return _repo_paths_at(state_path, stat.st_mtime_ns, stat.st_size)
 
-    def as_hybrid(self) -> HybridQuery:
-        return HybridQuery(dense=self.dense, sparse=self.plan.sparse, exact=self.plan.exact)
+
+@functools.lru_cache(maxsize=64)
+def _repo_paths_at(state_path: Path, _mtime_ns: int, _size: int) -> RepoPaths | None:
+    state = read_index_state(state_path)
+    return RepoPaths(state.files) if state else None
 
 
 def _search_repo(
@@ -150,30 +158,22 @@ def _search_repo(
     store: VectorStore,
     alias: str,
     repo: str,
-    encoded: _Encoded,
+    plan: QueryPlan,
+    hybrid: HybridQuery,
     limit: int,
     options: SearchOptions,
 ) -> list[CodeHit]:
-    plan = encoded.plan
     depth = max(limit, options.candidates)
-    lists: list[tuple[list[SearchHit], float]] = [
-        (store.search(alias, encoded.dense, plan.sparse, depth, exact=plan.exact), 1.0)
-    ]
+    lists: list[tuple[list[SearchHit], float]] = [(hybrid.run(store, alias, depth), 1.0)]
     if options.mentions and plan.path_mentions:
-        state = read_index_state(DataLayout(config.data_dir).index_state(repo))
-        named_files = match_mentions(plan.path_mentions, state.files) if state else []
+        paths = _repo_paths(DataLayout(config.data_dir).index_state(repo))
+        named_files = paths.named_by(plan.path_mentions) if paths else []
         if named_files:
-            inside = store.search(
-                alias, encoded.dense, plan.sparse, depth, filters={"path": named_files}, exact=plan.exact
-            )
             # One chunk per named file: a traceback names the call chain, and the fix is
             # often elsewhere; a named file earns a place, not a flood of its chunks.
-            best_per_file: dict[str, SearchHit] = {}
-            for hit in inside:
-                best_per_file.setdefault(hit.payload["path"], hit)
-            lists.append((list(best_per_file.values()), options.mention_weight))
+            lists.append((_best_per_file(hybrid.run(store, alias, depth, {"path": named_files})), 1.0))
     if options.file_lexical and plan.sparse.indices:
-        lists.append((_files_by_lexical_mass(store, alias, encoded, lists, options.lexical_depth), 1.0))
+        lists.append((_files_by_lexical_mass(store, alias, hybrid, lists, options.lexical_depth), 1.0))
     fused = _fuse(lists)
     if options.definitions and plan.identifiers:
         # A report names `separability_matrix` or `URLField`: the chunks that define it
@@ -187,10 +187,18 @@ def _search_repo(
     return [_code_hit(hit, score) for hit, score in fused[:limit]]
 
 
+def _best_per_file(hits: Iterable[SearchHit]) -> list[SearchHit]:
+    """The first (best) hit of each file, in order."""
+    best: dict[str, SearchHit] = {}
+    for hit in hits:
+        best.setdefault(hit.payload["path"], hit)
+    return list(best.values())
+
+
 def _files_by_lexical_mass(
     store: VectorStore,
     alias: str,
-    encoded: _Encoded,
+    hybrid: HybridQuery,
     lists: Sequence[tuple[list[SearchHit], float]],
     depth: int,
 ) -> list[SearchHit]:
@@ -201,26 +209,15 @@ def _files_by_lexical_mass(
     Each file is represented by its best chunk from the other lists, else by its best chunk
     for the query within the file, so the file-level evidence lands on a citable chunk.
     """
-    plan = encoded.plan
     mass: dict[str, float] = {}
-    for hit in store.search_lexical(alias, plan.sparse, depth, fields=["path"]):
+    for hit in store.search_lexical(alias, hybrid.sparse, depth, fields=["path"]):
         path = hit.payload["path"]
         mass[path] = mass.get(path, 0.0) + hit.score
     ordered = sorted(mass, key=lambda path: (-mass[path], path))[:LEXICAL_FILES]
-    best: dict[str, SearchHit] = {}
-    for hit, _ in _fuse(lists):
-        best.setdefault(hit.payload["path"], hit)
+    best = {hit.payload["path"]: hit for hit in _best_per_file(hit for hit, _ in _fuse(lists))}
     missing = [path for path in ordered if path not in best]
     if missing:
-        inside = store.search(
-            alias,
-            encoded.dense,
-            plan.sparse,
-            len(missing) * 4,
-            filters={"path": missing},
-            exact=plan.exact,
-        )
-        for hit in inside:
+        for hit in _best_per_file(hybrid.run(store, alias, len(missing) * 4, {"path": missing})):
             best.setdefault(hit.payload["path"], hit)
     return [best[path] for path in ordered if path in best]
 
@@ -301,13 +298,14 @@ def _search(
     if not indexed:
         raise SearchError(f"nothing indexed yet for {', '.join(wanted) or 'any repo'}; run `cia index` first")
     plan = QueryPlan.of(query, repeated_terms_count=options.query_tf)
-    embedder = open_embedder(config)
-    encoded = _Encoded(plan=plan, dense=embedder.embed_query(query).tolist())
+    hybrid = HybridQuery(
+        dense=open_embedder(config).embed_query(query).tolist(), sparse=plan.sparse, exact=plan.exact
+    )
     hits: list[CodeHit] = []
     for repo, alias in indexed.items():
-        hits.extend(_search_repo(config, store, alias, repo, encoded, limit, options))
+        hits.extend(_search_repo(config, store, alias, repo, plan, hybrid, limit, options))
     if len(indexed) > 1:
-        return merge_across_repos(config, encoded.as_hybrid(), hits)
+        return merge_across_repos(config, hybrid, hits)
     return hits
 
 

@@ -46,7 +46,6 @@ QUICK_SWEBENCH_REPOS = ("pydata/xarray", "astropy/astropy")
 QUICK_SYMPY = 10
 QUICK_COMMITS_PER_REPO = 5
 
-# Ablations: each switch of the retriever on its own, then together (the product default).
 _SWITCHES = ("query_tf", "mentions", "definitions", "file_lexical")
 
 

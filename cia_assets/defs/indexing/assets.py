@@ -38,15 +38,7 @@ def code_chunks(context: dg.AssetExecutionContext, cia: CiaConfigResource) -> dg
     snapshot = indexing.load_snapshot_or_fail(layout, repo_id)
     mirror = RepoMirror(layout.mirror(repo_id), snapshot.clone_url, snapshot.branch)
     try:
-        meta = indexing.chunk_snapshot(
-            layout,
-            snapshot,
-            mirror,
-            include=codebase.include,
-            exclude=codebase.exclude,
-            max_lines=config.chunking.max_lines,
-            max_file_bytes=config.chunking.max_file_bytes,
-        )
+        meta = indexing.chunk_snapshot(layout, snapshot, mirror, codebase, config.chunking)
     finally:
         mirror.close()
     return dg.MaterializeResult(

@@ -2,7 +2,7 @@ import dagster as dg
 
 from cia_assets.defs.repos.partitions import OWNERS, repos_partitions
 from cia_assets.defs.resources import CiaConfigResource
-from cia_assets.lib.git_sync import GitSyncError, RepoMirror, Snapshot, utc_now, write_snapshot
+from cia_assets.lib.git_sync import GitSyncError, RepoMirror, snapshot_at, write_snapshot
 
 
 @dg.asset(
@@ -26,25 +26,16 @@ def git_repo_snapshots(context: dg.AssetExecutionContext, cia: CiaConfigResource
         codebase = config.codebase(repo_id)
     except KeyError as error:
         raise dg.Failure(description=str(error.args[0])) from None
-    mirror = RepoMirror(layout.mirror(repo_id), config.clone_url(codebase), codebase.branch)
+    clone_url = config.clone_url(codebase)
+    mirror = RepoMirror(layout.mirror(repo_id), clone_url, codebase.branch)
     try:
-        commit_sha = mirror.sync()
-        files = mirror.tracked_files(commit_sha, codebase.include, codebase.exclude)
+        snapshot = snapshot_at(mirror, mirror.sync(), codebase, clone_url)
     except GitSyncError as error:
         raise dg.Failure(
             description=f"{repo_id}: {error}. The previous snapshot is kept.",
         ) from error
     finally:
         mirror.close()
-    snapshot = Snapshot(
-        repo_id=repo_id,
-        commit_sha=commit_sha,
-        branch=codebase.branch,
-        clone_url=config.clone_url(codebase),
-        web_url=codebase.resolved_web_url,
-        file_count=len(files),
-        fetched_at=utc_now(),
-    )
     write_snapshot(layout.snapshot(repo_id), snapshot)
     return dg.MaterializeResult(
         metadata={
@@ -54,5 +45,5 @@ def git_repo_snapshots(context: dg.AssetExecutionContext, cia: CiaConfigResource
             "file_count": snapshot.file_count,
             **({"web_url": dg.MetadataValue.url(snapshot.web_url)} if snapshot.web_url else {}),
         },
-        data_version=dg.DataVersion(commit_sha),
+        data_version=dg.DataVersion(snapshot.commit_sha),
     )
