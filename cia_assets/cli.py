@@ -350,6 +350,8 @@ def _dev(args: argparse.Namespace) -> int:
         flush=True,
     )
     os.chdir(config.config_path.parent)
+    # dagster-dbt runs `dbt` by name (preparing the analytics manifest, running the models).
+    os.environ["PATH"] = f"{dagster.parent}{os.pathsep}{os.environ.get('PATH', '')}"
     # A shell that starts jobs without job control leaves SIGINT/SIGTERM ignored, and exec
     # keeps ignored signals ignored: dagster dev would then never stop. Restore them.
     signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -226,6 +226,121 @@ class LangfuseConfig(_Strict):
         return bool(self.host)
 
 
+class ModelEndpointConfig(_Strict):
+    """An OpenAI-compatible endpoint used by the learning loop (teacher, judge). Unset
+    `base_url` means the live served endpoint (in the embedded default: the packaged model)."""
+
+    base_url: str | None = None
+    model: str | None = Field(default=None, description="model name at base_url (unset: the served one)")
+    api_key: str | None = None
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    max_tokens: int = Field(default=384, ge=16)
+
+    @model_validator(mode="after")
+    def _url_needs_model(self) -> ModelEndpointConfig:
+        if self.base_url and not self.model:
+            raise ValueError("'base_url' is set, so 'model' is needed too (the model name at that endpoint)")
+        return self
+
+
+class DatasetsConfig(_Strict):
+    """Synthetic Q&A from a teacher, and the training set built from it and golden answers."""
+
+    teacher: ModelEndpointConfig = ModelEndpointConfig()
+    synthetic_pairs: int = Field(default=200, ge=1, description="chunks sent to the teacher per run")
+    min_chunk_lines: int = Field(default=4, ge=1)
+    # Each training example shows its source and a distractor: two 30-line chunks and the
+    # prompt fit the default `training.max_seq_tokens` (measured: two 39-line sources, 1,433).
+    max_chunk_lines: int = Field(default=30, ge=5, description="longer chunks are cut to this many lines")
+    eval_share: float = Field(default=0.2, gt=0.0, lt=1.0, description="share of source files held out")
+    seed: int = 7
+    # Strings with at least this Shannon entropy per character (and 20+ characters) are
+    # redacted as likely keys; detect-secrets' own plugins catch the known formats.
+    entropy_limit_base64: float = Field(default=4.5, gt=0)
+    entropy_limit_hex: float = Field(default=3.0, gt=0)
+
+
+class GpuTrainingConfig(_Strict):
+    """The GPU path: unsloth QLoRA in a pod on the GPU node (dagster-k8s Pipes)."""
+
+    namespace: str = "cia"
+    image: str = "ghcr.io/example/cia-trainer:0.1.0"
+    base_model: str = Field(
+        default="unsloth/Qwen2.5-Coder-1.5B-Instruct-bnb-4bit",
+        description="a model id or a path on the model cache volume",
+    )
+    gpu_resource: str = Field(default="nvidia.com/gpu", description="nvidia.com/gpu.shared with time-slicing")
+    gpu_count: int = Field(default=1, ge=1)
+    node_selector: dict[str, str] = {"nvidia.com/gpu.present": "true"}
+    tolerations: tuple[dict[str, str], ...] = (
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+    )
+    model_cache_claim: str | None = Field(
+        default="model-cache", description="PVC with base models, read-only"
+    )
+    model_cache_mount: str = "/models"
+    data_claim: str = Field(
+        default="cia-data", description="the PVC holding data_dir; the pod mounts it at the same path"
+    )
+    service_account: str | None = None
+    memory: str = "16Gi"
+    cpu: str = "4"
+    load_in_4bit: bool = True
+
+
+class TrainingConfig(_Strict):
+    """The LoRA adapter: `cpu` trains in-process with peft on the packaged SmolLM2 (a smoke
+    scale, same code path as the real one); `gpu` runs unsloth QLoRA as a Kubernetes pod."""
+
+    backend: Literal["cpu", "gpu"] = "cpu"
+    registered_model: str = "cia-code-assistant"
+    max_steps: int = Field(default=60, ge=1)
+    learning_rate: float = Field(default=2e-4, gt=0)
+    batch_size: int = Field(default=4, ge=1)
+    max_seq_tokens: int = Field(default=1536, ge=64, description="longer examples are skipped, and counted")
+    lora_r: int = Field(default=8, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    seed: int = 7
+    gpu: GpuTrainingConfig = GpuTrainingConfig()
+
+
+class MlflowConfig(_Strict):
+    """Experiment tracking and the model registry; unset `tracking_uri` = a SQLite store in
+    data_dir (no server needed)."""
+
+    tracking_uri: str | None = None
+    experiment: str = "cia-lora"
+
+
+class EvaluationConfig(_Strict):
+    """How adapters are judged on the held-out split before they may serve."""
+
+    judge: ModelEndpointConfig = ModelEndpointConfig()
+    max_questions: int = Field(default=50, ge=1)
+    top_k: int = Field(default=8, ge=1, le=50)
+    ragas: bool = Field(
+        default=True, description="faithfulness, relevancy, context precision/recall (needs judge.base_url)"
+    )
+    history_cases: int = Field(default=20, ge=0, description="commit->files cases mined per repo (0 = off)")
+
+
+class PromotionConfig(_Strict):
+    """The gate in front of `served_endpoint` and the canary share for a new adapter."""
+
+    max_citation_validity_drop: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_faithfulness_drop: float = Field(default=0.05, ge=0.0, le=1.0)
+    canary_share: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="share of questions for the challenger"
+    )
+
+
+class FeedbackLoopConfig(_Strict):
+    """When user feedback starts a new round of analytics, dataset and adapter."""
+
+    min_new_feedback: int = Field(default=20, ge=1)
+
+
 class CiaConfig(_Strict):
     config_path: Path
     data_dir: Path
@@ -237,6 +352,12 @@ class CiaConfig(_Strict):
     answering: AnsweringConfig = AnsweringConfig()
     chat: ChatConfig = ChatConfig()
     langfuse: LangfuseConfig = LangfuseConfig()
+    datasets: DatasetsConfig = DatasetsConfig()
+    training: TrainingConfig = TrainingConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    promotion: PromotionConfig = PromotionConfig()
+    feedback: FeedbackLoopConfig = FeedbackLoopConfig()
 
     @model_validator(mode="after")
     def _unique_repo_ids(self) -> CiaConfig:
@@ -282,6 +403,12 @@ class CiaConfig(_Strict):
         return self.vector_store.path or self.data_dir / "qdrant"
 
 
+_SECTIONS = (
+    "embedding", "vector_store", "chunking", "llm", "answering", "chat", "langfuse",
+    "datasets", "training", "mlflow", "evaluation", "promotion", "feedback",
+)  # fmt: skip
+
+
 def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     """--config wins, then $CIA_CONFIG, then ./cia.yaml."""
     chosen = explicit or os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_NAME
@@ -307,9 +434,12 @@ def _load_cached(config_path: Path, _mtime_ns: int, _size: int) -> CiaConfig:
         raise ConfigError(f"{config_path}: expected a mapping at the top level, got {type(raw).__name__}")
     raw = _expand_env(raw, config_path, ())
     # A section whose keys are all commented out reads as null: it means "the defaults".
-    for section in ("embedding", "vector_store", "chunking", "llm", "answering", "chat", "langfuse"):
+    for section in _SECTIONS:
         if section in raw and raw[section] is None:
             del raw[section]
+        elif isinstance(raw.get(section), dict):
+            # Same for a nested block (`teacher:` with only comments under it).
+            raw[section] = {k: v for k, v in raw[section].items() if v is not None}
     base = config_path.parent
     for key in ("data_dir",):
         if isinstance(raw.get(key), str):

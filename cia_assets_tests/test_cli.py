@@ -149,6 +149,7 @@ def test_dev_serves_the_ui_with_sensors_running(
         assert {s["name"]: s["sensorState"]["status"] for s in sensors} == {
             "repo_change_sensor": "RUNNING",
             "indexing_automation": "RUNNING",
+            "feedback_sensor": "RUNNING",
         }
         assert (tmp_path / "dagster_home" / "workspace.yaml").exists()  # config outside a checkout
         # The chat app comes up beside the UI, with the model server it needs.

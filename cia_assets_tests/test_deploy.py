@@ -231,6 +231,9 @@ def test_the_cluster_config_drives_the_same_graph_against_local_stand_ins(
             "LANGFUSE_HOST": langfuse.url,
             "LANGFUSE_PUBLIC_KEY": PUBLIC_KEY,
             "LANGFUSE_SECRET_KEY": SECRET_KEY,
+            # The MLflow server is a local SQLite store here; the loop's other settings are
+            # left unset, as in the chat app's pod (cia.yaml defaults them).
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         }.items():
             monkeypatch.setenv(name, value)
         cluster = yaml.safe_load((DEPLOY / "k8s" / "cia.yaml").read_text())
@@ -246,6 +249,7 @@ def test_the_cluster_config_drives_the_same_graph_against_local_stand_ins(
         path.write_text(yaml.safe_dump(cluster))
         config = load_config(path)
         assert config.vector_store.backend == "server" and config.llm.engine == "vllm"
+        assert config.training.backend == "gpu" and config.mlflow.tracking_uri.startswith("sqlite:")  # type: ignore[union-attr]
 
         instance = dg.DagsterInstance.ephemeral()
         result = materialize_repo(config, instance, "payments")

@@ -371,3 +371,34 @@ def test_harness_runs_against_the_server_backend_in_its_own_collections(
     store = open_vector_store(harness.config_for([source]))
     assert store.resolve_alias("cia-eval-acme__payments") is not None
     assert store.resolve_alias("cia-live") is None  # the live prefix was never written
+
+
+def test_history_benchmark_asset_reports_per_repo_and_to_mlflow(
+    make_repo: Callable[..., GitRepo], write_config: Callable[..., object]
+) -> None:
+    import dagster as dg
+
+    from cia_assets.defs.evaluation.assets import retrieval_history_benchmark
+    from cia_assets.defs.resources import build_resources
+    from cia_assets.lib.registry import AdapterRegistry
+    from cia_assets_tests.conftest import materialize_repo
+
+    repo, _ = _history(make_repo)
+    config = write_config([{"url": repo.url, "id": "payments"}], evaluation={"history_cases": 5})
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_repo(config, instance, "payments")  # type: ignore[arg-type]
+    result = dg.materialize(
+        [retrieval_history_benchmark],
+        instance=instance,
+        resources=build_resources(str(config.config_path)),  # type: ignore[attr-defined]
+    )
+    metadata = {
+        k: v.value
+        for k, v in result.asset_materializations_for_node("retrieval_history_benchmark")[0].metadata.items()
+    }
+    assert metadata["cases"] == 2 and metadata["skipped"] == 0  # "typo" is not descriptive
+    assert metadata["cia/payments/acc@5"] == 1.0
+    assert {"bm25/payments/acc@1", "cia/all/mrr", "bm25/all/mrr"} <= set(metadata)
+    registry = AdapterRegistry(config)  # type: ignore[arg-type]
+    run = registry.client.get_run(str(metadata["mlflow_run_id"]))
+    assert run.data.metrics["history_cia_payments_acc_at_5"] == 1.0

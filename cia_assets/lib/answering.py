@@ -23,6 +23,7 @@ from typing import Any
 from cia_assets.config import CiaConfig
 from cia_assets.lib import chunking
 from cia_assets.lib.access import AccessDenied, Grant
+from cia_assets.lib.endpoint import EndpointRecord
 from cia_assets.lib.git_sync import RepoMirror
 from cia_assets.lib.layout import DataLayout
 from cia_assets.lib.prompts import PromptTemplate, load_prompt
@@ -118,6 +119,7 @@ class Answer:
     searched: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     usage: dict[str, int | None] = field(default_factory=dict)
+    contexts: list[str] = field(default_factory=list)  # the code the model was shown (evaluation)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -363,7 +365,8 @@ class Answerer:
     """Answers questions from the indexed code with the live served endpoint.
 
     `trace_sink` receives every finished answer with its retrieval and generation details
-    (the trace store); it is called even for "not found" answers.
+    (the trace store); it is called even for "not found" answers. `endpoint` pins one model
+    endpoint instead of the live one (evaluation compares models on the same questions).
     """
 
     def __init__(
@@ -371,9 +374,11 @@ class Answerer:
         config: CiaConfig,
         *,
         trace_sink: Callable[[AskRequest, Answer, dict[str, Any]], None] | None = None,
+        endpoint: EndpointRecord | None = None,
     ) -> None:
         self.config = config
         self.trace_sink = trace_sink
+        self.endpoint = endpoint
         self._mirrors: dict[str, RepoMirror] = {}
 
     # -- public ---------------------------------------------------------------------------
@@ -418,9 +423,9 @@ class Answerer:
             "repos": repos,
         }
 
-        from cia_assets.lib.endpoint import chat_client, ensure_endpoint
+        from cia_assets.lib.endpoint import chat_client, choose_endpoint
 
-        endpoint = ensure_endpoint(self.config)
+        endpoint = self.endpoint or choose_endpoint(self.config)
         details["endpoint"] = endpoint.base_url
         model_name = endpoint.model if not endpoint.adapter else f"{endpoint.model}+{endpoint.adapter}"
         timings: dict[str, float] = {"retrieval_ms": round((retrieved - started) * 1000, 1)}
@@ -447,7 +452,7 @@ class Answerer:
             extra_body["grammar"] = citation_grammar(len(blocks))
         try:
             stream = client.chat.completions.create(
-                model=endpoint.model,
+                model=endpoint.request_model,
                 messages=messages,  # type: ignore[arg-type]
                 max_tokens=self.config.llm.max_answer_tokens,
                 temperature=self.config.llm.temperature,
@@ -541,6 +546,7 @@ class Answerer:
             searched=[b.location for b in blocks],
             timings_ms=timings,
             usage=usage,
+            contexts=[b.text for b in blocks],
         )
 
     def _code_budget(self, prompt: PromptTemplate, question: str) -> int:

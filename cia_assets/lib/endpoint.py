@@ -24,11 +24,12 @@ import fcntl
 import hashlib
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from cia_assets.config import CiaConfig
 from cia_assets.lib.git_sync import utc_now, write_json_atomic
 from cia_assets.lib.layout import DataLayout
 from cia_assets.lib.llm_server import (
+    LlmServerError,
     is_healthy,
     is_listening,
     model_file,
@@ -65,6 +67,10 @@ class EndpointSpec:
     adapter_version: str | None = None
     context_tokens: int = 2048
     threads: int = 2
+    adapter_path: str | None = None  # vLLM: the peft folder it loads under the name `adapter`
+
+    def with_adapter(self, adapter: str | None, version: str | None, path: str | None = None) -> EndpointSpec:
+        return replace(self, adapter=adapter, adapter_version=version, adapter_path=path)
 
     @property
     def fingerprint(self) -> str:
@@ -97,6 +103,9 @@ class EndpointRecord:
     log_path: str | None = None
     previous_version: int | None = None
     note: str | None = None
+    # A challenger answering a share of questions beside this endpoint (a canary release).
+    canary: EndpointRecord | None = None
+    canary_share: float = 0.0
 
     @property
     def engine(self) -> str:
@@ -119,6 +128,14 @@ class EndpointRecord:
         return self.spec.fingerprint
 
     @property
+    def request_model(self) -> str:
+        """The `model` a request names: vLLM serves each LoRA adapter under its own name,
+        llama.cpp's server has the adapter loaded into its one model."""
+        if self.spec.engine == "vllm" and self.spec.adapter:
+            return self.spec.adapter
+        return self.spec.model
+
+    @property
     def is_local(self) -> bool:
         return self.spec.engine in LOCAL_ENGINES
 
@@ -132,7 +149,13 @@ class EndpointRecord:
         data = dict(data)
         data.pop("fingerprint", None)
         spec = EndpointSpec(**data.pop("spec"))
-        return cls(spec=spec, **data)
+        canary = data.pop("canary", None)
+        return cls(spec=spec, canary=cls.from_json(canary) if canary else None, **data)
+
+    def pids(self) -> set[int]:
+        """Local server processes this record keeps alive (its own and its canary's)."""
+        found = {self.pid} if self.is_local and self.pid else set()
+        return found | (self.canary.pids() if self.canary else set())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +234,7 @@ def _smoke_completion(record: EndpointRecord, config: CiaConfig) -> float:
     started = time.perf_counter()
     try:
         chat_client(record, config).chat.completions.create(
-            model=record.model, messages=[{"role": "user", "content": "Say OK."}], max_tokens=1
+            model=record.request_model, messages=[{"role": "user", "content": "Say OK."}], max_tokens=1
         )
     except Exception as error:
         raise EndpointError(
@@ -261,9 +284,46 @@ def _launch(
     base_url = spec.base_url or ""
     if not is_healthy(base_url, timeout_s=5.0, api_key=config.llm.api_key):
         raise EndpointError(f"the {spec.engine} endpoint {base_url} does not answer GET {base_url}/models")
+    if spec.engine == "vllm" and spec.adapter and spec.adapter_path:
+        _load_vllm_adapter(base_url, spec.adapter, spec.adapter_path, config.llm.api_key)
     return EndpointRecord(
         version=version, spec=spec, base_url=base_url, started_at=utc_now(), origin=origin, **extra
     )
+
+
+def _load_vllm_adapter(base_url: str, name: str, path: str, api_key: str | None) -> None:
+    """Ask vLLM to load a LoRA adapter from the shared volume under `name` (vLLM runs with
+    VLLM_ALLOW_RUNTIME_LORA_UPDATING=True; an adapter already loaded under that name is fine)."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.post(
+            f"{base_url}/load_lora_adapter",
+            json={"lora_name": name, "lora_path": path},
+            headers=headers,
+            timeout=120.0,
+        )
+    except httpx.HTTPError as error:
+        raise EndpointError(f"vLLM at {base_url} did not load adapter {name}: {error}") from error
+    if response.status_code >= 400 and "already" not in response.text.lower():
+        raise EndpointError(
+            f"vLLM at {base_url} refused adapter {name} from {path}: "
+            f"{response.status_code} {response.text[:300]}"
+        )
+
+
+def choose_endpoint(config: CiaConfig, *, draw: Callable[[], float] = random.random) -> EndpointRecord:
+    """The endpoint for one question: the live one, or its canary for `canary_share` of the
+    questions (a canary whose server is down is skipped, never a failed question)."""
+    record = ensure_endpoint(config)
+    canary = record.canary
+    if canary is not None and record.canary_share > 0 and draw() < record.canary_share:
+        if _healthy(canary, config):
+            return canary
+        log.warning("canary %s of endpoint v%d is down; answering with the live model",
+                    canary.spec.adapter, record.version)  # fmt: skip
+    return record
 
 
 def ensure_endpoint(config: CiaConfig) -> EndpointRecord:
@@ -292,6 +352,8 @@ def ensure_endpoint(config: CiaConfig) -> EndpointRecord:
                 stop_process(record.pid)  # alive but not listening: hung, never left behind
             new = _launch(config, record.spec, version=record.version + 1, origin="restart",
                           previous_version=record.version, note=f"restart of v{record.version}")  # fmt: skip
+            # The canary runs in its own process and keeps serving its share.
+            new = replace(new, canary=record.canary, canary_share=record.canary_share)
         else:
             raise EndpointError(f"the {record.engine} endpoint {record.base_url} does not answer")
         _make_live(config, new)
@@ -303,36 +365,60 @@ def _keeps(record: EndpointRecord, wanted: EndpointSpec) -> bool:
 
 
 def deploy_endpoint(
-    config: CiaConfig, *, rollback: bool = False, log_line: Callable[[str], None] = log.info
+    config: CiaConfig,
+    *,
+    rollback: bool = False,
+    spec: EndpointSpec | None = None,
+    canary: EndpointSpec | None = None,
+    canary_share: float = 0.0,
+    note: str | None = None,
+    log_line: Callable[[str], None] = log.info,
 ) -> tuple[EndpointRecord, EndpointRecord | None, float]:
-    """Blue-green: start the new endpoint, test it, switch, drain and stop the old one.
+    """Blue-green: start the new endpoint (and its canary), test them, switch, drain and stop
+    the old servers. `spec` defaults to cia.yaml's llm settings.
 
     Returns (new, previous, test-completion latency in ms). On any failure before the switch
-    the live record is untouched and a started server is stopped."""
+    the live record is untouched and every server started here is stopped."""
     with _locked(config):
         previous = current_endpoint(config)
         version = (previous.version if previous else 0) + 1
         if rollback:
             target = _rollback_target(config, previous)
             spec, origin, note = target.spec, "rollback", f"rollback to v{target.version}"
+            canary, canary_share = (target.canary.spec if target.canary else None), target.canary_share
         else:
-            spec, origin, note = EndpointSpec.from_config(config), "deploy", None
+            spec, origin = spec or EndpointSpec.from_config(config), "deploy"
         log_line(f"starting {spec.engine} endpoint for {spec.model}" + (f" ({note})" if note else ""))
-        new = _launch(config, spec, version=version, origin=origin,
-                      previous_version=previous.version if previous else None, note=note)  # fmt: skip
+        started: list[EndpointRecord] = []
         try:
+            new = _launch(config, spec, version=version, origin=origin,
+                          previous_version=previous.version if previous else None, note=note)  # fmt: skip
+            started.append(new)
             latency_ms = _smoke_completion(new, config)
-        except EndpointError:
-            if new.is_local and new.pid:
-                stop_process(new.pid)
+            if canary is not None and canary_share > 0:
+                log_line(
+                    f"starting canary {canary.adapter or canary.model} for {canary_share:.0%} of questions"
+                )
+                canary_record = _launch(config, canary, version=version, origin="canary")
+                started.append(canary_record)
+                _smoke_completion(canary_record, config)
+                new = replace(new, canary=canary_record, canary_share=canary_share)
+        except (EndpointError, LlmServerError) as error:
+            for record in started:
+                if record.is_local and record.pid:
+                    stop_process(record.pid)
+            if isinstance(error, LlmServerError):
+                raise EndpointError(str(error)) from error
             raise
         _make_live(config, new)
         log_line(f"endpoint v{new.version} is live at {new.base_url}")
-    old_pid = previous.pid if previous is not None and previous.is_local else None
-    if previous is not None and old_pid and old_pid != new.pid and process_alive(old_pid):
-        log_line(f"draining v{previous.version} for {config.llm.drain_s:.0f} s, then stopping pid {old_pid}")
+    old_pids = (previous.pids() if previous is not None else set()) - new.pids()
+    alive = [pid for pid in old_pids if process_alive(pid)]
+    if alive and previous is not None:
+        log_line(f"draining v{previous.version} for {config.llm.drain_s:.0f} s, then stopping pids {alive}")
         time.sleep(config.llm.drain_s)
-        stop_process(old_pid)
+        for pid in alive:
+            stop_process(pid)
     return new, previous, latency_ms
 
 
@@ -347,12 +433,32 @@ def _rollback_target(config: CiaConfig, live: EndpointRecord | None) -> Endpoint
     )
 
 
+@contextmanager
+def temporary_endpoint(config: CiaConfig, spec: EndpointSpec, *, note: str) -> Iterator[EndpointRecord]:
+    """An endpoint for `spec` that is never made live (evaluation compares models with it);
+    a local server started for it is stopped on exit."""
+    try:
+        record = _launch(config, spec, version=0, origin="evaluation", note=note)
+    except LlmServerError as error:
+        raise EndpointError(str(error)) from error
+    try:
+        yield record
+    finally:
+        if record.is_local and record.pid:
+            stop_process(record.pid)
+
+
 def stop_local_endpoint(config: CiaConfig) -> None:
     """Stop the live local server (the record stays: the next question restarts it)."""
     record = current_endpoint(config)
-    if record is not None and record.is_local and record.pid and process_alive(record.pid):
-        stop_process(record.pid)
-        _HEALTHY.pop(record.base_url, None)
+    if record is None:
+        return
+    for pid in record.pids():
+        if process_alive(pid):
+            stop_process(pid)
+    _HEALTHY.pop(record.base_url, None)
+    if record.canary is not None:
+        _HEALTHY.pop(record.canary.base_url, None)
 
 
 def chat_client(record: EndpointRecord, config: CiaConfig) -> Any:

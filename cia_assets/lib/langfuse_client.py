@@ -569,3 +569,30 @@ def _managed(response: Any, name: str, label: str) -> ManagedPrompt:
         label=label,
         prompt_type=prompt_type,
     )
+
+
+def feedback_scores_since(
+    settings: LangfuseConfig, since: datetime | None, max_pages: int = 20
+) -> list[datetime]:
+    """Timestamps of user-feedback scores in Langfuse newer than `since`: votes from the chat
+    app (forwarded) and annotations made in Langfuse's UI. Raises when Langfuse does not answer."""
+    http = _http(settings)
+    try:
+        api = _client(settings, http)
+        found: list[datetime] = []
+        cursor: str | None = None
+        for _ in range(max_pages):
+            page = api.scores.get_many(
+                name=SCORE_NAME,
+                limit=100,
+                cursor=cursor,
+                from_timestamp=since,
+                request_options=_options(settings.timeout_s),
+            )
+            found += [s.timestamp for s in page.data if since is None or s.timestamp > since]
+            cursor = getattr(page.meta, "cursor", None)
+            if not cursor:
+                break
+        return found
+    finally:
+        http.close()

@@ -46,6 +46,31 @@ class DataLayout:
         return self.data_dir / "retrieval-eval"
 
     @property
+    def datasets(self) -> Path:
+        """Synthetic Q&A, training and eval splits, one folder per materialization."""
+        return self.data_dir / "datasets"
+
+    @property
+    def adapters(self) -> Path:
+        """Trained LoRA adapters (peft folder + GGUF for llama.cpp), one folder per run."""
+        return self.data_dir / "adapters"
+
+    @property
+    def mlflow(self) -> Path:
+        """The embedded MLflow tracking + registry store (SQLite) and its artifacts."""
+        return self.data_dir / "mlflow"
+
+    @property
+    def evaluation(self) -> Path:
+        """Evaluation reports and the promotion verdict for each challenger."""
+        return self.data_dir / "evaluation"
+
+    @property
+    def analytics(self) -> Path:
+        """The dbt models' DuckDB file and the trace snapshot they read."""
+        return self.data_dir / "analytics"
+
+    @property
     def traces(self) -> Path:
         """Every trace and feedback event, kept before forwarding to Langfuse."""
         return self.data_dir / "traces.duckdb"

@@ -1,0 +1,7 @@
+-- Votes per trace.
+select
+    trace_id,
+    count(*) filter (where value > 0) as upvotes,
+    count(*) filter (where value < 0) as downvotes
+from {{ ref('stg_feedback') }}
+group by trace_id

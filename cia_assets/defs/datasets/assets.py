@@ -1,0 +1,250 @@
+"""Datasets for distillation: synthetic Q&A from a teacher, and the train/eval split that
+adds the golden answers users rated up."""
+
+import json
+from typing import Any
+
+import dagster as dg
+
+from cia_assets.config import CiaConfig
+from cia_assets.defs.indexing.assets import code_chunks
+from cia_assets.defs.repos.partitions import OWNERS
+from cia_assets.defs.resources import CiaConfigResource
+from cia_assets.lib import artifacts
+from cia_assets.lib.chunking import decode_source, split_lines
+from cia_assets.lib.git_sync import RepoMirror, read_snapshot
+from cia_assets.lib.layout import DataLayout
+
+SYNTHETIC_FORMAT_VERSION = "1"
+TRAINING_FORMAT_VERSION = "1"
+
+
+class SyntheticConfig(dg.Config):
+    repos: list[str] = []  # noqa: RUF012 (pydantic copies defaults)
+    """Only these repos get new pairs (empty: all); the current pairs of the others are kept."""
+
+
+@dg.asset(
+    deps=[code_chunks],
+    group_name="datasets",
+    kinds={"python", "openai", "jsonl"},
+    owners=OWNERS,
+    code_version=SYNTHETIC_FORMAT_VERSION,
+)
+def synthetic_qa_dataset(
+    context: dg.AssetExecutionContext, config: SyntheticConfig, cia: CiaConfigResource
+) -> dg.MaterializeResult:
+    """Question -> ideal answer pairs written by a teacher model, each answer citing the
+    source chunk it was written from ([1] = that chunk's file and lines).
+
+    Chunks are sampled across repos, languages and symbol kinds; secrets are redacted from the
+    code before any request (detect-secrets plus high-entropy strings); duplicates, replies
+    that are not the asked JSON and answers that do not cite their source are dropped and
+    counted. The teacher is `datasets.teacher` in cia.yaml: a hosted API, a large vLLM model,
+    or (unset) the live served endpoint. A run that yields no pair publishes nothing, so the
+    previous dataset stays current.
+    """
+    from cia_assets.lib.indexing import read_chunks
+    from cia_assets.lib.model_endpoints import resolve_endpoint
+    from cia_assets.lib.synthetic import (
+        PAIR_SCHEMA,
+        SyntheticPair,
+        generate_pairs,
+        sample_chunks,
+        strata_counts,
+    )
+    from cia_assets.lib.synthetic_refresh import indexed_commits
+
+    project = cia.load()
+    layout = cia.layout()
+    settings = project.datasets
+    unknown = sorted(set(config.repos) - set(project.repo_ids))
+    if unknown:
+        raise dg.Failure(description=f"repos {', '.join(unknown)} are not in {project.config_path}")
+    selected = config.repos or project.repo_ids
+    chunks = [
+        chunk
+        for repo_id in selected
+        if layout.chunks(repo_id).is_file()
+        for chunk in read_chunks(layout.chunks(repo_id))
+    ]
+    if not chunks:
+        raise dg.Failure(description="no code chunks yet: materialize code_chunks for the repos first")
+    root = layout.datasets / "synthetic"
+    previous = artifacts.current(root)
+    kept: list[SyntheticPair] = []
+    recorded: dict[str, str] = {}
+    if previous is not None and config.repos:
+        kept = [
+            pair
+            for pair in map(SyntheticPair.from_json, artifacts.read_jsonl(previous.path / "pairs.jsonl"))
+            if pair.source.repo not in selected and pair.source.repo in project.repo_ids
+        ]
+        recorded = dict(previous.summary.get("indexed_commits", {}))
+    sample = sample_chunks(
+        chunks,
+        settings.synthetic_pairs,
+        seed=settings.seed,
+        min_lines=settings.min_chunk_lines,
+        max_lines=settings.max_chunk_lines,
+    )
+    teacher = resolve_endpoint(project, settings.teacher)
+    context.log.info(f"asking {teacher.label} for {len(sample)} pairs from {len(chunks)} chunks")
+    report = generate_pairs(
+        sample,
+        lambda messages: teacher.complete_json(messages, PAIR_SCHEMA),
+        teacher_name=teacher.label,
+        base64_limit=settings.entropy_limit_base64,
+        hex_limit=settings.entropy_limit_hex,
+        progress=lambda done, total: context.log.debug(f"{done}/{total}") if done % 10 == 0 else None,
+    )
+    counts = {**report.counts(), "kept_from_previous": len(kept)}
+    if not report.pairs:
+        raise dg.Failure(
+            description=f"the teacher {teacher.label} produced no usable pair; nothing was published",
+            metadata={**counts, "errors": dg.MetadataValue.json(report.errors)},
+        )
+    pairs = kept + report.pairs
+    commits = indexed_commits(project)
+    recorded.update({repo: commits[repo] for repo in selected if repo in commits})
+    version, folder = artifacts.new_version(root)
+    artifacts.write_jsonl(folder / "pairs.jsonl", [pair.to_json() for pair in pairs])
+    strata = strata_counts(pairs)
+    summary: dict[str, Any] = {
+        **counts,
+        "total_pairs": len(pairs),
+        "teacher": teacher.label,
+        "strata": strata,
+        "indexed_commits": recorded,
+        "repos_refreshed": selected,
+    }
+    (folder / "report.json").write_text(json.dumps({**summary, "errors": report.errors}, indent=1))
+    artifacts.publish(root, version, summary)
+    preview = "\n".join(
+        f"| {p.question} | {p.answer} | `{p.source.path}#L{p.source.line_start}-L{p.source.line_end}` |"
+        for p in report.pairs[:5]
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **counts,
+            "version": version,
+            "path": dg.MetadataValue.path(str(folder / "pairs.jsonl")),
+            "total_pairs": len(pairs),
+            "repos_refreshed": dg.MetadataValue.json(selected),
+            "teacher": teacher.label,
+            "strata": dg.MetadataValue.json(strata),
+            "teacher_errors_sample": dg.MetadataValue.json(report.errors),
+            "preview": dg.MetadataValue.md("| question | answer | source |\n|---|---|---|\n" + preview),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+@dg.asset(
+    deps=[synthetic_qa_dataset, dg.AssetKey("golden_examples")],
+    group_name="datasets",
+    kinds={"python", "jsonl"},
+    owners=OWNERS,
+    code_version=TRAINING_FORMAT_VERSION,
+)
+def training_dataset(context: dg.AssetExecutionContext, cia: CiaConfigResource) -> dg.MaterializeResult:
+    """Synthetic pairs and golden answers (rated up by users) in the chat format the served
+    model sees: the answering prompt, numbered sources, an answer citing them.
+
+    Split train/eval by source file, so no file feeds both; each synthetic example shows its
+    source beside a distractor from another file, so the model learns to cite the right one.
+    """
+    from cia_assets.lib.analytics import read_golden_examples
+    from cia_assets.lib.prompts import load_prompt
+    from cia_assets.lib.synthetic import SyntheticPair
+    from cia_assets.lib.training_data import build_split, golden_example
+
+    config = cia.load()
+    layout = cia.layout()
+    try:
+        synthetic = artifacts.require_current(layout.datasets / "synthetic", "synthetic_qa_dataset")
+    except FileNotFoundError as error:
+        raise dg.Failure(description=str(error)) from error
+    pairs = [SyntheticPair.from_json(row) for row in artifacts.read_jsonl(synthetic.path / "pairs.jsonl")]
+    golden_rows = read_golden_examples(layout)
+    reader = _MirrorLines(config)
+    try:
+        built = [golden_example(row, reader.read) for row in golden_rows]
+    finally:
+        reader.close()
+    golden = [example for example in built if example is not None]
+    split = build_split(
+        pairs,
+        golden,
+        eval_share=config.datasets.eval_share,
+        seed=config.datasets.seed,
+        skipped_golden=len(built) - len(golden),
+    )
+    if not split.train or not split.eval:
+        raise dg.Failure(
+            description=(
+                f"{len(pairs)} synthetic pairs and {len(golden)} golden answers over "
+                f"{len(split.train_files | split.eval_files)} files cannot make both a train and an eval "
+                "split; generate more pairs (datasets.synthetic_pairs)"
+            )
+        )
+    prompt = load_prompt(config)
+    root = layout.datasets / "training"
+    version, folder = artifacts.new_version(root)
+    artifacts.write_jsonl(folder / "train.jsonl", [e.to_json(prompt) for e in split.train])
+    artifacts.write_jsonl(folder / "eval.jsonl", [e.to_json(prompt) for e in split.eval])
+    summary: dict[str, Any] = {
+        "train_examples": len(split.train),
+        "eval_examples": len(split.eval),
+        "train_files": len(split.train_files),
+        "eval_files": len(split.eval_files),
+        "golden_examples": len(golden),
+        "golden_skipped": split.skipped_golden,
+        "synthetic_version": synthetic.version,
+        "prompt_version": prompt.version,
+    }
+    artifacts.publish(root, version, summary)
+    context.log.info(f"training set {version}: {summary}")
+    return dg.MaterializeResult(
+        metadata={
+            **summary,
+            "version": version,
+            "path": dg.MetadataValue.path(str(folder)),
+            "files_in_both_splits": len(split.train_files & split.eval_files),
+        },
+        data_version=dg.DataVersion(version),
+    )
+
+
+class _MirrorLines:
+    """Reads a file's lines at a commit from the repo's git mirror (the indexed commit when the
+    citation does not name one)."""
+
+    def __init__(self, config: CiaConfig) -> None:
+        self.config = config
+        self.layout = DataLayout(config.data_dir)
+        self._mirrors: dict[str, RepoMirror] = {}
+
+    def read(self, repo: str, commit: str | None, path: str) -> list[str] | None:
+        try:
+            codebase = self.config.codebase(repo)
+        except KeyError:
+            return None  # a repo removed from cia.yaml: its answers are not trained on
+        if commit is None:
+            snapshot = read_snapshot(self.layout.snapshot(repo))
+            if snapshot is None:
+                return None
+            commit = snapshot.commit_sha
+        if repo not in self._mirrors:
+            self._mirrors[repo] = RepoMirror(
+                self.layout.mirror(repo), self.config.clone_url(codebase), codebase.branch
+            )
+        try:
+            data = self._mirrors[repo].read_file(commit, path)
+        except Exception:  # a commit or mirror that is gone: the example is skipped and counted
+            return None
+        return None if data is None else split_lines(decode_source(data))
+
+    def close(self) -> None:
+        for mirror in self._mirrors.values():
+            mirror.close()

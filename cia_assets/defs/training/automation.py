@@ -1,0 +1,101 @@
+"""What starts a round of learning: enough new user feedback (the sensor) or a week of
+changed code (the schedule on the synthetic dataset)."""
+
+import json
+from datetime import datetime
+
+import dagster as dg
+
+from cia_assets.defs.datasets.assets import synthetic_qa_dataset, training_dataset
+from cia_assets.defs.resources import CiaConfigResource
+
+# Feedback -> analytics (golden and failed answers) -> training set -> adapter -> evaluation
+# -> serving (gated by the blocking evaluation check).
+learning_loop_job = dg.define_asset_job(
+    "learning_loop",
+    selection=dg.AssetSelection.groups("analytics", "training", "evaluation", "serving")
+    | dg.AssetSelection.assets(training_dataset),
+    description="Analytics over feedback, a new training set and adapter, its evaluation, and serving.",
+)
+
+# In the cluster only pods with this label may reach the teacher endpoint (NetworkPolicy
+# `teacher-endpoint`): the run pod of this job gets it through the K8s run launcher.
+TEACHER_EGRESS_TAGS = {
+    "dagster-k8s/config": {
+        "pod_template_spec_metadata": {"labels": {"cia.example.com/teacher-egress": "true"}}
+    }
+}
+
+synthetic_refresh_job = dg.define_asset_job(
+    "synthetic_refresh",
+    selection=dg.AssetSelection.assets(synthetic_qa_dataset),
+    description="New teacher-written pairs for the repos whose index changed (the only job whose "
+    "pods may reach the teacher endpoint in the cluster).",
+    tags=TEACHER_EGRESS_TAGS,
+)
+
+
+@dg.sensor(job=learning_loop_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING)
+def feedback_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResource) -> dg.SensorResult:
+    """Counts user feedback that arrived since the last round: from Langfuse's API when
+    Langfuse is configured (chat-app votes are forwarded there, and annotations are made
+    there), else from the local trace store. At `feedback.min_new_feedback` it requests the
+    learning loop and starts counting again; below it, it keeps counting from the same point."""
+    config = cia.load()
+    state = json.loads(context.cursor) if context.cursor else {}
+    threshold = config.feedback.min_new_feedback
+    if config.langfuse.enabled:
+        from cia_assets.lib.langfuse_client import feedback_scores_since
+
+        since = datetime.fromisoformat(state["langfuse_since"]) if state.get("langfuse_since") else None
+        try:
+            stamps = feedback_scores_since(config.langfuse, since)
+        except Exception as error:  # Langfuse down: try again next tick, the cursor stays
+            return dg.SensorResult(skip_reason=f"Langfuse did not answer: {error}", cursor=context.cursor)
+        new, mark = (
+            len(stamps),
+            {"langfuse_since": max(stamps).isoformat() if stamps else state.get("langfuse_since")},
+        )
+    else:
+        from cia_assets.lib.layout import DataLayout
+        from cia_assets.lib.traces import TraceStore
+
+        store = TraceStore(DataLayout(config.data_dir).traces)
+        rows = store.feedback_after(int(state.get("local_seq", 0)), limit=100_000)
+        new, mark = (
+            len(rows),
+            {"local_seq": max((int(r["seq"]) for r in rows), default=state.get("local_seq", 0))},
+        )
+    if new < threshold:
+        return dg.SensorResult(
+            skip_reason=f"{new} new feedback event(s) since the last round; the loop starts at {threshold}",
+            cursor=context.cursor,
+        )
+    cursor = json.dumps({**state, **mark}, sort_keys=True)
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"feedback-{cursor}", tags={"cia/new_feedback": str(new)})],
+        cursor=cursor,
+    )
+
+
+@dg.schedule(
+    job=synthetic_refresh_job,
+    cron_schedule="0 3 * * 1",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)
+def weekly_synthetic_refresh(
+    context: dg.ScheduleEvaluationContext, cia: CiaConfigResource
+) -> dg.RunRequest | dg.SkipReason:
+    """Mondays 03:00 UTC: regenerates the synthetic pairs of the repos whose indexed commit
+    changed since the current dataset was written; pairs of unchanged repos are kept."""
+    from cia_assets.lib.synthetic_refresh import changed_repos
+
+    changed = changed_repos(cia.load())
+    if not changed:
+        return dg.SkipReason("no repo's index changed since the current synthetic dataset")
+    return dg.RunRequest(
+        run_key=f"synthetic-{context.scheduled_execution_time:%Y%m%d}",
+        run_config={"ops": {"synthetic_qa_dataset": {"config": {"repos": changed}}}},
+        tags={"cia/changed_repos": ",".join(changed)},
+    )
