@@ -286,6 +286,11 @@ class GpuTrainingConfig(_Strict):
     memory: str = "16Gi"
     cpu: str = "4"
     load_in_4bit: bool = True
+    deadline_seconds: int = Field(
+        default=6 * 3600,
+        ge=1,
+        description="activeDeadlineSeconds: Kubernetes stops a trainer pod running longer, freeing the GPU",
+    )
 
 
 class TrainingConfig(_Strict):

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import duckdb
 
 from cia_assets.config import CiaConfig
+from cia_assets.defs.analytics.project import analytics_project
 from cia_assets.lib.analytics import ANALYTICS_DB, read_failed_questions, read_golden_examples
 from cia_assets.lib.layout import DataLayout
 from cia_assets.lib.traces import TraceStore
@@ -44,6 +46,10 @@ def _table(config: CiaConfig, sql: str) -> list[tuple[object, ...]]:
         connection.close()
 
 
+def _files(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
 def test_golden_failed_topics_and_drift(write_config: Callable[..., CiaConfig]) -> None:
     config = write_config([])
     store = TraceStore(DataLayout(config.data_dir).traces)
@@ -63,8 +69,12 @@ def test_golden_failed_topics_and_drift(write_config: Callable[..., CiaConfig]) 
     store.add_feedback(mixed.trace_id, "up")
     store.add_feedback(mixed.trace_id, "down")
 
+    package_files = _files(analytics_project.project_dir)
     result = _run(config)
     assert result.success
+    # Nothing written into the installed package: it is read-only in the code-location image.
+    assert _files(analytics_project.project_dir) == package_files
+    assert list((DataLayout(config.data_dir).analytics / "dbt-runs").glob("*/run_results.json"))
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert {"trace_store/traces", "trace_store/feedback", "stg_traces", "golden_examples",
             "failed_questions", "weekly_question_topics", "question_drift"} <= materialized  # fmt: skip

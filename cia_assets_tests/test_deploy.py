@@ -19,10 +19,31 @@ import pytest
 import yaml
 
 from cia_assets.config import load_config
+from cia_assets_tests.fixtures.fake_kubernetes import fake_kubernetes, trainer_pod_as_submitted
+from cia_assets_tests.fixtures.fake_trainer_pod import publish_training_set
+from cia_assets_tests.fixtures.fake_trainer_pod import trainer_pod as fake_trainer_pod
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 K8S_VERSION = "1.34.0"
+PINNED = re.compile(r"[A-Za-z0-9_.\-\[\]]+==[\w.+]+")
 SECRET_NAME = re.compile(r"(KEY|TOKEN|PASSWORD|SECRET)", re.IGNORECASE)
+
+
+CLUSTER_CONFIG = DEPLOY / "k8s" / "cia.yaml"
+
+
+@pytest.fixture
+def cluster_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Every variable the cluster's cia.yaml needs, as its pods get them from Secrets; tests
+    override the ones their stand-ins answer on."""
+    for variable in re.findall(r"\$\{(\w+)\}", CLUSTER_CONFIG.read_text()):
+        monkeypatch.setenv(variable, f"placeholder-{variable.lower()}")
+    return monkeypatch
+
+
+def trainer_pod() -> dict[str, Any]:
+    """The GPU trainer pod as Dagster submits it with the cluster's cia.yaml."""
+    return trainer_pod_as_submitted(load_config(CLUSTER_CONFIG))
 
 
 def manifests() -> list[dict[str, Any]]:
@@ -82,6 +103,7 @@ def dagster_pods() -> Iterator[tuple[str, dict[str, Any]]]:
     )
 
 
+@pytest.mark.usefixtures("cluster_env")
 def test_every_manifest_validates_against_the_kubernetes_schema() -> None:
     documents = manifests()
     kinds = {d["kind"] for d in documents}
@@ -99,11 +121,13 @@ def test_every_manifest_validates_against_the_kubernetes_schema() -> None:
     for name, spec in dagster_pods():
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name.replace(" ", "-")}, "spec": spec}
         kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    kubernetes_validate.validate(trainer_pod(), K8S_VERSION, strict=True)
 
 
+@pytest.mark.usefixtures("cluster_env")
 def test_no_pod_runs_as_root_and_secrets_only_come_from_secrets() -> None:
     checked = 0
-    for name, spec in [*pod_specs(), *dagster_pods()]:
+    for name, spec in [*pod_specs(), *dagster_pods(), ("trainer", trainer_pod()["spec"])]:
         pod_context = spec.get("securityContext", {})
         assert pod_context.get("runAsNonRoot") is True, name
         assert pod_context.get("runAsUser", 0) != 0, name
@@ -117,7 +141,7 @@ def test_no_pod_runs_as_root_and_secrets_only_come_from_secrets() -> None:
                     assert "secretKeyRef" in variable["valueFrom"], (name, variable["name"])
             checked += 1
         assert not any("hostPath" in volume for volume in spec.get("volumes", [])), name
-    assert checked >= 6
+    assert checked >= 7
     for values_file in (DEPLOY / "helm").glob("*.yaml"):
         text = values_file.read_text()
         assert not re.search(
@@ -125,6 +149,7 @@ def test_no_pod_runs_as_root_and_secrets_only_come_from_secrets() -> None:
         ), values_file
 
 
+@pytest.mark.usefixtures("cluster_env")
 def test_gpu_work_requests_the_gpu_and_lands_on_the_gpu_node_group() -> None:
     specs = dict(pod_specs())
     vllm = specs["vllm"]
@@ -145,6 +170,15 @@ def test_gpu_work_requests_the_gpu_and_lands_on_the_gpu_node_group() -> None:
             )
     run = dagster_values()["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]["podSpecConfig"]
     assert run["nodeSelector"]["cia.example.com/node-group"] == "cpu"
+    # The learning loop's trainer: the same node group and taint as vLLM, the model cache read-only,
+    # and a deadline so a hung trainer gives the GPU back.
+    trainer = trainer_pod()["spec"]
+    [container] = trainer["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert trainer["nodeSelector"] == vllm["nodeSelector"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in trainer["tolerations"]
+    assert next(m for m in container["volumeMounts"] if m["name"] == "models")["readOnly"] is True
+    assert 0 < trainer["activeDeadlineSeconds"] <= 24 * 3600
 
 
 def test_egress_is_denied_but_to_git_and_the_allowed_teacher() -> None:
@@ -179,8 +213,15 @@ def test_dockerfiles_pin_their_bases_and_run_as_a_user() -> None:
         )
         text = dockerfile.read_text()
         assert "unsloth" not in text or dockerfile.name == "trainer.Dockerfile", dockerfile
+        # Every package is pinned: named with ==, or through the lock file.
+        for command in re.sub(r"\\\n", " ", text).splitlines():
+            if command.startswith("RUN") and "pip install" in command:
+                for requirement in re.findall(r'"([^"$]+)"', command):
+                    assert PINNED.fullmatch(requirement), (dockerfile, requirement)
     code_location = (DEPLOY / "docker" / "code-location.Dockerfile").read_text()
     assert "cia_assets.definitions" in code_location and "requirements.lock" in code_location
+    # The manifest is prepared at build time: the code location cannot load without it.
+    assert "dagster-dbt project prepare-and-package" in code_location
 
 
 def test_the_dashboard_plots_metrics_the_app_exports() -> None:
@@ -277,3 +318,39 @@ def test_the_cluster_config_drives_the_same_graph_against_local_stand_ins(
     finally:
         langfuse.close()
         stop_local_endpoint(vllm_stand_in)
+
+
+def test_the_cluster_config_trains_the_adapter_in_a_gpu_pod_through_kubernetes(
+    tmp_path: Path, cluster_env: pytest.MonkeyPatch
+) -> None:
+    from cia_assets.defs.resources import KubernetesResource, build_resources
+    from cia_assets.defs.training.assets import lora_adapter
+    from cia_assets.lib.registry import AdapterRegistry
+
+    # The MLflow server is a local SQLite store here; the Kubernetes API is the fake one.
+    cluster_env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cluster = yaml.safe_load(CLUSTER_CONFIG.read_text())
+    cluster["data_dir"] = str(tmp_path / "cluster-data")
+    path = tmp_path / "cluster" / "cia.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(cluster))
+    config = load_config(path)
+    publish_training_set(config)
+    with fake_kubernetes(fake_trainer_pod("ok")) as api:
+        resources = {
+            **build_resources(str(path)),
+            "kubernetes": KubernetesResource(
+                kubeconfig_file=str(api.kubeconfig(tmp_path / "kubeconfig", "default")), poll_interval=0.2
+            ),
+        }
+        result = dg.materialize([lora_adapter], instance=dg.DagsterInstance.ephemeral(), resources=resources)
+        [pod] = api.created
+    assert result.success
+    # Exactly the pod the manifests tests check, in the namespace cia.yaml names.
+    assert pod["metadata"]["namespace"] == "cia"
+    assert pod["spec"]["nodeSelector"]["cia.example.com/node-group"] == "gpu"
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == "registry.example.com/cia/trainer:0.1.0"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    version = AdapterRegistry(config).by_alias("challenger")
+    assert version is not None and version.tags["base_model"] == "/models/Qwen2.5-Coder-1.5B-Instruct"

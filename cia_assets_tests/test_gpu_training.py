@@ -5,7 +5,6 @@ pod runs the real pod script's Pipes reporting (with a tiny trainer: unsloth nee
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,10 +15,9 @@ import dagster as dg
 import kubernetes_validate
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib import artifacts
-from cia_assets.lib.k8s_training import training_command, training_pod_spec
 from cia_assets.lib.layout import DataLayout
-from cia_assets_tests.fixtures.fake_kubernetes import fake_kubernetes
+from cia_assets_tests.fixtures.fake_kubernetes import fake_kubernetes, trainer_pod_as_submitted
+from cia_assets_tests.fixtures.fake_trainer_pod import publish_training_set, trainer_pod
 
 K8S_VERSION = "1.34.0"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,28 +34,9 @@ def _gpu_config(write_config: Callable[..., CiaConfig], **gpu: object) -> CiaCon
     )
 
 
-def _rendered_pod(config: CiaConfig) -> dict[str, Any]:
-    import kubernetes
-    from dagster_k8s.pipes import build_pod_body
-
-    body = build_pod_body(
-        pod_name="dagster-run-lora-adapter",
-        image=config.training.gpu.image,
-        command=training_command(),
-        env_vars={"DAGSTER_PIPES_CONTEXT": "e30=", "DAGSTER_PIPES_MESSAGES": "e30="},
-        base_pod_meta={"labels": {"app.kubernetes.io/component": "trainer"}},
-        base_pod_spec=training_pod_spec(config),
-    )
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        **kubernetes.client.ApiClient().sanitize_for_serialization(body),
-    }
-
-
 def test_trainer_pod_spec_is_valid_and_lands_on_the_gpu_node(write_config: Callable[..., CiaConfig]) -> None:
     config = _gpu_config(write_config)
-    pod = _rendered_pod(config)
+    pod = trainer_pod_as_submitted(config)
     kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
     spec = pod["spec"]
     container = spec["containers"][0]
@@ -73,12 +52,12 @@ def test_trainer_pod_spec_is_valid_and_lands_on_the_gpu_node(write_config: Calla
     assert mounts["data"]["mountPath"] == str(config.data_dir) and not mounts["data"].get("readOnly")
     claims = {v["name"]: v.get("persistentVolumeClaim", {}) for v in spec["volumes"]}
     assert claims["data"]["claimName"] == "cia-data" and claims["models"]["readOnly"] is True
-    assert spec["restartPolicy"] == "Never"
+    assert spec["restartPolicy"] == "Never" and spec["activeDeadlineSeconds"] == 6 * 3600
     # Nothing secret in the spec: the pod needs no credentials.
     assert all("secretKeyRef" not in json.dumps(e) for e in container["env"])
 
     shared = _gpu_config(write_config, gpu_resource="nvidia.com/gpu.shared", service_account="trainer")
-    shared_pod = _rendered_pod(shared)
+    shared_pod = trainer_pod_as_submitted(shared)
     kubernetes_validate.validate(shared_pod, K8S_VERSION, strict=True)
     assert shared_pod["spec"]["containers"][0]["resources"]["limits"] == {
         "nvidia.com/gpu.shared": "1",
@@ -90,7 +69,7 @@ def test_trainer_pod_spec_is_valid_and_lands_on_the_gpu_node(write_config: Calla
 def test_the_pod_script_imports_without_its_gpu_stack() -> None:
     # The image runs `python -m pods.train_lora_unsloth` from /opt/cia, with only the folder copied.
     completed = subprocess.run(
-        [sys.executable, "-c", "import pods.train_lora_unsloth as m; print(m.main.__name__)"],
+        [sys.executable, "-c", "import pods.train_lora_unsloth as m; print(m.run_pod.__name__)"],
         cwd=REPO_ROOT / "cia_assets",
         capture_output=True,
         text=True,
@@ -99,30 +78,6 @@ def test_the_pod_script_imports_without_its_gpu_stack() -> None:
     assert completed.returncode == 0, completed.stderr
     dockerfile = (REPO_ROOT / "deploy" / "docker" / "trainer.Dockerfile").read_text()
     assert "COPY cia_assets/pods ./pods" in dockerfile and "WORKDIR /opt/cia" in dockerfile
-
-
-def _publish_training_set(config: CiaConfig) -> Path:
-    root = DataLayout(config.data_dir).datasets / "training"
-    version, folder = artifacts.new_version(root)
-    example = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a [1]"}]}
-    artifacts.write_jsonl(folder / "train.jsonl", [example, example])
-    artifacts.write_jsonl(folder / "eval.jsonl", [example])
-    artifacts.publish(root, version, {})
-    return folder
-
-
-def _runner(fail: bool) -> Callable[[dict[str, Any], dict[str, str]], subprocess.Popen[str]]:
-    def run(pod: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "cia_assets_tests.fixtures.fake_trainer_pod"],
-            env={**os.environ, **env, "CIA_FAKE_TRAINER": "fail" if fail else "ok"},
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    return run
 
 
 def _materialize(config: CiaConfig, kubeconfig: Path) -> dg.ExecuteInProcessResult:
@@ -144,8 +99,8 @@ def test_lora_adapter_trains_in_a_pod_through_pipes_and_is_registered(
     from cia_assets.lib.registry import AdapterRegistry
 
     config = _gpu_config(write_config)
-    dataset = _publish_training_set(config)
-    with fake_kubernetes(_runner(fail=False)) as cluster:
+    dataset = publish_training_set(config)
+    with fake_kubernetes(trainer_pod("ok")) as cluster:
         result = _materialize(config, cluster.kubeconfig(tmp_path / "kubeconfig", "cia"))
         assert result.success
         [pod] = cluster.created
@@ -182,10 +137,44 @@ def test_a_failed_trainer_pod_fails_the_step_and_registers_nothing(
     from cia_assets.lib.registry import AdapterRegistry
 
     config = _gpu_config(write_config)
-    _publish_training_set(config)
-    with fake_kubernetes(_runner(fail=True)) as cluster:
+    publish_training_set(config)
+    with fake_kubernetes(trainer_pod("fail")) as cluster:
         result = _materialize(config, cluster.kubeconfig(tmp_path / "kubeconfig", "cia"))
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "CUDA out of memory (fake)" in str(failure.event_specific_data)
+    assert AdapterRegistry(config).by_alias("challenger") is None
+
+
+def test_a_trainer_that_leaves_a_thread_running_still_ends_its_pod(
+    write_config: Callable[..., CiaConfig], tmp_path: Path
+) -> None:
+    from cia_assets.lib.registry import AdapterRegistry
+
+    # Without the pod script ending its own process, the stray thread keeps the pod alive until
+    # the deadline kills it and the step fails.
+    config = _gpu_config(write_config, deadline_seconds=60)
+    publish_training_set(config)
+    with fake_kubernetes(trainer_pod("stray-thread")) as cluster:
+        result = _materialize(config, cluster.kubeconfig(tmp_path / "kubeconfig", "cia"))
+        [pod] = cluster.pods.values()
+        assert pod.process.returncode == 0 and not pod.deadline_exceeded
+    assert result.success
+    assert AdapterRegistry(config).by_alias("challenger") is not None
+
+
+def test_a_hung_trainer_pod_is_stopped_at_its_deadline_and_registers_nothing(
+    write_config: Callable[..., CiaConfig], tmp_path: Path
+) -> None:
+    from cia_assets.lib.registry import AdapterRegistry
+
+    config = _gpu_config(write_config, deadline_seconds=2)
+    publish_training_set(config)
+    with fake_kubernetes(trainer_pod("hang")) as cluster:
+        result = _materialize(config, cluster.kubeconfig(tmp_path / "kubeconfig", "cia"))
+        [body] = cluster.created
+        assert body["spec"]["activeDeadlineSeconds"] == 2
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "training.gpu.deadline_seconds (2 s)" in str(failure.event_specific_data)
     assert AdapterRegistry(config).by_alias("challenger") is None

@@ -83,6 +83,11 @@ class AnalyticsDbtResource(dg.ConfigurableResource):
             dbt_executable=str(executable) if executable.exists() else "dbt",
         )
 
+    def run_folder(self, context: dg.AssetExecutionContext) -> Path:
+        """dbt's target and log folder for one step, on the data volume: in the code-location
+        image the package is read-only, and per-run folders must not pile up inside it."""
+        return self.cia.layout().analytics / "dbt-runs" / f"{context.run.run_id}-{context.op_handle}"
+
 
 class KubernetesResource(dg.ConfigurableResource):
     """The Kubernetes API that GPU pods are launched through (dagster-k8s Pipes). Unset fields:

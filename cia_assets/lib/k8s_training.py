@@ -41,6 +41,7 @@ def training_pod_spec(config: CiaConfig) -> dict[str, Any]:
         mounts.append({"name": "models", "mountPath": gpu.model_cache_mount, "readOnly": True})
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "activeDeadlineSeconds": gpu.deadline_seconds,
         "nodeSelector": dict(gpu.node_selector),
         "tolerations": [dict(t) for t in gpu.tolerations],
         "securityContext": {

@@ -13,6 +13,8 @@ Run in the image as `python -m pods.train_lora_unsloth`.
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,5 +119,19 @@ def main(trainer: Trainer = train_with_unsloth) -> None:
         )
 
 
+def run_pod(trainer: Trainer = train_with_unsloth) -> None:
+    """The container's entry point: train, report, then end the process.
+
+    On an H100 a pod once stayed alive after training and reporting had finished (torch compile
+    workers outliving the script); Kubernetes then keeps the GPU and Dagster keeps waiting for the
+    pod. Once Pipes is closed nothing is left to do, so the process ends without waiting for
+    stray threads. A failure still raises, with its traceback and a non-zero exit code.
+    """
+    main(trainer)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
-    main()
+    run_pod()

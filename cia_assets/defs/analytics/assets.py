@@ -75,4 +75,4 @@ class _Translator(DagsterDbtTranslator):
 )
 def analytics_models(context: dg.AssetExecutionContext, dbt: AnalyticsDbtResource) -> Iterator[Any]:
     """`dbt build`: seeds, models and their tests, over the latest trace snapshot."""
-    yield from dbt.cli().cli(["build"], context=context).stream()
+    yield from dbt.cli().cli(["build"], context=context, target_path=dbt.run_folder(context)).stream()

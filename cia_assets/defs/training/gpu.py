@@ -1,11 +1,13 @@
 """The GPU path of `lora_adapter`: the trainer pod, launched and followed through Pipes."""
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster_k8s.client import DagsterK8sError
 
 from cia_assets.config import CiaConfig
 from cia_assets.defs.resources import KubernetesResource
@@ -34,17 +36,28 @@ def train_on_gpu(
 ) -> GpuTrainingResult:
     """Run the trainer pod to completion; its loss messages and final report come back
     through the pod's log stream (a pod that fails fails the step, with its logs)."""
-    invocation = kubernetes.pipes_client().run(
-        context=context,
-        image=config.training.gpu.image,
-        command=training_command(),
-        namespace=config.training.gpu.namespace,
-        base_pod_meta={
-            "labels": {"app.kubernetes.io/part-of": "cia", "app.kubernetes.io/component": "trainer"}
-        },
-        base_pod_spec=training_pod_spec(config),
-        extras=training_extras(config, train_path=str(train_path), output_dir=str(output_dir)),
-    )
+    deadline = config.training.gpu.deadline_seconds
+    started = time.monotonic()
+    try:
+        invocation = kubernetes.pipes_client().run(
+            context=context,
+            image=config.training.gpu.image,
+            command=training_command(),
+            namespace=config.training.gpu.namespace,
+            base_pod_meta={
+                "labels": {"app.kubernetes.io/part-of": "cia", "app.kubernetes.io/component": "trainer"}
+            },
+            base_pod_spec=training_pod_spec(config),
+            extras=training_extras(config, train_path=str(train_path), output_dir=str(output_dir)),
+        )
+    except DagsterK8sError as error:
+        # dagster-k8s reports only the killed container; the pod's own reason is gone with it.
+        if time.monotonic() - started >= deadline:
+            raise GpuTrainingError(
+                f"the trainer pod ran longer than training.gpu.deadline_seconds ({deadline} s) and "
+                "Kubernetes stopped it (activeDeadlineSeconds); raise the deadline or train fewer steps"
+            ) from error
+        raise
     losses = [
         (int(message["step"]), float(message["loss"]))
         for message in invocation.get_custom_messages()
