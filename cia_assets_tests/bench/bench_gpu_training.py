@@ -200,13 +200,17 @@ def _train_one(folder: Path, name: str, work: Path, load_in_4bit: bool) -> dict[
 
 
 def pod(memory_file: Path) -> None:
-    """The pod's entry point, as the image runs it, plus the peak memory for the benchmark."""
+    """The container's entry point as the image runs it, with the peak memory noted after training."""
     import torch
-    from pods.train_lora_unsloth import main
+    from pods.train_lora_unsloth import run_pod, train_with_unsloth
 
-    main()
-    peak = torch.cuda.max_memory_reserved() / 2**30
-    memory_file.write_text(json.dumps({"peak_reserved_gib": round(peak, 2)}))
+    def measured(extras: dict[str, Any], on_loss: Any) -> dict[str, Any]:
+        summary = train_with_unsloth(extras, on_loss)
+        peak = torch.cuda.max_memory_reserved() / 2**30
+        memory_file.write_text(json.dumps({"peak_reserved_gib": round(peak, 2)}))
+        return summary
+
+    run_pod(measured)
 
 
 POD_TIMEOUT_SECONDS = 240
