@@ -196,7 +196,11 @@ def test_egress_is_denied_but_to_git_and_the_allowed_teacher() -> None:
         ]
         for name, spec in policies.items()
     }
-    assert {name for name, cidrs in external.items() if cidrs} == {"git-remotes", "teacher-endpoint"}
+    assert {name for name, cidrs in external.items() if cidrs} == {
+        "git-remotes",
+        "kubernetes-api",
+        "teacher-endpoint",
+    }
     teacher = policies["teacher-endpoint"]
     assert teacher["podSelector"] == {"matchLabels": {"cia.example.com/teacher-egress": "true"}}
     assert all(cidr.endswith("/32") for cidr in external["teacher-endpoint"])
@@ -383,3 +387,39 @@ def test_qdrant_values_keep_its_pod_restricted_and_its_key_in_a_secret() -> None
     chat = next(spec for name, spec in pod_specs() if name == "cia-chat")
     chat_env = {e["name"]: e for c in chat["containers"] for e in c.get("env", [])}
     assert chat_env["QDRANT_API_KEY"]["valueFrom"]["secretKeyRef"] == secret
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels and matchExpressions) against a pod's labels."""
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        value, operator = labels.get(expression["key"]), expression["operator"]
+        if operator == "In" and value not in expression["values"]:
+            return False
+        if operator == "NotIn" and value in expression["values"]:
+            return False
+        if operator == "Exists" and value is None:
+            return False
+        if operator == "DoesNotExist" and value is not None:
+            return False
+    return True
+
+
+@pytest.mark.usefixtures("cluster_env")
+def test_only_dagsters_own_pods_reach_the_kubernetes_api() -> None:
+    from dagster_k8s.utils import get_common_labels
+
+    policy = next(d["spec"] for d in manifests() if d["metadata"]["name"] == "kubernetes-api")
+    assert {p["port"] for rule in policy["egress"] for p in rule["ports"]} == {443, 6443}
+    selector = policy["podSelector"]
+    # The labels dagster-k8s gives a run pod (the daemon and webserver carry the chart's
+    # app.kubernetes.io/name: dagster too): it launches the trainer pod through Pipes.
+    assert _selects(selector, {**get_common_labels(), "app.kubernetes.io/component": "run_worker"})
+    # The trainer pod as Dagster submits it: it needs no API and gets none.
+    assert not _selects(selector, trainer_pod()["metadata"]["labels"])
+    # Nor anything of CIA's own: the chat app, vLLM, MLflow.
+    for document in manifests():
+        if document["kind"] == "Deployment":
+            labels = document["spec"]["template"]["metadata"]["labels"]
+            assert not _selects(selector, labels), document["metadata"]["name"]
