@@ -93,14 +93,64 @@ def dagster_pods() -> Iterator[tuple[str, dict[str, Any]]]:
                 ],
             },
         )
-    run = values["runLauncher"]["config"]["k8sRunLauncher"]["runK8sConfig"]
-    yield (
-        "run pod",
-        {
-            **run["podSpecConfig"],
-            "containers": [{"name": "run", "image": "cia:run", **run["containerConfig"]}],
-        },
+    yield "run pod", run_pod_as_launched()["spec"]
+
+
+def run_pod_as_launched() -> dict[str, Any]:
+    """A run pod as the K8s run launcher builds it from these values, through dagster-k8s's own
+    code: the launcher's settings, then the code location's when includeConfigInLaunchedRuns
+    (merged last, as `K8sContainerContext.create_for_run` does)."""
+    import kubernetes
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+
+    values = dagster_values()
+    launcher = values["runLauncher"]["config"]["k8sRunLauncher"]
+    run_config = launcher["runK8sConfig"]
+    context = K8sContainerContext(
+        namespace=launcher["jobNamespace"],
+        env_secrets=[s["name"] for s in launcher.get("envSecrets", [])],
+        volumes=launcher.get("volumes", []),
+        volume_mounts=launcher.get("volumeMounts", []),
+        run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(
+            {
+                "container_config": run_config["containerConfig"],
+                "pod_spec_config": run_config["podSpecConfig"],
+            }
+        ),
     )
+    [deployment] = values["dagster-user-deployments"]["deployments"]
+    if deployment["includeConfigInLaunchedRuns"]["enabled"]:
+        context = context.merge(
+            K8sContainerContext.create_from_config(
+                {
+                    "k8s": {
+                        "env": deployment.get("env", []),
+                        "env_secrets": [s["name"] for s in deployment.get("envSecrets", [])],
+                        "volumes": deployment.get("volumes", []),
+                        "volume_mounts": deployment.get("volumeMounts", []),
+                        "resources": deployment.get("resources", {}),
+                    }
+                }
+            )
+        )
+    job = construct_dagster_k8s_job(
+        DagsterK8sJobConfig(
+            job_image="registry.example.com/cia/code-location:0.1.0",
+            dagster_home="/opt/dagster/dagster_home",
+            image_pull_policy="IfNotPresent",
+            service_account_name=values["global"]["serviceAccountName"],
+            instance_config_map="dagster-instance",
+            postgres_password_secret=values["global"]["postgresqlSecretName"],
+        ),
+        args=["dagster", "api", "execute_run", "{}"],
+        job_name="dagster-run-0123",
+        component="run_worker",
+        user_defined_k8s_config=context.run_k8s_config,
+    )
+    template = kubernetes.client.ApiClient().sanitize_for_serialization(job.spec.template)
+    metadata = {"name": "dagster-run-0123", **template["metadata"]}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
 
 
 @pytest.mark.usefixtures("cluster_env")
@@ -361,15 +411,38 @@ def test_the_cluster_config_trains_the_adapter_in_a_gpu_pod_through_kubernetes(
     assert version is not None and version.tags["base_model"] == "/models/Qwen2.5-Coder-1.5B-Instruct"
 
 
-def test_the_gpu_pool_is_limited_in_the_dagster_values() -> None:
+def test_the_gpu_pool_is_limited_in_the_dagster_values(tmp_path: Path) -> None:
+    from dagster._core.instance.config import dagster_instance_config
+
     from cia_assets.definitions import defs
 
-    # The chart renders `concurrency.pools.defaultLimit` into dagster.yaml; it is the gpu pool's
-    # limit only while gpu is the one pool the code uses.
+    # The chart renders `concurrency` into dagster.yaml only when enabled; `pools.defaultLimit`
+    # is the gpu pool's limit only while gpu is the one pool the code uses.
     graph = defs().resolve_asset_graph()
     pools = {pool for key in graph.get_all_asset_keys() for pool in graph.get(key).pools or ()}
     assert pools == {"gpu"}
-    assert dagster_values()["concurrency"]["pools"]["defaultLimit"] >= 1
+    values = dagster_values()
+    concurrency = values["concurrency"]
+    assert concurrency["enabled"] is True and concurrency["pools"]["defaultLimit"] >= 1
+    # What the chart then writes; Dagster itself refuses the run coordinator's
+    # max_concurrent_runs beside it, so the run limit must live in `concurrency.runs`.
+    queued = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert "maxConcurrentRuns" not in queued
+    (tmp_path / "dagster.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "run_coordinator": {
+                    "module": "dagster.core.run_coordinator",
+                    "class": "QueuedRunCoordinator",
+                },
+                "concurrency": {
+                    "pools": {"default_limit": concurrency["pools"]["defaultLimit"]},
+                    "runs": {"max_concurrent_runs": concurrency["runs"]["maxConcurrentRuns"]},
+                },
+            }
+        )
+    )
+    dagster_instance_config(str(tmp_path))
 
 
 def test_qdrant_values_keep_its_pod_restricted_and_its_key_in_a_secret() -> None:
@@ -413,9 +486,10 @@ def test_only_dagsters_own_pods_reach_the_kubernetes_api() -> None:
     policy = next(d["spec"] for d in manifests() if d["metadata"]["name"] == "kubernetes-api")
     assert {p["port"] for rule in policy["egress"] for p in rule["ports"]} == {443, 6443}
     selector = policy["podSelector"]
-    # The labels dagster-k8s gives a run pod (the daemon and webserver carry the chart's
+    # A run pod as dagster-k8s labels it (the daemon and webserver carry the chart's
     # app.kubernetes.io/name: dagster too): it launches the trainer pod through Pipes.
-    assert _selects(selector, {**get_common_labels(), "app.kubernetes.io/component": "run_worker"})
+    assert _selects(selector, run_pod_as_launched()["metadata"]["labels"])
+    assert _selects(selector, get_common_labels())
     # The trainer pod as Dagster submits it: it needs no API and gets none.
     assert not _selects(selector, trainer_pod()["metadata"]["labels"])
     # Nor anything of CIA's own: the chat app, vLLM, MLflow.
@@ -423,3 +497,47 @@ def test_only_dagsters_own_pods_reach_the_kubernetes_api() -> None:
         if document["kind"] == "Deployment":
             labels = document["spec"]["template"]["metadata"]["labels"]
             assert not _selects(selector, labels), document["metadata"]["name"]
+
+
+def test_run_pods_get_the_launchers_size_and_the_code_locations_environment() -> None:
+    pod = run_pod_as_launched()
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    [container] = pod["spec"]["containers"]
+    launcher = dagster_values()["runLauncher"]["config"]["k8sRunLauncher"]
+    # Sized for embedding, not as the small code server (whose settings dagster-k8s would merge
+    # last if they were included in launched runs).
+    assert container["resources"] == launcher["runK8sConfig"]["containerConfig"]["resources"]
+    [deployment] = dagster_values()["dagster-user-deployments"]["deployments"]
+    assert container["resources"] != deployment["resources"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert {e["name"]: e.get("value") for e in deployment["env"]}.items() <= env.items()
+    assert {"secretRef": {"name": "cia-env"}} in container["envFrom"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["data"] == "/data" and mounts["config"] == "/etc/cia"
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["spec"]["volumes"]}
+    assert claims["data"] == "cia-data"
+    # The cluster's data_dir lives on that volume, as the trainer pod and the chat app see it.
+    assert str(yaml.safe_load(CLUSTER_CONFIG.read_text())["data_dir"]).startswith("/data/")
+    assert pod["spec"]["nodeSelector"] == {"cia.example.com/node-group": "cpu"}
+
+
+def test_langfuse_values_pin_every_generated_secret() -> None:
+    values = yaml.safe_load((DEPLOY / "helm" / "langfuse-values.yaml").read_text())
+    app = values["langfuse"]
+    # Values the chart would generate with Helm's lookup, anew on every offline GitOps render.
+    for ref in (app["salt"], app["encryptionKey"], app["nextauth"]["secret"]):
+        assert set(ref) == {"secretKeyRef"}, ref
+    # Chart 2.0.0 refuses to render an existingSecret for a bundled store unless the store's
+    # own sub-chart is pointed at a Secret too.
+    postgres = values["postgresql"]
+    assert postgres["settings"]["existingSecret"] == postgres["userDatabase"]["existingSecret"]
+    assert postgres["auth"]["existingSecret"] == postgres["settings"]["existingSecret"]
+    assert values["redis"]["auth"]["usersExistingSecret"] == values["redis"]["auth"]["existingSecret"]
+    assert values["s3"]["allInOne"]["s3"]["existingConfigSecret"] == values["s3"]["auth"]["existingSecret"]
+    # Each Secret named here is created in deploy/README.md.
+    readme = (DEPLOY / "README.md").read_text()
+    named = {ref["secretKeyRef"]["name"] for ref in (app["salt"], app["encryptionKey"])}
+    stores = ("postgresql", "clickhouse", "redis", "s3")
+    named |= {values[store]["auth"]["existingSecret"] for store in stores}
+    for secret in named:
+        assert f"create secret generic {secret} " in readme, secret
