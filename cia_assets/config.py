@@ -476,6 +476,12 @@ def _format_location(location: tuple[Any, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
+def required_env_variables(config_path: Path) -> list[str]:
+    """The variables a config file references without a default: what must be set to load it."""
+    text = config_path.read_text(encoding="utf-8")
+    return [m.group(1) for m in _ENV_REFERENCE.finditer(text) if m.group(2) is None]
+
+
 def _expand_env(value: Any, config_path: Path, location: tuple[Any, ...]) -> Any:
     if isinstance(value, dict):
         return {k: _expand_env(v, config_path, (*location, k)) for k, v in value.items()}

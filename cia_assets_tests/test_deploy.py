@@ -18,10 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cia_assets.config import load_config
-from cia_assets_tests.fixtures.fake_kubernetes import fake_kubernetes, trainer_pod_as_submitted
-from cia_assets_tests.fixtures.fake_trainer_pod import publish_training_set
-from cia_assets_tests.fixtures.fake_trainer_pod import trainer_pod as fake_trainer_pod
+from cia_assets.config import load_config, required_env_variables
+from cia_assets_tests.fixtures.fake_kubernetes import trainer_pod_as_submitted
+from cia_assets_tests.fixtures.fake_trainer_pod import publish_training_set, train_in_fake_cluster
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 K8S_VERSION = "1.34.0"
@@ -36,12 +35,12 @@ CLUSTER_CONFIG = DEPLOY / "k8s" / "cia.yaml"
 def cluster_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """Every variable the cluster's cia.yaml needs, as its pods get them from Secrets; tests
     override the ones their stand-ins answer on."""
-    for variable in re.findall(r"\$\{(\w+)\}", CLUSTER_CONFIG.read_text()):
+    for variable in required_env_variables(CLUSTER_CONFIG):
         monkeypatch.setenv(variable, f"placeholder-{variable.lower()}")
     return monkeypatch
 
 
-def trainer_pod() -> dict[str, Any]:
+def cluster_trainer_pod() -> dict[str, Any]:
     """The GPU trainer pod as Dagster submits it with the cluster's cia.yaml."""
     return trainer_pod_as_submitted(load_config(CLUSTER_CONFIG))
 
@@ -170,13 +169,13 @@ def test_every_manifest_validates_against_the_kubernetes_schema() -> None:
     for name, spec in dagster_pods():
         pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name.replace(" ", "-")}, "spec": spec}
         kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
-    kubernetes_validate.validate(trainer_pod(), K8S_VERSION, strict=True)
+    kubernetes_validate.validate(cluster_trainer_pod(), K8S_VERSION, strict=True)
 
 
 @pytest.mark.usefixtures("cluster_env")
 def test_no_pod_runs_as_root_and_secrets_only_come_from_secrets() -> None:
     checked = 0
-    for name, spec in [*pod_specs(), *dagster_pods(), ("trainer", trainer_pod()["spec"])]:
+    for name, spec in [*pod_specs(), *dagster_pods(), ("trainer", cluster_trainer_pod()["spec"])]:
         pod_context = spec.get("securityContext", {})
         assert pod_context.get("runAsNonRoot") is True, name
         # Pod Security `restricted` (the namespace enforces it) also wants the runtime's seccomp.
@@ -223,7 +222,7 @@ def test_gpu_work_requests_the_gpu_and_lands_on_the_gpu_node_group() -> None:
     assert run["nodeSelector"]["cia.example.com/node-group"] == "cpu"
     # The learning loop's trainer: the same node group and taint as vLLM, the model cache read-only,
     # and a deadline so a hung trainer gives the GPU back.
-    trainer = trainer_pod()["spec"]
+    trainer = cluster_trainer_pod()["spec"]
     [container] = trainer["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert trainer["nodeSelector"] == vllm["nodeSelector"]
@@ -378,8 +377,6 @@ def test_the_cluster_config_drives_the_same_graph_against_local_stand_ins(
 def test_the_cluster_config_trains_the_adapter_in_a_gpu_pod_through_kubernetes(
     tmp_path: Path, cluster_env: pytest.MonkeyPatch
 ) -> None:
-    from cia_assets.defs.resources import KubernetesResource, build_resources
-    from cia_assets.defs.training.assets import lora_adapter
     from cia_assets.lib.registry import AdapterRegistry
 
     # The MLflow server is a local SQLite store here; the Kubernetes API is the fake one.
@@ -391,15 +388,8 @@ def test_the_cluster_config_trains_the_adapter_in_a_gpu_pod_through_kubernetes(
     path.write_text(yaml.safe_dump(cluster))
     config = load_config(path)
     publish_training_set(config)
-    with fake_kubernetes(fake_trainer_pod("ok")) as api:
-        resources = {
-            **build_resources(str(path)),
-            "kubernetes": KubernetesResource(
-                kubeconfig_file=str(api.kubeconfig(tmp_path / "kubeconfig", "default")), poll_interval=0.2
-            ),
-        }
-        result = dg.materialize([lora_adapter], instance=dg.DagsterInstance.ephemeral(), resources=resources)
-        [pod] = api.created
+    result, api = train_in_fake_cluster(config, "ok", tmp_path)
+    [pod] = api.created
     assert result.success
     # Exactly the pod the manifests tests check, in the namespace cia.yaml names.
     assert pod["metadata"]["namespace"] == "cia"
@@ -491,7 +481,7 @@ def test_only_dagsters_own_pods_reach_the_kubernetes_api() -> None:
     assert _selects(selector, run_pod_as_launched()["metadata"]["labels"])
     assert _selects(selector, get_common_labels())
     # The trainer pod as Dagster submits it: it needs no API and gets none.
-    assert not _selects(selector, trainer_pod()["metadata"]["labels"])
+    assert not _selects(selector, cluster_trainer_pod()["metadata"]["labels"])
     # Nor anything of CIA's own: the chat app, vLLM, MLflow.
     for document in manifests():
         if document["kind"] == "Deployment":

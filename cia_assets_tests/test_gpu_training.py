@@ -9,15 +9,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import dagster as dg
 import kubernetes_validate
 
 from cia_assets.config import CiaConfig
 from cia_assets.lib.layout import DataLayout
-from cia_assets_tests.fixtures.fake_kubernetes import fake_kubernetes, trainer_pod_as_submitted
-from cia_assets_tests.fixtures.fake_trainer_pod import publish_training_set, trainer_pod
+from cia_assets_tests.fixtures.fake_kubernetes import trainer_pod_as_submitted
+from cia_assets_tests.fixtures.fake_trainer_pod import publish_training_set, train_in_fake_cluster
 
 K8S_VERSION = "1.34.0"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -80,19 +78,6 @@ def test_the_pod_script_imports_without_its_gpu_stack() -> None:
     assert "COPY cia_assets/pods ./pods" in dockerfile and "WORKDIR /opt/cia" in dockerfile
 
 
-def _materialize(config: CiaConfig, kubeconfig: Path) -> dg.ExecuteInProcessResult:
-    from cia_assets.defs.resources import KubernetesResource, build_resources
-    from cia_assets.defs.training.assets import lora_adapter
-
-    resources: dict[str, Any] = {
-        **build_resources(str(config.config_path)),
-        "kubernetes": KubernetesResource(kubeconfig_file=str(kubeconfig), poll_interval=0.2),
-    }
-    return dg.materialize(
-        [lora_adapter], instance=dg.DagsterInstance.ephemeral(), resources=resources, raise_on_error=False
-    )
-
-
 def test_lora_adapter_trains_in_a_pod_through_pipes_and_is_registered(
     write_config: Callable[..., CiaConfig], tmp_path: Path
 ) -> None:
@@ -100,13 +85,12 @@ def test_lora_adapter_trains_in_a_pod_through_pipes_and_is_registered(
 
     config = _gpu_config(write_config)
     dataset = publish_training_set(config)
-    with fake_kubernetes(trainer_pod("ok")) as cluster:
-        result = _materialize(config, cluster.kubeconfig(tmp_path / "kubeconfig", "cia"))
-        assert result.success
-        [pod] = cluster.created
-        assert pod["metadata"]["namespace"] == "cia"
-        assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert any(r.startswith("DELETE /api/v1/namespaces/cia/pods/") for r in cluster.requests)
+    result, cluster = train_in_fake_cluster(config, "ok", tmp_path)
+    assert result.success
+    [pod] = cluster.created
+    assert pod["metadata"]["namespace"] == "cia"
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert any(r.startswith("DELETE /api/v1/namespaces/cia/pods/") for r in cluster.requests)
     metadata = {
         k: v.value for k, v in result.asset_materializations_for_node("lora_adapter")[0].metadata.items()
     }
@@ -138,8 +122,7 @@ def test_a_failed_trainer_pod_fails_the_step_and_registers_nothing(
 
     config = _gpu_config(write_config)
     publish_training_set(config)
-    with fake_kubernetes(trainer_pod("fail")) as cluster:
-        result = _materialize(config, cluster.kubeconfig(tmp_path / "kubeconfig", "cia"))
+    result, _ = train_in_fake_cluster(config, "fail", tmp_path)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "CUDA out of memory (fake)" in str(failure.event_specific_data)
@@ -155,10 +138,9 @@ def test_a_trainer_that_leaves_a_thread_running_still_ends_its_pod(
     # the deadline kills it and the step fails.
     config = _gpu_config(write_config, deadline_seconds=60)
     publish_training_set(config)
-    with fake_kubernetes(trainer_pod("stray-thread")) as cluster:
-        result = _materialize(config, cluster.kubeconfig(tmp_path / "kubeconfig", "cia"))
-        [pod] = cluster.pods.values()
-        assert pod.process.returncode == 0 and not pod.deadline_exceeded
+    result, cluster = train_in_fake_cluster(config, "stray-thread", tmp_path)
+    [pod] = cluster.pods.values()
+    assert pod.process.returncode == 0 and not pod.deadline_exceeded
     assert result.success
     assert AdapterRegistry(config).by_alias("challenger") is not None
 
@@ -170,10 +152,9 @@ def test_a_hung_trainer_pod_is_stopped_at_its_deadline_and_registers_nothing(
 
     config = _gpu_config(write_config, deadline_seconds=2)
     publish_training_set(config)
-    with fake_kubernetes(trainer_pod("hang")) as cluster:
-        result = _materialize(config, cluster.kubeconfig(tmp_path / "kubeconfig", "cia"))
-        [body] = cluster.created
-        assert body["spec"]["activeDeadlineSeconds"] == 2
+    result, cluster = train_in_fake_cluster(config, "hang", tmp_path)
+    [body] = cluster.created
+    assert body["spec"]["activeDeadlineSeconds"] == 2
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "training.gpu.deadline_seconds (2 s)" in str(failure.event_specific_data)

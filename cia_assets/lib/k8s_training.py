@@ -19,6 +19,11 @@ def training_command() -> list[str]:
     return ["python", "-m", TRAINER_MODULE]
 
 
+def training_pod_meta() -> dict[str, Any]:
+    """The `base_pod_meta` for PipesK8sClient: the labels NetworkPolicies select the pod by."""
+    return {"labels": {"app.kubernetes.io/part-of": "cia", "app.kubernetes.io/component": CONTAINER}}
+
+
 def training_pod_spec(config: CiaConfig) -> dict[str, Any]:
     """The `base_pod_spec` for PipesK8sClient (it adds the image, command and Pipes env)."""
     gpu = config.training.gpu

@@ -20,7 +20,6 @@ import itertools
 import json
 import os
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -53,7 +52,7 @@ QWEN_CODER_1_5B = {
 def prepare(folder: Path) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
-    from cia_assets.config import load_config
+    from cia_assets.config import load_config, required_env_variables
     from cia_assets.lib.k8s_training import training_extras
     from cia_assets.lib.llm_server import packaged_gguf
     from cia_assets_tests.bench.bench_learning import _example
@@ -76,12 +75,16 @@ def prepare(folder: Path) -> None:
         tokenizer.save_pretrained(model_dir)
     # The trainer reads only the training section; the rest of the cluster's settings need their
     # variables set to load at all.
-    for variable in re.findall(r"\$\{(\w+)\}", CLUSTER_CONFIG.read_text()):
+    for variable in required_env_variables(CLUSTER_CONFIG):
         os.environ.setdefault(variable, "unused-by-the-trainer")
     extras = training_extras(load_config(CLUSTER_CONFIG), train_path="train.jsonl", output_dir="adapter")
     extras["params"]["max_steps"] = 20
     (folder / "extras.json").write_text(json.dumps(extras, indent=1))
     print(f"training set, extras and {len(os.listdir(folder / 'models'))} model configs in {folder}")
+
+
+def _run_name(model: str, load_in_4bit: bool) -> str:
+    return f"{model}-{'4bit' if load_in_4bit else 'bf16'}"
 
 
 def _materialize_random_weights(model_dir: Path, weights_dir: Path) -> None:
@@ -102,7 +105,7 @@ def _train_one(folder: Path, name: str, work: Path, load_in_4bit: bool) -> dict[
     if not (weights / "config.json").is_file():
         _materialize_random_weights(folder / "models" / name, weights)
     extras = json.loads((folder / "extras.json").read_text())
-    run_dir = work / f"{name}-{'4bit' if load_in_4bit else 'bf16'}"
+    run_dir = work / _run_name(name, load_in_4bit)
     run_dir.mkdir(parents=True, exist_ok=True)
     extras.update(
         train_path=str(folder / extras["train_path"]),
@@ -224,7 +227,7 @@ def run(folder: Path, result: Path) -> None:
     figures: dict[str, Any] = {"device": torch.cuda.get_device_name(), "runs": []}
     only = os.environ.get("BENCH_RUNS")  # e.g. "qwen2.5-coder-1.5b-bf16"
     for name, load_in_4bit in RUNS:
-        if only and f"{name}-{'4bit' if load_in_4bit else 'bf16'}" not in only.split(","):
+        if only and _run_name(name, load_in_4bit) not in only.split(","):
             continue
         outcome = _train_one(folder, name, work, load_in_4bit)
         figures["runs"].append(outcome)

@@ -11,7 +11,12 @@ from dagster_k8s.client import DagsterK8sError
 
 from cia_assets.config import CiaConfig
 from cia_assets.defs.resources import KubernetesResource
-from cia_assets.lib.k8s_training import training_command, training_extras, training_pod_spec
+from cia_assets.lib.k8s_training import (
+    training_command,
+    training_extras,
+    training_pod_meta,
+    training_pod_spec,
+)
 
 
 class GpuTrainingError(RuntimeError):
@@ -44,9 +49,7 @@ def train_on_gpu(
             image=config.training.gpu.image,
             command=training_command(),
             namespace=config.training.gpu.namespace,
-            base_pod_meta={
-                "labels": {"app.kubernetes.io/part-of": "cia", "app.kubernetes.io/component": "trainer"}
-            },
+            base_pod_meta=training_pod_meta(),
             base_pod_spec=training_pod_spec(config),
             extras=training_extras(config, train_path=str(train_path), output_dir=str(output_dir)),
         )
