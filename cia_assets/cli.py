@@ -19,6 +19,32 @@ from typing import Any
 from cia_assets.config import CONFIG_ENV_VAR, CiaConfig, ConfigError, load_config
 
 INDEX_JOB = "index_repo"
+PACKAGE = "cia-assets"
+
+EXAMPLES = """\
+examples:
+  cia index                                   index every repo in cia.yaml
+  cia search "where are API tokens validated" -k 5
+  cia ask "How is a refund authorized?"       the answer as it is generated, then its sources
+  cia ask "How is a refund authorized?" --repo payments --json
+  cia serve                                   chat app + OpenAI-compatible API on chat.host:chat.port
+  cia dev                                     Dagster UI and daemon on 127.0.0.1:3000, and the chat app
+  cia mcp                                     MCP server on stdio (the client's token in $CIA_TOKEN)
+
+Every command reads cia.yaml: --config FILE, else $CIA_CONFIG, else ./cia.yaml.
+"""
+
+MCP_HELP = """\
+Run the MCP server on stdio (tools: search_code, ask_codebase), started by an MCP client.
+
+The client's token comes from $CIA_TOKEN in the server's environment (the `env` of its entry
+in the client's configuration) and must be one of chat.tokens in cia.yaml; it decides the
+repos both tools see. E.g. Claude Desktop's or Cursor's config:
+
+  {"mcpServers": {"cia": {"command": "/path/to/checkout/.venv/bin/cia",
+                          "args": ["mcp", "--config", "/path/to/checkout/cia.yaml"],
+                          "env": {"CIA_TOKEN": "<a token from chat.tokens>"}}}}
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,11 +72,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cia", description=__doc__.splitlines()[0])
+    from importlib.metadata import version
+
+    parser = argparse.ArgumentParser(
+        prog="cia",
+        description=__doc__.splitlines()[0],
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version(PACKAGE)}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+    def add(name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=description or help_text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.add_argument("--config", help=f"config file (default: ${CONFIG_ENV_VAR} or ./cia.yaml)")
         return sub
 
@@ -84,7 +123,8 @@ def _build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--json", action="store_true", help="print JSON on stdout")
     ask.add_argument(
         "--token",
-        help="access token (default: $CIA_TOKEN, else the config's only token); decides the repos",
+        help="answer as this chat.tokens entry, seeing only its repos "
+        "(default: as the data dir's owner, every repo)",
     )
     ask.set_defaults(handler=_ask)
 
@@ -93,12 +133,18 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="default: chat.port from the config")
     serve.set_defaults(handler=_serve)
 
-    mcp = add("mcp", "Run the MCP server on stdio (tools: search_code, ask_codebase).")
+    mcp = add(
+        "mcp",
+        "Run the MCP server on stdio (tools: search_code, ask_codebase); token in $CIA_TOKEN.",
+        MCP_HELP,
+    )
     mcp.set_defaults(handler=_mcp)
 
     dev = add("dev", "Start the Dagster UI and daemon (sensors, automation), and the chat app.")
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--host", default="127.0.0.1", help="the Dagster UI's address (default 127.0.0.1)")
+    dev.add_argument(
+        "--port", type=int, default=3000, help="the Dagster UI's port (default 3000; the chat app: chat.port)"
+    )
     dev.add_argument("--no-chat", action="store_true", help="only the Dagster UI, not the chat app")
     dev.set_defaults(handler=_dev)
     return parser
@@ -271,34 +317,30 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 
 
 def cli_grant(config: CiaConfig, token: str | None) -> Any:
-    """The CLI runs as the person at the shell: their token, or the config's only token."""
-    from cia_assets.lib.access import AccessDenied, authorize
+    """The CLI runs as the owner of the data dir (every repo), or, with `token`, as that
+    chat.tokens entry. $CIA_TOKEN is not read here: it is an MCP client's credential."""
+    from cia_assets.lib.access import authorize, owner_grant
 
-    token = token or os.environ.get("CIA_TOKEN")
-    if token is None:
-        if len(config.chat.tokens) != 1:
-            raise AccessDenied(
-                f"{config.config_path}: chat.tokens has {len(config.chat.tokens)} entries; "
-                "pass --token or set $CIA_TOKEN"
-            )
-        token = config.chat.tokens[0].token
-    return authorize(config, token)
+    return owner_grant(config) if token is None else authorize(config, token)
 
 
 def _ask(args: argparse.Namespace) -> int:
     config = _load(args)
     from cia_assets.chat.service import AssistantService
-    from cia_assets.lib.answering import Answer, AnswerDelta, AskRequest
+    from cia_assets.lib.answering import Answer, AnswerDelta, AskRequest, closing_text
 
     grant = cli_grant(config, args.token)
     service = AssistantService(config)
     request = AskRequest(question=args.question, grant=grant, repos=args.repo, interface="cli")
     final: Answer | None = None
+    streamed = False
     try:
         for event in service.answerer.stream(request):
             if isinstance(event, AnswerDelta):
-                if not args.json and sys.stderr.isatty():
-                    print(event.text, end="", file=sys.stderr, flush=True)
+                if not args.json:
+                    # Flushed per delta, so a pipe (`| tee`, an editor) shows it as it comes too.
+                    print(event.text, end="", flush=True)
+                    streamed = True
             else:
                 final = event
     finally:
@@ -308,9 +350,7 @@ def _ask(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(final.to_json(), indent=2))
     else:
-        if sys.stderr.isatty():
-            print("\n", file=sys.stderr)
-        print(final.answer)
+        print(closing_text(final, streamed), flush=True)
         if final.invalid_citations:
             print(f"(removed invalid citations: {', '.join(final.invalid_citations)})", file=sys.stderr)
     return 0
@@ -324,10 +364,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _mcp(args: argparse.Namespace) -> int:
-    config = _load(args)
-    from cia_assets.chat.mcp_server import run_stdio
+    from cia_assets.chat.mcp_server import run_stdio, take_client_token
 
-    run_stdio(config.config_path)
+    token = take_client_token()  # before cia.yaml is read: the client's token defines nothing
+    config = _load(args)
+    run_stdio(config.config_path, token)
     return 0
 
 

@@ -160,6 +160,12 @@ class LlmConfig(_Strict):
     drain_s: float = Field(
         default=30.0, ge=0, description="how long a replaced local server keeps serving requests in flight"
     )
+    idle_stop_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="a local server started on demand (`cia ask`, MCP) stops after this long "
+        "without a request; 0 = never. `cia serve` stops its own.",
+    )
 
     @model_validator(mode="after")
     def _remote_needs_url(self) -> LlmConfig:
@@ -193,7 +199,21 @@ class ChatConfig(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8600, gt=0, lt=65536)
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="the address people open the chat app at (behind an ingress or proxy); citations "
+        "of repos without a web_url link to its /source page; default http://{host}:{port}",
+    )
     tokens: tuple[AccessToken, ...] = ()
+
+    @property
+    def resolved_public_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        # A wildcard bind address is no place a browser can open.
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
 
     @field_validator("tokens")
     @classmethod

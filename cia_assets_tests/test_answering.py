@@ -58,6 +58,7 @@ PAYMENTS_FILES = {
     ),
 }
 BILLING_FILES = {
+    "billing/.env": "STRIPE_SECRET=sk_live_do_not_show\n",  # excluded in cia.yaml
     "billing/invoice.py": (
         "def render_invoice_total(lines):\n"
         '    """The invoice total is the sum of line amounts plus tax."""\n'
@@ -96,15 +97,16 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterat
         "data_dir": str(root / "data"),
         "codebases": [
             {"url": payments.url, "id": "payments", "web_url": WEB_URL},
-            {"url": billing.url, "id": "billing"},
+            {"url": billing.url, "id": "billing", "exclude": ["billing/.env"]},  # no web_url
         ],
         "embedding": {"path": str(model_dir)},
         "llm": {"port": _free_port(), "max_answer_tokens": 96, "drain_s": 1},
         "chat": {
+            "port": _free_port(),  # chat_app listens here: the default public_url
             "tokens": [
                 {"name": "all", "token": TOKEN_ALL, "repos": ["*"]},
                 {"name": "billing-only", "token": TOKEN_BILLING, "repos": ["billing"]},
-            ]
+            ],
         },
     }
     path = root / "cia.yaml"
@@ -229,7 +231,7 @@ def chat_app(indexed: CiaConfig) -> Iterator[str]:
 
     from cia_assets.chat.app import create_app
 
-    port = _free_port()
+    port = indexed.chat.port
     server = uvicorn.Server(
         uvicorn.Config(create_app(indexed.config_path), host="127.0.0.1", port=port, log_level="warning")
     )
@@ -239,7 +241,7 @@ def chat_app(indexed: CiaConfig) -> Iterator[str]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+            if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
                 break
         except httpx.HTTPError:
             time.sleep(0.1)
@@ -340,10 +342,163 @@ def test_page_api_streams_then_feedback_is_recorded(chat_app: str, indexed: CiaC
     )
 
 
-def test_healthz_names_the_live_endpoint(chat_app: str) -> None:
-    body = httpx.get(f"{chat_app}/healthz").json()
-    assert body["status"] == "ok"
-    assert body["endpoint"]["engine"] == "llama_cpp"
+ALL = {"Authorization": f"Bearer {TOKEN_ALL}"}
+BILLING = {"Authorization": f"Bearer {TOKEN_BILLING}"}
+
+
+def _indexed_sha(config: CiaConfig, repo: str) -> str:
+    from cia_assets.lib.indexing import read_index_state
+
+    state = read_index_state(DataLayout(config.data_dir).index_state(repo))
+    assert state is not None
+    return state.commit_sha
+
+
+def test_every_citation_links_to_its_lines_on_the_web_ui_or_on_the_chat_app(
+    chat_app: str, indexed: CiaConfig
+) -> None:
+    from cia_assets.lib.search import search_code
+
+    assert indexed.chat.resolved_public_url == chat_app  # the default: http://<host>:<port>
+    billing_sha, payments_sha = _indexed_sha(indexed, "billing"), _indexed_sha(indexed, "payments")
+    hits = search_code(indexed, "How is a refund authorized for an invoice?", k=8)
+    assert {hit.repo for hit in hits} == {"billing", "payments"}
+    for hit in hits:
+        lines = f"{hit.path}#L{hit.line_start}-L{hit.line_end}"
+        if hit.repo == "payments":  # a web_url: the link goes out as before
+            assert hit.url == f"{WEB_URL}/blob/{payments_sha}/{lines}"
+        else:
+            assert hit.url == f"{chat_app}/source/billing/{billing_sha}/{lines}"
+
+    # A real answer's citations, and what each link shows: exactly the cited lines.
+    question = {"role": "user", "content": "How is the invoice total computed?"}
+    completion = httpx.post(
+        f"{chat_app}/v1/chat/completions",
+        json={"model": "cia/billing", "messages": [question]},
+        headers=ALL,
+        timeout=120,
+    ).json()
+    citations = completion["cia"]["citations"]
+    assert citations, completion
+    for citation in citations:
+        start, end = citation["line_start"], citation["line_end"]
+        url = citation["url"]
+        assert url == f"{chat_app}/source/billing/{billing_sha}/{citation['path']}#L{start}-L{end}"
+        assert url in completion["choices"][0]["message"]["content"]
+        page = httpx.get(url)  # as a browser navigates: no Authorization header
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "/static/source.js" in page.text and "invoice" not in page.text  # the page holds no code
+        served = httpx.get(f"{chat_app}/api{url.removeprefix(chat_app).split('#')[0]}", headers=ALL)
+        assert served.status_code == 200, served.text
+        file_lines = BILLING_FILES[citation["path"]].split("\n")
+        assert served.json()["lines"][start - 1 : end] == file_lines[start - 1 : end]
+
+
+def test_source_api_serves_the_file_as_it_was_at_the_cited_commit(chat_app: str, indexed: CiaConfig) -> None:
+    from cia_assets.lib.git_sync import RepoMirror
+
+    old_sha = _indexed_sha(indexed, "billing")
+    origin = GitRepo(Path(indexed.codebase("billing").url.removeprefix("file://")))
+    changed = BILLING_FILES["billing/invoice.py"].replace("* 1.2", "* 1.25")
+    new_sha = origin.commit({"billing/invoice.py": changed}, "raise the tax")
+    try:  # the mirror fetches the new commit, as the repo sensor's next snapshot would
+        clone_url = indexed.clone_url(indexed.codebase("billing"))
+        mirror = RepoMirror(DataLayout(indexed.data_dir).mirror("billing"), clone_url, "main")
+        assert mirror.sync() == new_sha
+        mirror.close()
+    finally:  # the other tests see the origin as indexed
+        origin.git("reset", "-q", "--hard", old_sha)
+
+    def lines_at(sha: str) -> list[str]:
+        response = httpx.get(f"{chat_app}/api/source/billing/{sha}/billing/invoice.py", headers=ALL)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["repo"], body["commit_sha"], body["path"]) == ("billing", sha, "billing/invoice.py")
+        return list(body["lines"])
+
+    assert lines_at(old_sha) == BILLING_FILES["billing/invoice.py"].split("\n")
+    assert lines_at(new_sha) == changed.split("\n")
+
+
+def test_source_api_checks_the_token_the_repo_the_commit_and_the_path(
+    chat_app: str, indexed: CiaConfig
+) -> None:
+    import http.client
+
+    sha = _indexed_sha(indexed, "payments")
+
+    def get(path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+        # http.client sends the path as written (httpx would resolve dot segments first).
+        connection = http.client.HTTPConnection(chat_app.removeprefix("http://"), timeout=10)
+        try:
+            connection.request("GET", path, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, json.loads(response.read() or b"{}")
+        finally:
+            connection.close()
+
+    good = f"/api/source/payments/{sha}/payments/auth.py"
+    assert get(good, ALL)[0] == 200
+    assert get(good)[0] == 401
+    assert get(good, {"Authorization": "Bearer not-a-token-at-all"})[0] == 401
+    # Another token's repo reads like one that does not exist: names do not leak.
+    hidden = get(good, BILLING)
+    unknown = get(f"/api/source/nope/{sha}/payments/auth.py", BILLING)
+    assert hidden[0] == unknown[0] == 404
+    assert hidden[1]["error"]["message"].replace("'payments'", "R") == unknown[1]["error"]["message"].replace(
+        "'nope'", "R"
+    )
+    # Only a full sha pins the cited content (git would resolve `main`, `HEAD~1` or a prefix).
+    for commit in (sha[:12], sha.upper(), "main", "HEAD", "g" * 40):
+        assert get(f"/api/source/payments/{commit}/payments/auth.py", ALL)[0] == 400, commit
+    for path in ("../payments/auth.py", "payments/../../billing/x", "%2e%2e/payments/auth.py", "./x", "a//b"):
+        status, body = get(f"/api/source/payments/{sha}/{path}", ALL)
+        assert status == 400 and "not a path inside the repo" in body["error"]["message"], (path, body)
+    assert get(f"/api/source/payments/{sha}/payments/nothing.py", ALL)[0] == 404
+    assert get(f"/api/source/payments/{'0' * 40}/payments/auth.py", ALL)[0] == 404
+    # A file the config excludes is in git but never indexed: never cited, never served.
+    billing_sha = _indexed_sha(indexed, "billing")
+    status, body = get(f"/api/source/billing/{billing_sha}/billing/.env", ALL)
+    assert status == 404 and "sk_live" not in json.dumps(body)
+
+
+def test_healthz_is_ready_only_while_the_model_server_answers(chat_app: str, indexed: CiaConfig) -> None:
+    import signal
+
+    from cia_assets.lib.endpoint import current_endpoint, ensure_endpoint
+    from cia_assets.lib.llm_server import process_alive
+
+    record = ensure_endpoint(indexed)
+    live = {"engine": "llama_cpp", "model": "SmolLM2-135M-Instruct", "version": record.version}
+    ok = httpx.get(f"{chat_app}/healthz")
+    assert (ok.status_code, ok.json()) == (200, {"status": "ok", "endpoint": live})
+
+    assert record.pid is not None
+    os.killpg(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while process_alive(record.pid):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    for _ in range(2):  # and it stays down: /healthz reports, it never restarts
+        dead = httpx.get(f"{chat_app}/healthz")
+        assert dead.status_code == 503
+        assert dead.json() == {
+            "status": "degraded",
+            "endpoint": live,
+            "problems": [
+                f"model server SmolLM2-135M-Instruct (llama_cpp, endpoint v{record.version}) at "
+                f"{record.base_url} is not running (pid {record.pid})"
+            ],
+        }
+        alive = httpx.get(f"{chat_app}/livez")  # what Kubernetes restarts on: the app is fine
+        assert (alive.status_code, alive.json()) == (200, {"status": "alive"})
+        time.sleep(0.5)
+    assert current_endpoint(indexed) == record
+
+    restarted = ensure_endpoint(indexed)  # as the next question does
+    back = httpx.get(f"{chat_app}/healthz")
+    assert restarted.version > record.version
+    assert back.status_code == 200 and back.json()["endpoint"]["version"] == restarted.version
 
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -359,18 +514,7 @@ def test_web_page_streams_the_answer_links_citations_and_takes_feedback(
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        browser = _launch_chromium(playwright)
         try:
             context = browser.new_context()
             # The citation links point at the (unreachable) git host: answer for it locally.
@@ -419,6 +563,94 @@ def test_web_page_streams_the_answer_links_citations_and_takes_feedback(
             browser.close()
     store = TraceStore(DataLayout(indexed.data_dir).traces)
     assert store.stats()["feedback"] >= 1
+
+
+def _launch_chromium(playwright: Any) -> Any:
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
+    )
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists() and not os.environ.get("CI"),
+    reason="Debian's chromium is not installed (CI installs it)",
+)
+def test_web_page_citation_opens_the_cited_lines_on_the_chat_apps_source_page(
+    chat_app: str, indexed: CiaConfig
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    sha = _indexed_sha(indexed, "billing")
+    with sync_playwright() as playwright:
+        browser = _launch_chromium(playwright)
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+            page.goto(f"{chat_app}/#token={TOKEN_BILLING}")
+            page.wait_for_function("document.querySelectorAll('#repo option').length === 2")
+            page.fill("#question", "How is the invoice total computed?")
+            page.click("#ask")
+            page.wait_for_selector("#answer.done, #answer.not-found, #answer.error", timeout=120_000)
+            assert page.get_attribute("#answer", "class") == "done", page.text_content("#answer")
+
+            link = page.locator("#citations a.citation").first
+            href = link.get_attribute("href") or ""
+            assert href.startswith(f"{chat_app}/source/billing/{sha}/billing/invoice.py#L"), href
+            assert link.get_attribute("target") == "_blank"
+            start, end = (int(n) for n in href.rsplit("#L", 1)[1].split("-L"))
+            with context.expect_page() as opened:
+                link.click()
+            source = opened.value
+            source.wait_for_selector("#code tr.hl")
+            assert source.url == href
+            highlighted = source.locator("#code tr.hl")
+            assert [row.get_attribute("id") for row in highlighted.all()] == [
+                f"L{n}" for n in range(start, end + 1)
+            ]
+            file_lines = BILLING_FILES["billing/invoice.py"].split("\n")
+            assert highlighted.locator("td.line").all_text_contents() == file_lines[start - 1 : end]
+            assert source.locator("#code td.n").all_text_contents() == [
+                str(n)
+                for n in range(1, len(file_lines))  # the file's last newline opens no line
+            ]
+            assert source.locator(f"#L{start}").is_visible()
+            assert "billing: billing/invoice.py at " + sha[:12] in source.text_content("#where")
+
+            # File content is only ever text: markup in code is shown, never run.
+            evil = f"{chat_app}/source/billing/{sha}/billing/evil.py"
+            context.route(
+                f"{chat_app}/api/source/billing/{sha}/billing/evil.py",
+                lambda route: route.fulfill(
+                    json={"repo": "billing", "commit_sha": sha, "path": "billing/evil.py",
+                          "lines": ["<img src=x onerror=window.ran=1>", "<b>not bold</b>"]},
+                ),
+            )  # fmt: skip
+            source.goto(f"{evil}#L2")
+            source.wait_for_selector("#code tr.hl")
+            assert source.locator("#code td.line").all_text_contents() == [
+                "<img src=x onerror=window.ran=1>",
+                "<b>not bold</b>",
+            ]
+            assert source.locator("#code img, #code b").count() == 0
+            assert source.evaluate("window.ran") is None
+
+            # Another browser without the token: the page says how to get one, and shows nothing.
+            stranger = browser.new_context().new_page()
+            stranger.goto(href)
+            stranger.wait_for_function("document.getElementById('status').textContent.includes('token')")
+            assert "#token=" in stranger.text_content("#status")
+            assert stranger.locator("#code tr").count() == 0
+        finally:
+            browser.close()
 
 
 def test_cia_ask_sends_its_trace_to_langfuse_and_a_down_langfuse_costs_nothing(

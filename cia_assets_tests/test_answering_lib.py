@@ -31,7 +31,7 @@ def hit(
         symbol=f"sym_{start}",
         language="python",
         score=1.0,
-        url=f"https://git.example/{repo}/blob/{sha}/{path}#L{start}-L{end}",
+        web_url=f"https://git.example/{repo}",
         kind="function",
         commit_sha=sha,
         text="\n".join(FILE_LINES[start - 1 : end]),

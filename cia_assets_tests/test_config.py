@@ -53,6 +53,24 @@ def test_explicit_id_and_web_url_win(tmp_path: Path) -> None:
     assert config.codebases[0].resolved_web_url == "https://h/x"
 
 
+@pytest.mark.parametrize(
+    ("chat", "public_url"),
+    [
+        ("{}", "http://127.0.0.1:8600"),
+        ("{host: cia.internal, port: 9000}", "http://cia.internal:9000"),
+        ("{host: 0.0.0.0, port: 8600}", "http://127.0.0.1:8600"),  # a bind-all address opens nowhere
+        ("{host: '::1'}", "http://[::1]:8600"),
+        ("{host: 0.0.0.0, public_url: 'https://cia.example.com/'}", "https://cia.example.com"),
+        ("{public_url: 'https://example.com/tools/cia'}", "https://example.com/tools/cia"),
+    ],
+)
+def test_chat_public_url_defaults_to_where_the_app_listens(
+    tmp_path: Path, chat: str, public_url: str
+) -> None:
+    config = load_config(write(tmp_path, f"data_dir: d\ncodebases: []\nchat: {chat}\n"))
+    assert config.chat.resolved_public_url == public_url
+
+
 def test_env_references_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QKEY", "s3cret")
     config = load_config(
@@ -77,6 +95,7 @@ def test_env_references_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ("data_dir: d\ncodebases:\n  - {url: x, id: 'bad id!'}\n", "codebases[0].id"),
         ("data_dir: d\ncodebases: []\nvector_store: {backend: server}\n", "needs 'url'"),
         ("data_dir: d\ncodebases: []\nembedding: {batch_size: 0}\n", "embedding.batch_size"),
+        ("data_dir: d\ncodebases: []\nchat: {public_url: cia.example.com}\n", "chat.public_url"),
         (
             "data_dir: d\ncodebases: []\nvector_store: {api_key: '${CIA_TEST_UNSET}'}\n",
             "vector_store.api_key: environment variable CIA_TEST_UNSET is not set",

@@ -531,3 +531,75 @@ def test_langfuse_values_pin_every_generated_secret() -> None:
     named |= {values[store]["auth"]["existingSecret"] for store in stores}
     for secret in named:
         assert f"create secret generic {secret} " in readme, secret
+
+
+def test_a_dead_model_server_takes_the_chat_app_out_of_the_service_but_never_restarts_it(
+    tmp_path: Path, cluster_env: pytest.MonkeyPatch
+) -> None:
+    """The probes of the chat app's pod against the app itself, with vLLM down, then up."""
+    import http.server
+    import socket
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from cia_assets.chat.app import create_app
+    from cia_assets.lib.endpoint import EndpointRecord, EndpointSpec
+    from cia_assets.lib.git_sync import utc_now, write_json_atomic
+    from cia_assets.lib.layout import DataLayout
+
+    [container] = next(spec for name, spec in pod_specs() if name == "cia-chat")["containers"]
+    readiness, liveness = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
+    assert readiness["port"] == liveness["port"] == "http"
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    vllm = f"http://127.0.0.1:{port}/v1"
+    cluster_env.setenv("VLLM_BASE_URL", vllm)
+    cluster = yaml.safe_load(CLUSTER_CONFIG.read_text())
+    cluster["data_dir"] = str(tmp_path / "data")
+    path = tmp_path / "cia.yaml"
+    path.write_text(yaml.safe_dump(cluster))
+    config = load_config(path)
+    client = TestClient(create_app(path))
+
+    no_endpoint = client.get(readiness["path"])
+    assert no_endpoint.status_code == 503
+    assert no_endpoint.json()["problems"] == [
+        "no model endpoint is live yet (`cia serve` or the first question starts one)"
+    ]
+    # served_endpoint made vLLM live; then vLLM died.
+    spec = EndpointSpec.from_config(config)
+    record = EndpointRecord(version=3, spec=spec, base_url=vllm, started_at=utc_now(), origin="deploy")
+    write_json_atomic(DataLayout(config.data_dir).serving / "endpoint.json", record.to_json())
+    down = client.get(readiness["path"])
+    assert down.status_code == 503
+    assert down.json() == {
+        "status": "degraded",
+        "endpoint": {"engine": "vllm", "model": "Qwen/Qwen2.5-Coder-1.5B-Instruct", "version": 3},
+        "problems": [
+            f"model server Qwen/Qwen2.5-Coder-1.5B-Instruct (vllm, endpoint v3) at {vllm} does not answer"
+        ],
+    }
+    assert client.get(liveness["path"]).status_code == 200  # the kubelet leaves the app running
+
+    class Models(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status = 200 if self.path == "/v1/models" else 404
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps({"object": "list", "data": [{"id": spec.model}]}).encode())
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Models)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        up = client.get(readiness["path"])
+        assert up.status_code == 200 and up.json()["status"] == "ok"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -258,3 +258,78 @@ def test_a_server_too_busy_to_answer_is_not_mistaken_for_a_dead_one(
     finally:
         os.kill(record.pid, signal.SIGCONT)
         stop_local_endpoint(config)
+
+
+def test_an_on_demand_server_stops_itself_when_idle_and_the_next_question_restarts_it(
+    llm_config: Callable[..., CiaConfig],
+) -> None:
+    """`cia ask` starts a server and exits; nothing is left running once nobody asks."""
+    config = llm_config(idle_stop_s=4)
+    record = ensure_endpoint(config)
+    assert record.pid is not None and process_alive(record.pid)
+    # Requests keep it alive past its idle limit...
+    for _ in range(4):
+        chat_client(record, config).chat.completions.create(
+            model=record.model, messages=[{"role": "user", "content": "Hi"}], max_tokens=1
+        )
+        time.sleep(2)
+    assert process_alive(record.pid)
+    # ...and a quiet spell ends it.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process_alive(record.pid):
+        time.sleep(0.5)
+    assert not process_alive(record.pid)
+    assert "no request for 4 s: stopping" in Path(record.log_path or "").read_text()
+    again = ensure_endpoint(config)
+    assert again.pid != record.pid and process_alive(again.pid)
+    assert again.fingerprint == record.fingerprint
+    stop_local_endpoint(config)
+
+
+def test_a_server_its_owner_starts_never_stops_on_its_own(llm_config: Callable[..., CiaConfig]) -> None:
+    """`cia serve` passes idle_stop_s=0: it stops its server itself."""
+    config = llm_config(idle_stop_s=2)
+    record = ensure_endpoint(config, idle_stop_s=0)
+    time.sleep(6)
+    assert record.pid is not None and process_alive(record.pid)
+    stop_local_endpoint(config)
+
+
+def test_on_demand_endpoints_show_on_the_served_endpoint_asset(
+    llm_config: Callable[..., CiaConfig],
+) -> None:
+    from cia_assets.defs.resources import CiaConfigResource
+    from cia_assets.defs.serving.sensors import served_endpoint_sync
+
+    config = llm_config()
+    instance = dg.DagsterInstance.ephemeral()
+    context = dg.build_sensor_context(
+        instance=instance, resources={"cia": CiaConfigResource(config_path=str(config.config_path))}
+    )
+    empty = served_endpoint_sync(context)
+    assert isinstance(empty, dg.SensorResult) and empty.asset_events == [] and empty.cursor == "0"
+
+    record = ensure_endpoint(config)
+    first = served_endpoint_sync(
+        dg.build_sensor_context(
+            instance=instance,
+            cursor=empty.cursor,
+            resources={"cia": CiaConfigResource(config_path=str(config.config_path))},
+        )
+    )
+    assert isinstance(first, dg.SensorResult)
+    assert [event.asset_key.to_user_string() for event in first.asset_events] == ["served_endpoint"]
+    metadata = {key: value.value for key, value in first.asset_events[0].metadata.items()}  # type: ignore[union-attr]
+    assert metadata["origin"] == "on-demand" and metadata["version"] == record.version
+    assert metadata["pid"] == record.pid and metadata["model"] == record.model
+    assert first.cursor == str(record.version)
+
+    again = served_endpoint_sync(
+        dg.build_sensor_context(
+            instance=instance,
+            cursor=first.cursor,
+            resources={"cia": CiaConfigResource(config_path=str(config.config_path))},
+        )
+    )
+    assert isinstance(again, dg.SensorResult) and again.asset_events == []
+    stop_local_endpoint(config)

@@ -85,6 +85,7 @@ TOKENS = [
     {"name": "all", "token": TOKEN_ALL, "repos": ["*"]},
     {"name": "billing-only", "token": TOKEN_BILLING, "repos": ["billing"]},
 ]
+SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "cia.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +124,9 @@ def run_client(config_path: Path, token: str | None, calls: list[Call]) -> dict[
     the calls in one session; a callable in `calls` runs between two tool calls."""
 
     async def session_run() -> dict[str, Any]:
-        env = {k: v for k, v in os.environ.items() if k not in ("CIA_TOKEN", "CIA_CONFIG")}
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("CIA_TOKEN", "CIA_SERVER_TOKEN", "CIA_CONFIG")
+        }
         if token is not None:
             env["CIA_TOKEN"] = token
         params = StdioServerParameters(
@@ -190,7 +193,10 @@ def test_tools_search_and_answer_with_a_full_access_token(indexed: CiaConfig) ->
         "payments", "payments/refunds.py", 4, 8, "authorize_refund",
     )  # fmt: skip
     assert top["text"].startswith("def authorize_refund(user, amount):") and PAYMENTS_RULE in top["text"]
-    assert top["url"] is None and len(top["commit_sha"]) == 40 and top["truncated"] is False
+    assert top["url"] == (
+        f"{indexed.chat.resolved_public_url}/source/payments/{top['commit_sha']}/payments/refunds.py#L4-L8"
+    )
+    assert len(top["commit_sha"]) == 40 and top["truncated"] is False
     assert not error2, text2
     only = json.loads(text2)
     assert only["repos"] == ["billing"] and [(h["path"], h["line_start"]) for h in only["hits"]] == [
@@ -279,3 +285,39 @@ def test_a_missing_unknown_or_revoked_token_gets_an_error_and_no_data(indexed: C
     (before_error, before_text, _), (after_error, after_text, _) = out["results"]
     assert not before_error and json.loads(before_text)["hits"][0]["path"] == "billing/invoice.py"
     assert after_error and "unknown token" in after_text and "invoice" not in after_text
+
+
+def test_the_token_a_client_presents_never_defines_what_is_accepted(
+    indexed: CiaConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = indexed.config_path.parent
+    urls = {repo: indexed.codebase(repo).url for repo in indexed.repo_ids}
+    port = indexed.llm.port
+    # chat.tokens exactly as the shipped cia.yaml writes it (${VAR:-default}, unexpanded) ...
+    shipped_tokens = yaml.safe_load(SHIPPED_CONFIG.read_text())["chat"]["tokens"]
+    shipped = _write_config(root / "cia-shipped-tokens.yaml", root, urls, shipped_tokens, port)
+    # ... and as it used to, on the variable the client's credential comes from.
+    legacy_tokens = [{"name": "legacy", "token": "${CIA_TOKEN:-legacy-default-token}", "repos": ["*"]}]
+    legacy = _write_config(root / "cia-legacy-tokens.yaml", root, urls, legacy_tokens, port)
+    with monkeypatch.context() as patch:
+        # Whatever a shell or a client exports as CIA_TOKEN, the shipped file accepts its own.
+        patch.setenv("CIA_TOKEN", "abc")
+        patch.delenv("CIA_SERVER_TOKEN", raising=False)
+        accepted = {shipped: load_config(shipped).chat.tokens[0].token, legacy: "legacy-default-token"}
+    assert accepted[shipped] == "cia-local-dev-token"
+    calls: list[Call] = [
+        ("search_code", {"query": "render_invoice_total", "k": 1}),
+        ("search_code", {"query": "authorize_refund", "k": 1}),
+    ]
+    for config_path in (shipped, legacy):
+        # A short one used to fail config validation while loading: no server, "Connection closed".
+        for token in ("abc", "client-chosen-token-123"):
+            out = run_client(config_path, token, calls)
+            assert set(out["tools"]) == {"search_code", "ask_codebase"}  # the server is up
+            for is_error, text, structured in out["results"]:  # every call refused, still up
+                assert is_error and "unknown token" in text and structured is None, (config_path, text)
+                assert "invoice" not in text and "refund" not in text
+        valid = run_client(config_path, accepted[config_path], calls)["results"]
+        (error, text, _), (error2, text2, _) = valid
+        assert not error and json.loads(text)["hits"][0]["path"] == "billing/invoice.py"
+        assert not error2 and json.loads(text2)["hits"][0]["path"] == "payments/refunds.py"

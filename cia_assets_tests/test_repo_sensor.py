@@ -61,3 +61,32 @@ def test_new_repos_become_partitions_and_commits_request_runs(
     )
     assert json.loads(changed.cursor or "") == {"payments": new_sha, "billing": billing_sha}
     assert set(instance.get_dynamic_partitions(repos_partitions.name)) == {"payments", "ghost", "billing"}
+
+
+def test_a_commit_already_snapshotted_is_not_requested_again(
+    make_repo: Callable[..., GitRepo], write_config: Callable[..., CiaConfig]
+) -> None:
+    """`make run` indexes first (`cia index`), then starts the daemon with an empty sensor
+    cursor: the first tick must see that the head commit is already indexed."""
+    from cia_assets.defs.repos.assets import git_repo_snapshots
+    from cia_assets.defs.resources import build_resources
+
+    instance = dg.DagsterInstance.ephemeral()
+    payments = make_repo("payments", {"a.py": "x = 1\n"})
+    config = write_config([{"url": payments.url}])
+    instance.add_dynamic_partitions(repos_partitions.name, ["payments"])
+    dg.materialize(
+        [git_repo_snapshots],
+        instance=instance,
+        resources=build_resources(str(config.config_path)),
+        partition_key="payments",
+    )
+    indexed = payments.git("rev-parse", "HEAD")
+
+    first = tick(instance, config, None)
+    assert first.run_requests == []
+    assert json.loads(first.cursor or "") == {"payments": indexed}
+
+    new_sha = payments.commit({"b.py": "y = 2\n"})
+    changed = tick(instance, config, first.cursor)
+    assert [r.run_key for r in changed.run_requests or []] == [f"payments@{new_sha}"]

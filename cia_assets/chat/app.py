@@ -1,15 +1,21 @@
 """The chat app: a web page, an OpenAI-compatible API and feedback, over the answering service.
 
-- `GET /` the web page; `GET /healthz` liveness and what answers questions; `GET /metrics`
-  Prometheus metrics (question, retrieval and first-token latency, tokens, index size and
-  freshness per repo).
+- `GET /` the web page; `GET /healthz` readiness: 200 while the live model endpoint answers,
+  503 "degraded" (with the problems) while it does not; `GET /livez` liveness: the process
+  answers, whatever the model server does; `GET /metrics` Prometheus metrics (question,
+  retrieval and first-token latency, tokens, index size and freshness per repo).
+- `GET /source/<repo>/<sha>/<path>#L10-L42` the page a citation links to when its repo has no
+  web UI: the file at that commit, the cited lines highlighted. A browser navigating there
+  sends no Authorization header, so the page is static and its script fetches the file from
+  `GET /api/source/<repo>/<sha>/<path>` with the token the chat page keeps.
 - `GET /v1/models`, `POST /v1/chat/completions` (streaming too): IDE tools such as Continue
   or Open WebUI use the assistant as a model. Model `cia` searches every repo the token may
   see; `cia/<repo>` one of them.
 - `POST /api/ask` (server-sent events for the page), `POST /api/feedback`, `GET /api/repos`.
 
-Every route but `/`, `/healthz` and static files needs `Authorization: Bearer <token>` with a
-token from cia.yaml's `chat.tokens`; the token decides which repos retrieval may open.
+Every route but the pages (`/`, `/source/...`), `/healthz`, `/livez` and static files needs
+`Authorization: Bearer <token>` with a token from cia.yaml's `chat.tokens`; the token decides
+which repos retrieval (and the source page) may open.
 
 (No `from __future__ import annotations` here: FastAPI reads the dependency annotations at
 run time, including the `Caller` alias local to `create_app`.)
@@ -17,6 +23,7 @@ run time, including the `Caller` alias local to `create_app`.)
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +39,7 @@ from cia_assets.chat.service import AssistantService
 from cia_assets.config import CiaConfig, load_config
 from cia_assets.lib.access import AccessDenied, Grant, authorize
 from cia_assets.lib.answering import Answer, AnswerDelta, AnswerError, AskRequest
+from cia_assets.lib.git_sync import path_selected
 from cia_assets.lib.metrics import AnswerMetrics, IndexCollector
 from cia_assets.lib.search import SearchError
 from cia_assets.lib.traces import UnknownTrace
@@ -40,6 +48,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 MODEL_PREFIX = "cia"
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
 
 
 class ApiError(Exception):
@@ -127,18 +136,31 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        from cia_assets.lib.endpoint import current_endpoint
+    @app.get("/source/{repo}/{sha}/{path:path}", include_in_schema=False)
+    def source_page(repo: str, sha: str, path: str) -> FileResponse:
+        # The page holds no code: its script asks /api/source with the caller's token.
+        return FileResponse(STATIC_DIR / "source.html", media_type="text/html")
 
-        config = current_config()
-        record = current_endpoint(config)
-        return {
-            "status": "ok",
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        # Liveness only: a dead model server must not get the chat app restarted.
+        return {"status": "alive"}
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        from cia_assets.lib.endpoint import endpoint_health
+
+        health = endpoint_health(current_config())
+        record = health.record
+        body: dict[str, Any] = {
+            "status": "ok" if health.ok else "degraded",
             "endpoint": None
             if record is None
             else {"engine": record.engine, "model": record.model, "version": record.version},
         }
+        if health.problem:
+            body["problems"] = [health.problem]
+        return JSONResponse(body, status_code=200 if health.ok else 503)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
@@ -151,6 +173,25 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
     @app.get("/api/repos")
     def repos(who: Caller) -> dict[str, Any]:
         return {"token": who.name, "repos": list(who.repos)}
+
+    @app.get("/api/source/{repo}/{sha}/{path:path}")
+    def source_file(repo: str, sha: str, path: str, who: Caller) -> dict[str, Any]:
+        """The lines of one indexed file at one commit, read from the repo's git mirror."""
+        if repo not in who.repos:  # an unknown repo and another token's answer alike
+            raise ApiError(404, f"no repo {repo!r} for this token", "not_found_error")
+        if not _COMMIT_SHA.fullmatch(sha):
+            raise ApiError(400, "the commit must be a full 40-character hex sha")
+        if any(part in ("", ".", "..") for part in path.split("/")):
+            raise ApiError(400, f"not a path inside the repo: {path!r}")
+        config = current_config()
+        codebase = config.codebase(repo)
+        # Only files the index may cite: an excluded file (secrets, vendored code) stays unseen.
+        lines = None
+        if path_selected(path, codebase.include, codebase.exclude):
+            lines = service_for(config).answerer.read_lines(repo, sha, path)
+        if lines is None:
+            raise ApiError(404, f"{repo}: no indexed file {path!r} at {sha[:12]}", "not_found_error")
+        return {"repo": repo, "commit_sha": sha, "path": path, "lines": lines}
 
     @app.post("/api/ask")
     def ask(body: AskBody, who: Caller) -> StreamingResponse:
@@ -291,8 +332,9 @@ def _completion_chunks(events: Iterator[Any], model: str, created: int) -> Itera
     """OpenAI's chunk stream. The text streams as generated (markers already checked);
     the last content chunk carries the sources, or, when no valid citation was left, the
     explicit "not found" that replaces the answer for non-streaming clients."""
+    from cia_assets.lib.answering import closing_text
+
     chunk_id: str | None = None
-    pending: list[str] = []
     streamed = False
 
     def chunk(delta: dict[str, Any], finish: str | None = None, extra: dict[str, Any] | None = None) -> str:
@@ -312,16 +354,11 @@ def _completion_chunks(events: Iterator[Any], model: str, created: int) -> Itera
         for event in events:
             if isinstance(event, AnswerDelta):
                 streamed = True
-                pending.append(event.text)
                 yield chunk({"content": event.text})
                 continue
             chunk_id = f"chatcmpl-{event.trace_id}"
-            if event.not_found:
-                closing = ("\n\n---\n" if streamed else "") + event.answer
-            else:
-                closing = "\n\n" + event.answer.rsplit("\n\nSources:\n", 1)[-1].join(["Sources:\n", ""])
             yield chunk(
-                {"content": closing},
+                {"content": closing_text(event, streamed)},
                 extra={"cia": {**event.to_json(), "not_found": event.not_found}},
             )
             yield chunk({}, finish="stop")

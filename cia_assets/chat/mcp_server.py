@@ -7,11 +7,14 @@ The token. Stdio has no request headers, so the token travels the way MCP client
 secrets to a server: in its environment, `CIA_TOKEN`. It is deliberately not a tool
 argument: arguments are written by the model, so a token there would sit in the agent's
 context and transcripts and could be swapped for another one by a prompt injection. The
-server reads the variable once, then checks it against the *current* cia.yaml on every
-tool call (the file is re-read when it changes), so a revoked or narrowed token takes
-effect on the next call, without restarting the agent. A missing or unknown token makes
-every tool call fail with a message saying so, and returns no data. Tools are listed
-without a token (a listing holds no code).
+server takes the variable out of its environment before cia.yaml is first read, so what the
+client presents can never define what is accepted (a `${CIA_TOKEN}` in chat.tokens reads as
+unset, its default applies) and no value of it, empty, short or wrong, can keep the server
+from starting. It then checks the token against the *current* cia.yaml on every tool call
+(the file is re-read when it changes), so a revoked or narrowed token takes effect on the
+next call, without restarting the agent. A missing or unknown token makes every tool call
+fail with a message saying so, and returns no data. Tools are listed without a token (a
+listing holds no code).
 
 Example client configuration (Claude Desktop's `claude_desktop_config.json`; Cursor,
 Continue and VS Code take the same `command`/`args`/`env` entry):
@@ -203,8 +206,14 @@ def _as_tool_error(error: Exception) -> Exception | None:
     return None
 
 
-def build_server(config_path: Path, token: str | None = None) -> Any:
-    """The MCP server for `config_path`; `token` defaults to $CIA_TOKEN."""
+def take_client_token() -> str | None:
+    """The client's token, removed from this process's environment: call it before cia.yaml is
+    read, so that no `${CIA_TOKEN}` in the config (nor a child process) sees the credential."""
+    return os.environ.pop(TOKEN_ENV_VAR, None)
+
+
+def build_server(config_path: Path, token: str | None) -> Any:
+    """The MCP server for `config_path`, answering tool calls for the client's `token`."""
     import anyio
     from mcp.server.mcpserver import MCPServer
     from mcp.types import ToolAnnotations
@@ -213,7 +222,7 @@ def build_server(config_path: Path, token: str | None = None) -> Any:
     from cia_assets.lib.answering import AskRequest
     from cia_assets.lib.search import search_code
 
-    state = _State(Path(config_path), token if token is not None else os.environ.get(TOKEN_ENV_VAR))
+    state = _State(Path(config_path), token)
 
     @asynccontextmanager
     async def lifespan(_server: Any) -> AsyncIterator[dict[str, Any]]:
@@ -233,7 +242,7 @@ def build_server(config_path: Path, token: str | None = None) -> Any:
         Use it to find where something is defined, implemented or used. Returns the repos
         searched and up to `k` hits, best first, each with repo, path, line_start and line_end
         (1-based, inclusive), symbol (e.g. `Ledger.transfer`, or null), language, score, url (a
-        link to those lines at the indexed commit, or null when the repo has no web URL),
+        link to those lines at the indexed commit: on the repo's web UI, or the chat app's),
         commit_sha and the chunk's text (cut after 6000 characters; then `truncated` is true).
         Only repositories this server's token may read are searched; `repo` narrows to one."""
         config, grant = state.caller()
@@ -306,12 +315,12 @@ def build_server(config_path: Path, token: str | None = None) -> Any:
     return server
 
 
-def run_stdio(config_path: Path) -> None:
-    """Serve on stdin/stdout until the client closes the pipe."""
+def run_stdio(config_path: Path, token: str | None) -> None:
+    """Serve on stdin/stdout until the client closes the pipe; `token` from take_client_token."""
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per model request otherwise
-    if not os.environ.get(TOKEN_ENV_VAR, "").strip():
+    if not (token or "").strip():
         log.warning("%s is not set: every tool call will be refused", TOKEN_ENV_VAR)
-    build_server(config_path).run("stdio")
+    build_server(config_path, token).run("stdio")

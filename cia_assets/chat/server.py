@@ -22,7 +22,7 @@ def serve(config: CiaConfig, *, host: str | None = None, port: int | None = None
 
     host = host or config.chat.host
     port = port or config.chat.port
-    record = ensure_endpoint(config)
+    record = ensure_endpoint(config, idle_stop_s=0)  # this command owns and stops its server
     print(f"cia: model {record.model} answering at {record.base_url} ({record.engine})", file=sys.stderr)
     link = f"http://{host}:{port}/"
     if len(config.chat.tokens) == 1:
@@ -36,7 +36,7 @@ def serve(config: CiaConfig, *, host: str | None = None, port: int | None = None
         # `served_endpoint` materialization whose server then died) is started again.
         while not stop.wait(SUPERVISE_INTERVAL_S):
             try:
-                ensure_endpoint(config)
+                ensure_endpoint(config, idle_stop_s=0)
             except Exception:
                 log.exception("the model endpoint is down and could not be restarted")
 

@@ -2,7 +2,9 @@
 
 A token maps to a set of repos, like a Kubernetes ServiceAccount bound to namespaces;
 retrieval only ever opens the collections of the repos a grant names, so a chunk of another
-repo can reach neither a search result, nor an answer's context, nor a citation.
+repo can reach neither a search result, nor an answer's context, nor a citation. The CLI
+needs no token: whoever can read the data dir already holds every indexed chunk, so it acts
+as the data dir's owner (like kubectl with the cluster-admin kubeconfig on the node).
 """
 
 from __future__ import annotations
@@ -33,6 +35,16 @@ class Grant:
         if refused:
             raise AccessDenied(f"token {self.name!r} may not read repo(s): {', '.join(refused)}")
         return list(dict.fromkeys(requested))
+
+
+# The owner's grant name, as traces record it (`token_name`, Langfuse's user id) next to
+# the names of chat.tokens entries.
+OWNER_GRANT_NAME = "owner"
+
+
+def owner_grant(config: CiaConfig) -> Grant:
+    """Every configured repo, for the person at the shell who owns the data dir (the CLI)."""
+    return Grant(name=OWNER_GRANT_NAME, repos=tuple(config.repo_ids))
 
 
 def authorize(config: CiaConfig, token: str | None) -> Grant:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +51,8 @@ class AnswerError(RuntimeError):
 
 @dataclass(frozen=True)
 class ContextBlock:
-    """Lines of one file at one commit, shown to the model as source `n`."""
+    """Lines of one file at one commit, shown to the model as source `n`. Its link is on the
+    repo's `web_url`, else on the chat app at `chat_url` (see `records.source_url`)."""
 
     n: int
     repo: str
@@ -62,10 +64,19 @@ class ContextBlock:
     language: str
     symbol: str | None
     text: str
+    chat_url: str | None = None
 
     @property
     def url(self) -> str | None:
-        return source_url(self.web_url, self.commit_sha, self.path, self.line_start, self.line_end)
+        return source_url(
+            self.web_url,
+            self.commit_sha,
+            self.path,
+            self.line_start,
+            self.line_end,
+            repo=self.repo,
+            chat_url=self.chat_url,
+        )
 
     @property
     def location(self) -> str:
@@ -213,19 +224,14 @@ def assemble_context(
                 line_start=start,
                 line_end=end,
                 commit_sha=hit.commit_sha,
-                web_url=_web_base(hit),
+                web_url=hit.web_url,
                 language=hit.language,
                 symbol=hit.symbol if (hit.line_start, hit.line_end) == (start, end) else None,
                 text="\n".join(body),
+                chat_url=hit.chat_url,
             )
         )
     return blocks
-
-
-def _web_base(hit: CodeHit) -> str | None:
-    if not hit.url:
-        return None
-    return hit.url.split("/blob/", 1)[0]
 
 
 def _estimate_tokens(text: str) -> int:
@@ -347,6 +353,18 @@ def render_sources(citations: Sequence[Citation]) -> str:
     return "Sources:\n" + "\n".join(f"[{c.n}] {c.link}" for c in citations)
 
 
+def closing_text(answer: Answer, streamed: bool) -> str:
+    """What to show after the streamed deltas, so that the reader has the whole final answer
+    and nothing twice: the Sources list (the deltas were the answer's text), or, when the
+    final answer replaced what streamed (no valid citation left: "Not found ..."), a
+    separator and the final text. With nothing streamed, the whole answer."""
+    if not streamed:
+        return answer.answer
+    if answer.not_found:
+        return "\n\n---\n" + answer.answer
+    return "\n\n" + render_sources(answer.citations)
+
+
 # ---------------------------------------------------------------------------------------------
 # The answering service
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +398,8 @@ class Answerer:
         self.trace_sink = trace_sink
         self.endpoint = endpoint
         self._mirrors: dict[str, RepoMirror] = {}
+        # One `git cat-file --batch` per mirror, shared by the app's request threads.
+        self._mirrors_lock = threading.Lock()
 
     # -- public ---------------------------------------------------------------------------
 
@@ -410,7 +430,7 @@ class Answerer:
         prompt = load_prompt(self.config)
         blocks = assemble_context(
             hits,
-            self._read_lines,
+            self.read_lines,
             max_blocks_per_file=self.config.answering.max_chunks_per_file,
             budget_tokens=self._code_budget(prompt, question),
         )
@@ -569,21 +589,25 @@ class Answerer:
         except (httpx.HTTPError, KeyError, ValueError):
             return None
 
-    def _read_lines(self, repo: str, commit_sha: str, path: str) -> list[str] | None:
-        mirror = self._mirrors.get(repo)
-        if mirror is None:
-            codebase = self.config.codebase(repo)
-            mirror = RepoMirror(
-                DataLayout(self.config.data_dir).mirror(repo),
-                self.config.clone_url(codebase),
-                codebase.branch,
-            )
-            self._mirrors[repo] = mirror
-        try:
-            data = mirror.read_file(commit_sha, path)
-        except Exception as error:  # a missing mirror: the block cannot be verified, so it is not used
-            log.warning("cannot read %s:%s at %s: %s", repo, path, commit_sha[:12], error)
-            return None
+    def read_lines(self, repo: str, commit_sha: str, path: str) -> list[str] | None:
+        """The lines of `path` at `commit_sha` in the repo's local git mirror, as chunking
+        decodes them (what citations number); None when the file is not there. The chat
+        app's source page shows cited files through this too."""
+        with self._mirrors_lock:
+            mirror = self._mirrors.get(repo)
+            if mirror is None:
+                codebase = self.config.codebase(repo)
+                mirror = RepoMirror(
+                    DataLayout(self.config.data_dir).mirror(repo),
+                    self.config.clone_url(codebase),
+                    codebase.branch,
+                )
+                self._mirrors[repo] = mirror
+            try:
+                data = mirror.read_file(commit_sha, path)
+            except Exception as error:  # a missing mirror: the block cannot be verified, so it is not used
+                log.warning("cannot read %s:%s at %s: %s", repo, path, commit_sha[:12], error)
+                return None
         if data is None:
             return None
         return chunking.split_lines(chunking.decode_source(data))
@@ -597,9 +621,10 @@ class Answerer:
             log.exception("could not record trace %s", answer.trace_id)
 
     def close(self) -> None:
-        for mirror in self._mirrors.values():
-            mirror.close()
-        self._mirrors.clear()
+        with self._mirrors_lock:
+            for mirror in self._mirrors.values():
+                mirror.close()
+            self._mirrors.clear()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -229,6 +229,34 @@ def _healthy(record: EndpointRecord, config: CiaConfig, *, cached: bool = True) 
     return ok
 
 
+@dataclass(frozen=True)
+class EndpointHealth:
+    """Whether the live endpoint answers now: `problem` says why not (None when it does)."""
+
+    record: EndpointRecord | None
+    problem: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def endpoint_health(config: CiaConfig) -> EndpointHealth:
+    """Check the live endpoint as a question would (`_healthy`), without starting or
+    restarting anything: for readiness probes, which must not act."""
+    record = current_endpoint(config)
+    if record is None:
+        return EndpointHealth(
+            None, "no model endpoint is live yet (`cia serve` or the first question starts one)"
+        )
+    if _healthy(record, config):
+        return EndpointHealth(record, None)
+    what = f"model server {record.model} ({record.engine}, endpoint v{record.version}) at {record.base_url}"
+    if record.is_local and not process_alive(record.pid):
+        return EndpointHealth(record, f"{what} is not running (pid {record.pid})")
+    return EndpointHealth(record, f"{what} does not answer")
+
+
 def _smoke_completion(record: EndpointRecord, config: CiaConfig) -> float:
     """A real one-token completion: the model is loaded and generates. Returns its latency."""
     started = time.perf_counter()
@@ -249,7 +277,13 @@ def _smoke_completion(record: EndpointRecord, config: CiaConfig) -> float:
 
 
 def _launch(
-    config: CiaConfig, spec: EndpointSpec, *, version: int, origin: str, **extra: Any
+    config: CiaConfig,
+    spec: EndpointSpec,
+    *,
+    version: int,
+    origin: str,
+    idle_stop_s: float = 0.0,
+    **extra: Any,
 ) -> EndpointRecord:
     if spec.engine in LOCAL_ENGINES:
         if spec.gguf is None:
@@ -270,6 +304,7 @@ def _launch(
             log_dir=DataLayout(config.data_dir).serving / "servers",
             adapter=spec.adapter,
             alias=spec.model,
+            idle_stop_s=idle_stop_s,
         )
         return EndpointRecord(
             version=version,
@@ -326,8 +361,13 @@ def choose_endpoint(config: CiaConfig, *, draw: Callable[[], float] = random.ran
     return record
 
 
-def ensure_endpoint(config: CiaConfig) -> EndpointRecord:
-    """A healthy live endpoint, started or restarted if needed (see the module docstring)."""
+def ensure_endpoint(config: CiaConfig, *, idle_stop_s: float | None = None) -> EndpointRecord:
+    """A healthy live endpoint, started or restarted if needed (see the module docstring).
+
+    A local server started here stops itself after `idle_stop_s` without a request (default
+    `llm.idle_stop_s`): the command that started it does not stay to stop it. `cia serve`
+    passes 0 and stops its server when it stops."""
+    idle = config.llm.idle_stop_s if idle_stop_s is None else idle_stop_s
     record = current_endpoint(config)
     wanted = EndpointSpec.from_config(config)
     if record is not None and _healthy(record, config) and _keeps(record, wanted):
@@ -339,19 +379,21 @@ def ensure_endpoint(config: CiaConfig) -> EndpointRecord:
                 return record
             # An on-demand record whose settings changed in cia.yaml: replace it.
             new = _launch(config, wanted, version=record.version + 1, origin="on-demand",
-                          previous_version=record.version)  # fmt: skip
+                          idle_stop_s=idle, previous_version=record.version)  # fmt: skip
             _make_live(config, new)
             if record.is_local and record.pid and record.pid != new.pid:
                 stop_process(record.pid)
             return new
         if record is None:
-            new = _launch(config, wanted, version=1, origin="on-demand")
+            new = _launch(config, wanted, version=1, origin="on-demand", idle_stop_s=idle)
         elif record.is_local:
-            log.warning("model server of endpoint v%d is down; restarting it", record.version)
+            log.warning("model server of endpoint v%d is not running (stopped when idle, or died); "
+                        "starting it", record.version)  # fmt: skip
             if record.pid and process_alive(record.pid):
                 stop_process(record.pid)  # alive but not listening: hung, never left behind
             new = _launch(config, record.spec, version=record.version + 1, origin="restart",
-                          previous_version=record.version, note=f"restart of v{record.version}")  # fmt: skip
+                          idle_stop_s=idle, previous_version=record.version,
+                          note=f"restart of v{record.version}")  # fmt: skip
             # The canary runs in its own process and keeps serving its share.
             new = replace(new, canary=record.canary, canary_share=record.canary_share)
         else:

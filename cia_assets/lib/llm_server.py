@@ -101,17 +101,24 @@ class LocalServer:
 
 
 def start_llama_server(
-    config: CiaConfig, *, log_dir: Path, adapter: str | None = None, alias: str | None = None
+    config: CiaConfig,
+    *,
+    log_dir: Path,
+    adapter: str | None = None,
+    alias: str | None = None,
+    idle_stop_s: float = 0.0,
 ) -> LocalServer:
     """Start llama.cpp's server for the configured GGUF (plus a LoRA adapter GGUF) on the
-    first free port from `llm.port`, and wait until it answers."""
+    first free port from `llm.port`, and wait until it answers. With `idle_stop_s` > 0 the
+    server stops itself after that long without a request (`idle_llama_server`)."""
     llm = config.llm
     gguf = model_file(config)
     port = free_port(llm.host, llm.port)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"llama-{port}.log"
     command = [
-        sys.executable, "-m", "llama_cpp.server",
+        sys.executable, "-m", "cia_assets.lib.idle_llama_server",
+        "--idle_stop_s", str(idle_stop_s),
         "--model", str(gguf),
         "--host", llm.host,
         "--port", str(port),
@@ -161,6 +168,26 @@ def process_alive(pid: int | None) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return True
+
+
+def process_start_time(pid: int) -> float | None:
+    """When the process started, in seconds since the epoch; None when it is not running.
+
+    Telling "this pid is still the process we knew" from "the pid was reused by a newer
+    process" needs this: a process that started after the thing it is said to run cannot be it.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot_line = next(
+            line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
+    except (OSError, StopIteration):
+        return None
+    fields = stat.rsplit(") ", 1)[1].split()  # the command name may hold spaces and parentheses
+    if fields[0] == "Z":  # exited, not yet reaped
+        return None
+    # Field 22 of proc(5), `starttime`, in clock ticks since boot; fields[0] is field 3.
+    return int(boot_line.split()[1]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def stop_process(pid: int, grace_s: float = STOP_GRACE_S) -> None:

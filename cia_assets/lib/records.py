@@ -6,6 +6,7 @@ import hashlib
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 # Point ids must be stable across runs so an unchanged chunk keeps its id (and an
 # incremental update only touches what changed); uuid5 gives Qdrant-valid ids.
@@ -85,7 +86,25 @@ class Chunk:
         return cls(**data)
 
 
-def source_url(web_url: str | None, commit_sha: str, path: str, line_start: int, line_end: int) -> str | None:
-    if not web_url:
-        return None
-    return f"{web_url.rstrip('/')}/blob/{commit_sha}/{path}#L{line_start}-L{line_end}"
+def source_url(
+    web_url: str | None,
+    commit_sha: str,
+    path: str,
+    line_start: int,
+    line_end: int,
+    *,
+    repo: str | None = None,
+    chat_url: str | None = None,
+) -> str | None:
+    """The one link to lines of a file at a commit, for every citation and search hit.
+
+    On the repo's web UI when it has one (`<web_url>/blob/<sha>/<path>#L10-L42`), else on the
+    chat app's own source page (`<chat_url>/source/<repo>/<sha>/<path>#L10-L42`, see
+    `chat.public_url`). None only where neither is known (records made outside a config)."""
+    lines = f"#L{line_start}-L{line_end}"
+    quoted = quote(path, safe="/")
+    if web_url:
+        return f"{web_url.rstrip('/')}/blob/{commit_sha}/{quoted}{lines}"
+    if chat_url and repo:
+        return f"{chat_url.rstrip('/')}/source/{quote(repo, safe='')}/{commit_sha}/{quoted}{lines}"
+    return None

@@ -64,6 +64,9 @@ def search_collection(
 
 @dataclass(frozen=True)
 class CodeHit:
+    """One retrieved chunk. `web_url` is its repo's (None without one) and `chat_url` the chat
+    app's public address: together they make `url`, the link to the hit's lines."""
+
     repo: str
     path: str
     line_start: int
@@ -71,18 +74,31 @@ class CodeHit:
     symbol: str | None
     language: str
     score: float
-    url: str | None
+    web_url: str | None
     kind: str
     commit_sha: str
     text: str
     context: str = ""
+    chat_url: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        return source_url(
+            self.web_url,
+            self.commit_sha,
+            self.path,
+            self.line_start,
+            self.line_end,
+            repo=self.repo,
+            chat_url=self.chat_url,
+        )
 
     def to_json(self, with_text: bool = False) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("context")
-        if not with_text:
-            for key in ("text", "kind", "commit_sha"):
-                data.pop(key)
+        hidden = ("context", "web_url", "chat_url", "kind", "commit_sha", "text")
+        data = {key: value for key, value in asdict(self).items() if key not in hidden}
+        data["url"] = self.url
+        if with_text:
+            data.update(kind=self.kind, commit_sha=self.commit_sha, text=self.text)
         return data
 
 
@@ -119,7 +135,7 @@ def _fuse(lists: Sequence[tuple[list[SearchHit], float]]) -> list[tuple[SearchHi
     return [(first[pid], scores[pid]) for pid in ordered]
 
 
-def _code_hit(hit: SearchHit, score: float) -> CodeHit:
+def _code_hit(hit: SearchHit, score: float, chat_url: str) -> CodeHit:
     p = hit.payload
     return CodeHit(
         repo=p["repo_id"],
@@ -129,11 +145,12 @@ def _code_hit(hit: SearchHit, score: float) -> CodeHit:
         symbol=p.get("symbol"),
         language=p["language"],
         score=round(score, 6),
-        url=source_url(p.get("web_url"), p["commit_sha"], p["path"], p["line_start"], p["line_end"]),
+        web_url=p.get("web_url"),
         kind=p["kind"],
         commit_sha=p["commit_sha"],
         text=p.get("text", ""),
         context=p.get("context") or "",
+        chat_url=chat_url,
     )
 
 
@@ -184,7 +201,8 @@ def _search_repo(
         defining = [hit for hit, _ in fused if _defines(hit, names)]
         if defining:
             fused = _fuse([*lists, (defining, 1.0)])
-    return [_code_hit(hit, score) for hit, score in fused[:limit]]
+    chat_url = config.chat.resolved_public_url
+    return [_code_hit(hit, score, chat_url) for hit, score in fused[:limit]]
 
 
 def _best_per_file(hits: Iterable[SearchHit]) -> list[SearchHit]:

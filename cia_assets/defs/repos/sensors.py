@@ -16,9 +16,10 @@ from cia_assets.lib.git_sync import GitSyncError, remote_head
 )
 def repo_change_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResource) -> dg.SensorResult:
     """Polls each configured repo with `git ls-remote` (no fetch). A repo new to cia.yaml
-    becomes a partition; a new commit requests a snapshot run keyed by its sha. Downstream
-    assets follow through their automation conditions. An unreachable repo is logged and
-    retried next tick."""
+    becomes a partition; a commit that is neither the last one this sensor saw nor the one
+    already snapshotted (by `cia index` or a run from the UI) requests a snapshot run keyed
+    by its sha. Downstream assets follow through their automation conditions. An unreachable
+    repo is logged and retried next tick."""
     config = cia.load()
     seen: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
     known = set(context.instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME))
@@ -31,7 +32,9 @@ def repo_change_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResour
         except GitSyncError as error:
             context.log.warning(f"{repo_id}: skipped this tick: {error}")
             continue
-        if seen.get(repo_id) != sha:
+        # The cursor alone would start empty after `make run`'s `cia index` and re-snapshot
+        # (and so re-chunk, re-embed and re-publish) the commit that was just indexed.
+        if sha not in (seen.get(repo_id), snapshotted_sha(context.instance, repo_id)):
             run_requests.append(
                 dg.RunRequest(
                     run_key=f"{repo_id}@{sha}",
@@ -39,7 +42,7 @@ def repo_change_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResour
                     tags={"cia/commit_sha": sha},
                 )
             )
-            seen[repo_id] = sha
+        seen[repo_id] = sha
     return dg.SensorResult(
         run_requests=run_requests,
         dynamic_partitions_requests=(
@@ -47,3 +50,16 @@ def repo_change_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResour
         ),
         cursor=json.dumps(seen, sort_keys=True),
     )
+
+
+def snapshotted_sha(instance: dg.DagsterInstance, repo_id: str) -> str | None:
+    """The commit of the repo's latest `git_repo_snapshots` materialization, if any."""
+    if repo_id not in instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME):
+        return None
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=git_repo_snapshots.key, asset_partitions=[repo_id]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return None
+    commit = records[0].asset_materialization.metadata.get("commit_sha")
+    return str(commit.value) if commit is not None else None

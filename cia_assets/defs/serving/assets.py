@@ -1,8 +1,13 @@
+from typing import TYPE_CHECKING, Any
+
 import dagster as dg
 
 from cia_assets.defs.evaluation.assets import rag_eval_results
 from cia_assets.defs.repos.partitions import OWNERS
 from cia_assets.defs.resources import CiaConfigResource, MlflowResource
+
+if TYPE_CHECKING:
+    from cia_assets.lib.endpoint import EndpointRecord
 
 
 class ServedEndpointConfig(dg.Config):
@@ -62,20 +67,27 @@ def served_endpoint(
     canary = new.canary
     return dg.MaterializeResult(
         metadata={
-            "version": new.version,
-            "engine": new.engine,
-            "base_url": dg.MetadataValue.url(new.base_url),
-            "model": new.model,
-            "adapter": new.adapter or "none",
-            "adapter_version": new.adapter_version or "none",
+            **endpoint_metadata(new),
             "rollout": plan.stage if plan else "rollback",
             "rollout_reason": plan.reason if plan else "rollback requested",
             "canary_adapter_version": (canary.adapter_version or "none") if canary else "none",
             "canary_share": new.canary_share,
-            "origin": new.origin,
             "previous_version": previous.version if previous else 0,
-            "pid": new.pid or 0,
-            "fingerprint": new.fingerprint,
             "test_completion_ms": round(latency_ms, 1),
         }
     )
+
+
+def endpoint_metadata(record: "EndpointRecord") -> dict[str, Any]:
+    """What the asset page shows of a live endpoint record, however it became live."""
+    return {
+        "version": record.version,
+        "engine": record.engine,
+        "base_url": dg.MetadataValue.url(record.base_url),
+        "model": record.model,
+        "adapter": record.adapter or "none",
+        "adapter_version": record.adapter_version or "none",
+        "origin": record.origin,
+        "pid": record.pid or 0,
+        "fingerprint": record.fingerprint,
+    }
