@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 from cia_assets.chat.service import AssistantService
 from cia_assets.config import CiaConfig, load_config
 from cia_assets.lib.access import AccessDenied, Grant, authorize
-from cia_assets.lib.answering import Answer, AnswerDelta, AnswerError, AskRequest
+from cia_assets.lib.answering import Answer, AnswerDelta, AnswerError, AskRequest, closing_text
 from cia_assets.lib.git_sync import path_selected
 from cia_assets.lib.metrics import AnswerMetrics, IndexCollector
 from cia_assets.lib.search import SearchError
@@ -332,8 +332,6 @@ def _completion_chunks(events: Iterator[Any], model: str, created: int) -> Itera
     """OpenAI's chunk stream. The text streams as generated (markers already checked);
     the last content chunk carries the sources, or, when no valid citation was left, the
     explicit "not found" that replaces the answer for non-streaming clients."""
-    from cia_assets.lib.answering import closing_text
-
     chunk_id: str | None = None
     streamed = False
 
