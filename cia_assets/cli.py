@@ -169,6 +169,20 @@ def prepare_dagster_home(config: CiaConfig) -> Path:
     return home
 
 
+def dev_workspace(config: CiaConfig, home: Path) -> Path:
+    """The workspace.yaml beside cia.yaml (the project checkout's), else one written into
+    DAGSTER_HOME that points Dagster at the installed package."""
+    workspace = config.config_path.parent / "workspace.yaml"
+    if workspace.exists():
+        return workspace
+    workspace = home / "workspace.yaml"
+    workspace.write_text(
+        "load_from:\n  - python_module:\n      module_name: cia_assets.definitions\n"
+        f"      location_name: cia_assets\n      working_directory: {config.config_path.parent}\n"
+    )
+    return workspace
+
+
 def _index(args: argparse.Namespace) -> int:
     config = _load(args)
     repos = list(args.repos) or config.repo_ids
@@ -375,14 +389,7 @@ def _mcp(args: argparse.Namespace) -> int:
 def _dev(args: argparse.Namespace) -> int:
     config = _load(args)
     home = prepare_dagster_home(config)
-    workspace = config.config_path.parent / "workspace.yaml"
-    if not workspace.exists():
-        # A config outside the project checkout: point Dagster at the installed package.
-        workspace = home / "workspace.yaml"
-        workspace.write_text(
-            "load_from:\n  - python_module:\n      module_name: cia_assets.definitions\n"
-            f"      location_name: cia_assets\n      working_directory: {config.config_path.parent}\n"
-        )
+    workspace = dev_workspace(config, home)
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", str(workspace), "-h", args.host, "-p", str(args.port)]
     print(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -115,85 +114,23 @@ def test_errors_name_the_input(write_config: Callable[..., CiaConfig], tmp_path:
     assert f"{bad}: codebases[0].url: Field required" in broken.stderr
 
 
-def test_dev_serves_the_ui_with_sensors_running(
+def test_dev_outside_a_checkout_points_dagster_at_the_installed_package(
     write_config: Callable[..., CiaConfig], tmp_path: Path
 ) -> None:
-    import signal
-    import socket
-    import time
-    import urllib.request
+    """`cia dev` itself, inside the checkout, is run end to end in test_run_path.py."""
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-    def free_port() -> int:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            return int(probe.getsockname()[1])
+    from cia_assets.cli import dev_workspace
 
-    port, chat_port, llm_port = free_port(), free_port(), free_port()
-    config = write_config(
-        [{"url": "file:///nonexistent/ghost.git"}],
-        chat={"port": chat_port, "tokens": [{"name": "t", "token": "test-token-123"}]},
-        llm={"port": llm_port},
-    )
-    env = {k: v for k, v in os.environ.items() if k != "CIA_CONFIG"}
-    process = subprocess.Popen(
-        [CIA, "dev", "--config", str(config.config_path), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-                break
-            except OSError:
-                assert process.poll() is None, "cia dev exited early"
-                assert time.monotonic() < deadline, "the UI did not come up in 120 s"
-                time.sleep(1)
-        query = (
-            '{ sensorsOrError(repositorySelector: {repositoryName: "__repository__", '
-            'repositoryLocationName: "cia_assets"}) { ... on Sensors { results { name '
-            "sensorState { status } } } } }"
-        )
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/graphql",
-            data=json.dumps({"query": query}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            sensors = json.load(response)["data"]["sensorsOrError"]["results"]
-        assert {s["name"]: s["sensorState"]["status"] for s in sensors} == {
-            "repo_change_sensor": "RUNNING",
-            "indexing_automation": "RUNNING",
-            "feedback_sensor": "RUNNING",
-        }
-        assert (tmp_path / "dagster_home" / "workspace.yaml").exists()  # config outside a checkout
-        # The chat app comes up beside the UI, with the model server it needs.
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{chat_port}/healthz", timeout=2) as response:
-                    health = json.load(response)
-                if health["endpoint"] is not None:
-                    break
-            except OSError:
-                pass
-            assert process.poll() is None, "cia dev exited early"
-            assert time.monotonic() < deadline, "the chat app did not come up"
-            time.sleep(1)
-        assert health["endpoint"]["engine"] == "llama_cpp"
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=30)
-        with contextlib.suppress(ProcessLookupError):  # code servers left behind
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    # Stopping the chat app stopped the model server it started (its own session, so only
-    # the app could have stopped it).
-    left = subprocess.run(["pgrep", "-f", f"llama_cpp.server.*--port {llm_port}"], capture_output=True)
-    assert left.returncode == 1, left.stdout
+    config = write_config([{"url": "file:///nonexistent/ghost.git"}])
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    workspace = dev_workspace(config, home)
+    assert workspace == home / "workspace.yaml"
+    origins = WorkspaceFileTarget(paths=[str(workspace)]).create_origins()
+    assert [origin.location_name for origin in origins] == ["cia_assets"]
+    (tmp_path / "workspace.yaml").write_text("load_from: []\n")
+    assert dev_workspace(config, home) == tmp_path / "workspace.yaml"
 
 
 # ---- cia ask, as the owner of the data dir or as a token --------------------------------------
@@ -396,3 +333,43 @@ def test_version_and_help_with_examples(capsys: pytest.CaptureFixture[str]) -> N
     assert "$CIA_TOKEN" in mcp and '"env": {"CIA_TOKEN": "<a token from chat.tokens>"}' in mcp
     ask = run("ask", "--help")
     assert "data dir's owner" in ask
+
+
+def test_a_minimal_config_serves_the_chat_app_with_a_token_made_for_its_data_dir(
+    write_config: Callable[..., CiaConfig],
+) -> None:
+    """No chat.tokens in cia.yaml: the app is not left open, nor unusable; it takes one random
+    token kept owner-only in the data dir, the one `cia serve` prints in its link."""
+    import stat
+
+    from fastapi.testclient import TestClient
+
+    from cia_assets.chat.app import create_app
+    from cia_assets.lib.access import accepted_tokens
+
+    config = write_config([{"url": "file:///nonexistent/ghost.git", "id": "ghost"}])
+    assert config.chat.tokens == ()
+    made = accepted_tokens(config)
+    token_file = DataLayout(config.data_dir).local_token
+    assert [(t.name, t.repos) for t in made] == [("local", ("*",))]
+    assert token_file.read_text().strip() == made[0].token and len(made[0].token) >= 32
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert accepted_tokens(config) == made  # made once, then read
+
+    client = TestClient(create_app(config.config_path, forward_in_background=False))
+    assert client.get("/api/repos").status_code == 401
+    assert client.get("/api/repos", headers={"Authorization": "Bearer not-the-token"}).status_code == 401
+    granted = client.get("/api/repos", headers={"Authorization": f"Bearer {made[0].token}"})
+    assert granted.status_code == 200 and granted.json() == {"token": "local", "repos": ["ghost"]}
+
+
+def test_configured_tokens_replace_the_data_dirs_token(write_config: Callable[..., CiaConfig]) -> None:
+    from cia_assets.lib.access import AccessDenied, accepted_tokens, authorize
+
+    config = write_config(
+        [{"url": "file:///nonexistent/ghost.git"}], chat={"tokens": [{"name": "t", "token": "configured-1"}]}
+    )
+    assert [t.name for t in accepted_tokens(config)] == ["t"]
+    assert not DataLayout(config.data_dir).local_token.exists()
+    with pytest.raises(AccessDenied, match="unknown token"):
+        authorize(config, "anything-else")

@@ -151,7 +151,8 @@ class _State:
         if self.token is None:
             raise ToolError(
                 f"no token: set {TOKEN_ENV_VAR} in this MCP server's environment (the `env` of its "
-                "entry in the MCP client's configuration) to a token from chat.tokens in cia.yaml"
+                "entry in the MCP client's configuration) to a token from chat.tokens in cia.yaml (with none "
+                "listed there: the one in <data_dir>/chat-token)"
             )
         try:
             return config, authorize(config, self.token)

@@ -18,15 +18,21 @@ def serve(config: CiaConfig, *, host: str | None = None, port: int | None = None
     import uvicorn
 
     from cia_assets.chat.app import create_app
+    from cia_assets.lib.access import accepted_tokens
     from cia_assets.lib.endpoint import ensure_endpoint, stop_local_endpoint
+    from cia_assets.lib.layout import DataLayout
 
     host = host or config.chat.host
     port = port or config.chat.port
     record = ensure_endpoint(config, idle_stop_s=0)  # this command owns and stops its server
     print(f"cia: model {record.model} answering at {record.base_url} ({record.engine})", file=sys.stderr)
     link = f"http://{host}:{port}/"
-    if len(config.chat.tokens) == 1:
-        link += f"#token={config.chat.tokens[0].token}"
+    tokens = accepted_tokens(config)
+    if len(tokens) == 1:
+        link += f"#token={tokens[0].token}"
+    if not config.chat.tokens:
+        where = DataLayout(config.data_dir).local_token
+        print(f"cia: cia.yaml lists no chat.tokens: the app takes the token in {where}", file=sys.stderr)
     print(f"cia: chat app on {link}", file=sys.stderr, flush=True)
 
     stop = threading.Event()

@@ -9,11 +9,15 @@ as the data dir's owner (like kubectl with the cluster-admin kubeconfig on the n
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cia_assets.config import CiaConfig
+from cia_assets.config import AccessToken, CiaConfig
+from cia_assets.lib.layout import DataLayout
 
 
 class AccessDenied(PermissionError):
@@ -47,11 +51,35 @@ def owner_grant(config: CiaConfig) -> Grant:
     return Grant(name=OWNER_GRANT_NAME, repos=tuple(config.repo_ids))
 
 
+LOCAL_TOKEN_NAME = "local"
+
+
+def accepted_tokens(config: CiaConfig) -> tuple[AccessToken, ...]:
+    """cia.yaml's `chat.tokens`; with none listed (a minimal cia.yaml), one token for every
+    repo, made once at random into the data dir, so the chat app and MCP are usable and
+    still closed: whoever can read the data dir can read every indexed chunk anyway."""
+    if config.chat.tokens:
+        return config.chat.tokens
+    path = DataLayout(config.data_dir).local_token
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(24) + "\n")
+        # A hard link appears whole and fails if it exists: two first starts keep one token.
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+        draft.unlink()
+    token = path.read_text().strip()
+    return (AccessToken(name=LOCAL_TOKEN_NAME, token=token, repos=("*",)),)
+
+
 def authorize(config: CiaConfig, token: str | None) -> Grant:
     """The grant of `token`; raises AccessDenied for a missing or unknown one."""
     if not token:
         raise AccessDenied("a token is required (Authorization: Bearer <token>)")
-    for entry in config.chat.tokens:
+    for entry in accepted_tokens(config):
         # Constant-time comparison, so response timing does not leak a token's prefix.
         if hmac.compare_digest(entry.token.encode(), token.encode()):
             repos = (

@@ -75,6 +75,11 @@ class DataLayout:
         """Every trace and feedback event, kept before forwarding to Langfuse."""
         return self.data_dir / "traces.duckdb"
 
+    @property
+    def local_token(self) -> Path:
+        """The chat app's token when cia.yaml lists none (made on first use, owner-only)."""
+        return self.data_dir / "chat-token"
+
 
 def collection_alias(prefix: str, repo_id: str) -> str:
     return f"{prefix}-{repo_id}"
