@@ -154,6 +154,13 @@ def test_renumber_and_golden_examples_reread_their_sources() -> None:
     assert example.sources[0].text == "line 5\nline 6\nline 7" and example.sources[0].language == "python"
     gone = {**row, "citations": [{**row["citations"][0], "line_end": 99}]}  # type: ignore[dict-item]
     assert golden_example(gone, read) is None
+    # A repo without a web UI links to the chat app's source page: its commit is read too.
+    older = "c" * 40
+    files[("pay", older, "auth.py")] = [f"old {i}" for i in range(1, 21)]
+    link = f"http://127.0.0.1:8600/source/pay/{older}/auth.py#L5-L7"
+    local = {**row, "citations": [{**row["citations"][0], "url": link}]}  # type: ignore[dict-item]
+    at_older = golden_example(local, read)
+    assert at_older is not None and at_older.sources[0].text == "old 5\nold 6\nold 7"
 
 
 @dataclass(frozen=True)

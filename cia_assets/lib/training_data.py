@@ -21,7 +21,8 @@ from cia_assets.lib.prompts import PromptTemplate
 from cia_assets.lib.synthetic import SyntheticPair, source_block
 
 _MARKER = re.compile(r"\[\s*(\d{1,3})\s*\]")
-_BLOB_SHA = re.compile(r"/blob/([0-9a-f]{40})/")
+# The commit in a citation link, on a web UI (`/blob/<sha>/`) or the chat app (`/source/<repo>/<sha>/`).
+_BLOB_SHA = re.compile(r"/(?:blob|source/[^/]+)/([0-9a-f]{40})/")
 
 
 @dataclass(frozen=True)
