@@ -35,15 +35,17 @@ concurrency:
 """
 
 
-def instance_from(home: Path) -> dg.DagsterInstance:
+def instance_from(home: Path, monkeypatch: pytest.MonkeyPatch) -> dg.DagsterInstance:
     """Dagster's own loader, as `cia dev` and `cia index` get their instance."""
-    os.environ["DAGSTER_HOME"] = str(home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
     return dg.DagsterInstance.get()
 
 
-def test_the_project_dagster_yaml_loads_with_its_limits(tmp_path: Path) -> None:
+def test_the_project_dagster_yaml_loads_with_its_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shutil.copyfile(PROJECT_DAGSTER_YAML, tmp_path / "dagster.yaml")
-    with instance_from(tmp_path) as instance:
+    with instance_from(tmp_path, monkeypatch) as instance:
         from dagster._core.run_coordinator import QueuedRunCoordinator
 
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
@@ -56,15 +58,20 @@ def test_the_project_dagster_yaml_loads_with_its_limits(tmp_path: Path) -> None:
         assert instance.run_monitoring_max_resume_run_attempts == 0
 
 
-def test_a_dagster_yaml_dagster_refuses_fails_the_loader(tmp_path: Path) -> None:
+def test_a_dagster_yaml_dagster_refuses_fails_the_loader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The check above is real: the file that broke `make run` does not load."""
     (tmp_path / "dagster.yaml").write_text(CONFLICTING_RUN_LIMITS)
     with pytest.raises(dg.DagsterInvalidConfigError, match="max_concurrent_runs"):
-        instance_from(tmp_path).run_coordinator  # noqa: B018 - loading it is the test
+        instance_from(tmp_path, monkeypatch).run_coordinator  # noqa: B018 - loading it is the test
 
 
 def test_a_killed_cia_index_run_is_marked_failed_and_frees_its_slot(
-    make_repo: Callable[..., GitRepo], write_config: Callable[..., CiaConfig], tmp_path: Path
+    make_repo: Callable[..., GitRepo],
+    write_config: Callable[..., CiaConfig],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     payments = make_repo("payments", dict(SAMPLE_FILES))
     config = write_config([{"url": payments.url}])
@@ -79,7 +86,7 @@ def test_a_killed_cia_index_run_is_marked_failed_and_frees_its_slot(
         stderr=subprocess.DEVNULL,
     )
     try:
-        with instance_from(home) as instance:
+        with instance_from(home, monkeypatch) as instance:
             run_id = _wait_for_started_run(instance, index)
             sweep_context = dg.build_sensor_context(instance=instance)
 

@@ -53,9 +53,8 @@ def repo_change_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResour
 
 
 def snapshotted_sha(instance: dg.DagsterInstance, repo_id: str) -> str | None:
-    """The commit of the repo's latest `git_repo_snapshots` materialization, if any."""
-    if repo_id not in instance.get_dynamic_partitions(REPOS_PARTITIONS_NAME):
-        return None
+    """The commit of the repo's latest `git_repo_snapshots` materialization, if any (none
+    for a partition that does not exist yet)."""
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=git_repo_snapshots.key, asset_partitions=[repo_id]), limit=1
     ).records
