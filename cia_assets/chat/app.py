@@ -38,7 +38,14 @@ from pydantic import BaseModel, Field
 from cia_assets.chat.service import AssistantService
 from cia_assets.config import CiaConfig, load_config
 from cia_assets.lib.access import AccessDenied, Grant, authorize
-from cia_assets.lib.answering import Answer, AnswerDelta, AnswerError, AskRequest, closing_text
+from cia_assets.lib.answering import (
+    Answer,
+    AnswerDelta,
+    AnswerError,
+    AnswerSources,
+    AskRequest,
+    closing_text,
+)
 from cia_assets.lib.git_sync import path_selected
 from cia_assets.lib.metrics import AnswerMetrics, IndexCollector
 from cia_assets.lib.search import SearchError
@@ -71,9 +78,16 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
 
 
+class HistoryMessage(BaseModel):
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=20000)
+
+
 class AskBody(BaseModel):
     question: str
     repos: list[str] | None = None
+    # The conversation so far, oldest first (the page keeps it; the server keeps none).
+    history: list[HistoryMessage] = Field(default_factory=list, max_length=40)
 
 
 class FeedbackBody(BaseModel):
@@ -197,17 +211,25 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
     def ask(body: AskBody, who: Caller) -> StreamingResponse:
         config = current_config()
         service = service_for(config)
-        request = AskRequest(question=body.question, grant=who, repos=body.repos, interface="http")
+        request = AskRequest(
+            question=body.question,
+            grant=who,
+            repos=body.repos,
+            interface="http",
+            history=[message.model_dump() for message in body.history],
+        )
         events = _checked(service.answerer.stream(request))
 
         def sse() -> Iterator[str]:
             try:
                 for event in events:
-                    if isinstance(event, AnswerDelta):
+                    if isinstance(event, AnswerSources):
+                        yield _sse("sources", event.to_json())
+                    elif isinstance(event, AnswerDelta):
                         yield _sse("delta", {"text": event.text})
                     else:
-                        yield _sse("final", {**event.to_json(), "not_found": event.not_found})
-            except (AnswerError, SearchError, AccessDenied) as error:
+                        yield _sse("final", event.to_json())
+            except _answer_errors() as error:
                 yield _sse("error", {"message": str(error)})
 
         return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -240,16 +262,19 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
     @app.post("/v1/chat/completions", response_model=None)
     def chat_completions(body: ChatCompletionRequest, who: Caller) -> dict[str, Any] | StreamingResponse:
         repos = _repos_of_model(body.model)
-        question = _last_user_message(body.messages)
+        question, history = _question_and_history(body.messages)
         service = service_for(current_config())
-        request = AskRequest(question=question, grant=who, repos=repos, interface="openai")
+        request = AskRequest(question=question, grant=who, repos=repos, interface="openai", history=history)
         events = _checked(service.answerer.stream(request))
         created = int(time.time())
         if not body.stream:
             final: Answer | None = None
-            for event in events:
-                if isinstance(event, Answer):
-                    final = event
+            try:
+                for event in events:
+                    if isinstance(event, Answer):
+                        final = event
+            except _answer_errors() as error:
+                raise _api_error(error) from error
             assert final is not None
             return _completion(final, body.model, created)
         return StreamingResponse(
@@ -261,16 +286,31 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
     return app
 
 
+# What can go wrong in answering a question, as the caller should hear it: a refused repo, a
+# bad question, a model server that is down or fails (`EndpointError`, `LlmServerError`).
+def _answer_errors() -> tuple[type[Exception], ...]:
+    from cia_assets.lib.endpoint import EndpointError
+    from cia_assets.lib.llm_server import LlmServerError
+
+    return (AccessDenied, AnswerError, SearchError, EndpointError, LlmServerError)
+
+
+def _api_error(error: Exception) -> ApiError:
+    if isinstance(error, AccessDenied):
+        return ApiError(403, str(error), "permission_error")
+    if isinstance(error, (AnswerError, SearchError)) and "endpoint" not in str(error):
+        return ApiError(400, str(error))
+    return ApiError(503, str(error))
+
+
 def _checked(events: Iterator[Any]) -> Iterator[Any]:
-    """Run the answer up to its first event now, so bad input and denied repos become HTTP
-    errors (401/403/400/503) before a 200 stream has started."""
+    """Run the answer up to its first event (the sources) now, so bad input and denied repos
+    become HTTP errors (401/403/400) before a 200 stream has started. A model server that
+    fails after that is an `error` event of the stream (a 503 without streaming)."""
     try:
         first = next(events)
-    except AccessDenied as error:
-        raise ApiError(403, str(error), "permission_error") from error
-    except (AnswerError, SearchError) as error:
-        status = 503 if "endpoint" in str(error) else 400
-        raise ApiError(status, str(error)) from error
+    except _answer_errors() as error:
+        raise _api_error(error) from error
     except StopIteration:  # pragma: no cover - a stream always ends with the Answer
         raise ApiError(500, "no answer was produced", "server_error") from None
 
@@ -290,16 +330,25 @@ def _repos_of_model(model: str) -> list[str] | None:
     raise ApiError(404, f"unknown model {model!r}: use 'cia' or 'cia/<repo>' (see GET /v1/models)")
 
 
-def _last_user_message(messages: list[ChatMessage]) -> str:
-    for message in reversed(messages):
-        if message.role != "user":
-            continue
-        if isinstance(message.content, str):
-            return message.content
-        if isinstance(message.content, list):
-            return "\n".join(
-                str(part.get("text", "")) for part in message.content if part.get("type") == "text"
-            )
+def _text_of(message: ChatMessage) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    if isinstance(message.content, list):
+        return "\n".join(str(part.get("text", "")) for part in message.content if part.get("type") == "text")
+    return ""
+
+
+def _question_and_history(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
+    """The last user message is the question; the user and assistant messages before it are
+    the conversation (system prompts and tool messages are the client's own business)."""
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].role == "user" and _text_of(messages[index]).strip():
+            history = [
+                {"role": m.role, "content": _text_of(m)}
+                for m in messages[:index]
+                if m.role in ("user", "assistant") and _text_of(m).strip()
+            ]
+            return _text_of(messages[index]), history
     raise ApiError(400, "messages: no user message with text content")
 
 
@@ -324,14 +373,16 @@ def _completion(answer: Answer, model: str, created: int) -> dict[str, Any]:
             "total_tokens": prompt_tokens + completion_tokens,
         },
         # Beside OpenAI's fields, so clients that know CIA get the structured citations.
-        "cia": {**answer.to_json(), "not_found": answer.not_found},
+        "cia": answer.to_json(),
     }
 
 
 def _completion_chunks(events: Iterator[Any], model: str, created: int) -> Iterator[str]:
-    """OpenAI's chunk stream. The text streams as generated (markers already checked);
-    the last content chunk carries the sources, or, when no valid citation was left, the
-    explicit "not found" that replaces the answer for non-streaming clients."""
+    """OpenAI's chunk stream. The first chunk carries the retrieved sources in a `cia` field
+    beside OpenAI's (clients ignore fields they do not know); the text streams as generated
+    (markers already checked); the last content chunk carries the cited sources, or, when no
+    valid citation was left, the explicit "not found" that replaces the answer for
+    non-streaming clients."""
     chunk_id: str | None = None
     streamed = False
 
@@ -348,8 +399,10 @@ def _completion_chunks(events: Iterator[Any], model: str, created: int) -> Itera
         return f"data: {json.dumps(body)}\n\n"
 
     try:
-        yield chunk({"role": "assistant", "content": ""})
         for event in events:
+            if isinstance(event, AnswerSources):
+                yield chunk({"role": "assistant", "content": ""}, extra={"cia": event.to_json()})
+                continue
             if isinstance(event, AnswerDelta):
                 streamed = True
                 yield chunk({"content": event.text})
@@ -357,10 +410,10 @@ def _completion_chunks(events: Iterator[Any], model: str, created: int) -> Itera
             chunk_id = f"chatcmpl-{event.trace_id}"
             yield chunk(
                 {"content": closing_text(event, streamed)},
-                extra={"cia": {**event.to_json(), "not_found": event.not_found}},
+                extra={"cia": event.to_json()},
             )
             yield chunk({}, finish="stop")
-    except (AnswerError, SearchError, AccessDenied) as error:
+    except _answer_errors() as error:
         yield chunk({"content": f"\n\n[error: {error}]"}, finish="stop")
     yield "data: [DONE]\n\n"
 

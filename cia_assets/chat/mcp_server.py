@@ -43,11 +43,13 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+# At module level: the tool's `ctx: Context` annotation is resolved from this module's globals.
+from mcp.server.mcpserver import Context
 from pydantic import Field
 from typing_extensions import TypedDict
 
@@ -100,9 +102,24 @@ class CitationResult(TypedDict):
     url: str | None
 
 
+class SourceResult(TypedDict):
+    n: int
+    repo: str
+    path: str
+    line_start: int
+    line_end: int
+    symbol: str | None
+    language: str
+    url: str | None
+    preview: str
+
+
 class AskResult(TypedDict):
     answer: str
     citations: list[CitationResult]
+    sources: list[SourceResult]
+    not_found: bool
+    ungrounded: list[str]
     model: str
     trace_id: str
 
@@ -162,13 +179,26 @@ class _State:
                 f"{config.config_path} (revoked, or mistyped); ask for a valid one"
             ) from error
 
-    def ask(self, config: CiaConfig, request: AskRequest) -> dict[str, Any]:
+    def ask(
+        self, config: CiaConfig, request: AskRequest, on_sources: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any]:
+        """The answer's JSON with its sources; `on_sources` gets the sources as soon as they
+        are retrieved, before generation starts."""
+        from cia_assets.lib.answering import Answer, AnswerSources
+
         # One question at a time: the local model answers one at a time anyway, and the
         # service is swapped here when the config changes.
         with self._ask_lock:
             service = self._service_for(config)
+            sources: dict[str, Any] = {"sources": []}
             try:
-                return service.answerer.ask(request).to_json()
+                for event in service.answerer.stream(request):
+                    if isinstance(event, AnswerSources):
+                        sources = event.to_json()
+                        on_sources(sources)
+                    elif isinstance(event, Answer):
+                        return {**event.to_json(), **sources}
+                raise AssertionError("the answer stream ended without an answer")
             finally:
                 service.flush()
 
@@ -279,30 +309,44 @@ def build_server(config_path: Path, token: str | None) -> Any:
             raise
 
     @server.tool(name="ask_codebase", title="Ask about the code", annotations=read_only)
-    async def ask_codebase(question: Question, repo: Repo = None) -> AskResult:
+    async def ask_codebase(question: Question, ctx: Context, repo: Repo = None) -> AskResult:
         """Answer a question about the indexed code in a few sentences, citing the files and
         line ranges it used, e.g. "When is a refund authorized?".
 
         Every citation is verified: it names code that was retrieved for this question, at
-        lines that exist at the indexed commit. When no retrieved code answers the question,
-        the answer starts with "Not found in the indexed code" and lists what was read, rather
-        than guessing. Returns answer (text with [n] markers and a Sources list), citations
-        [{n, repo, path, line_start, line_end, url}], model and trace_id. Slower than
+        lines that exist at the indexed commit, and every backticked identifier in the answer
+        is looked up in that code (those not found are listed in `ungrounded` and marked in the
+        text). When no retrieved code answers the question, the answer starts with "Not found
+        in the indexed code" and lists what was read, rather than guessing (`not_found`).
+        Returns answer (Markdown with [n] markers and a Sources list), citations
+        [{n, repo, path, line_start, line_end, url}], sources (every block the model read, with
+        symbol and a preview of its first lines; also sent as a progress notification before
+        the explanation is generated), not_found, ungrounded, model and trace_id. Slower than
         search_code (a language model generates the answer); prefer search_code to locate
         code. Only repositories this server's token may read are used; `repo` narrows to one."""
         config, grant = state.caller()
         request = AskRequest(question=question, grant=grant, repos=[repo] if repo else None, interface="mcp")
 
+        def send_sources(sources: dict[str, Any]) -> None:
+            # From the worker thread to the session's loop: a client sees where to look while
+            # the explanation is still being written.
+            lines = [
+                f"[{s['n']}] {s['repo']}:{s['path']}#L{s['line_start']}-L{s['line_end']}"
+                for s in sources["sources"]
+            ]
+            anyio.from_thread.run(ctx.report_progress, 0.1, 1.0, "Sources:\n" + "\n".join(lines))
+
         def run() -> AskResult:
             started = time.perf_counter()
-            answer = state.ask(config, request)
+            answer = state.ask(config, request, send_sources)
             log.info(
                 "ask_codebase token=%s trace=%s: %d citations in %.0f ms",
                 grant.name, answer["trace_id"], len(answer["citations"]),
                 (time.perf_counter() - started) * 1000,
             )  # fmt: skip
             return AskResult(
-                answer=answer["answer"], citations=answer["citations"], model=answer["model"],
+                answer=answer["answer"], citations=answer["citations"], sources=answer["sources"],
+                not_found=answer["not_found"], ungrounded=answer["ungrounded"], model=answer["model"],
                 trace_id=answer["trace_id"],
             )  # fmt: skip
 

