@@ -14,6 +14,7 @@ from cia_assets.config import CiaConfig, load_config
 from cia_assets.lib.embeddings import packaged_model_dir
 from cia_assets.lib.project import close_vector_stores
 
+TINY_MODEL = "SmolLM2-135M-Instruct"
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test",
     "GIT_AUTHOR_EMAIL": "test@example.com",
@@ -90,6 +91,10 @@ def write_config(tmp_path: Path, model_dir: Path) -> Callable[..., CiaConfig]:
             "embedding": {"path": str(model_dir)},
         }
         raw.update(overrides)
+        # Mechanics (endpoints, runs, the learning loop) on the tiny SmolLM2: the packaged
+        # default model is exercised end to end in test_answering and test_run_path.
+        llm = overrides.get("llm")
+        raw["llm"] = {"model": TINY_MODEL, **(llm if isinstance(llm, dict) else {})}
         path = tmp_path / "cia.yaml"
         path.write_text(yaml.safe_dump(raw))
         return load_config(path)

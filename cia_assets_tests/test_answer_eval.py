@@ -421,6 +421,14 @@ def test_sources_come_from_repo_dirs_or_configured_codebases(
     assert (source.branch, source.url, source.include) == ("release", str(repo.path.resolve()), ("*.py",))
     with pytest.raises(AnswerEvalError, match="no such directory"):
         source_from_dir("acme/tool", tmp_path / "nowhere")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(AnswerEvalError, match="not a git repository"):
+        source_from_dir("acme/tool", tmp_path / "plain")
+    repo.git("checkout", "-q", "--detach", "main")
+    assert source_from_dir("acme/tool", repo.path, [only_on_release]).branch == "release"
+    with pytest.raises(AnswerEvalError, match="HEAD is detached and no branch holds"):
+        source_from_dir("acme/tool", repo.path, [None])
+    repo.git("checkout", "-q", "main")
 
     (tmp_path / "cia.yaml").write_text(
         f"data_dir: {tmp_path / 'data'}\n"
@@ -440,6 +448,29 @@ def test_sources_come_from_repo_dirs_or_configured_codebases(
     assert given["other/thing"].include == ("*.py",) and given["other/thing"].branch == "main"
     with pytest.raises(AnswerEvalError, match="--repo-dir nope/x: no selected question is about it"):
         sources_for(config, cases, {"nope/x": repo.path})
+
+
+def test_a_model_that_cannot_be_served_fails_before_anything_is_indexed(
+    make_repo: Callable[..., GitRepo], tmp_path: Path, model_dir: Path
+) -> None:
+    from cia_assets.config import load_config
+    from cia_assets.lib.answer_eval import AnswerHarness, ModelChoice, source_from_dir
+
+    repo = make_repo("tool", {"a.py": "def f():\n    return 1\n"})
+    (tmp_path / "cia.yaml").write_text(
+        f"data_dir: {tmp_path / 'data'}\ncodebases:\n  - url: {repo.path}\n"
+        f"embedding:\n  path: {model_dir}\nllm:\n  model_path: {tmp_path / 'missing.gguf'}\n"
+    )
+    config = load_config(tmp_path / "cia.yaml")
+    harness = AnswerHarness(config, tmp_path / "work")
+    cases = [AnswerCase("c1", "acme/tool", None, "What does f return?", "`f` returns 1.", ("a.py",))]
+    sources = {"acme/tool": source_from_dir("acme/tool", repo.path)}
+    with pytest.raises(AnswerEvalError, match=r"model .*missing\.gguf is not a file"):
+        harness.run(cases, sources, [ModelChoice()])
+    assert not (tmp_path / "work" / "chunks").exists()
+    with pytest.raises(AnswerEvalError, match="a model is named twice"):
+        harness.run(cases, sources, [ModelChoice(), ModelChoice(config.llm.model)])
+    assert harness.run([], sources).rows == []
 
 
 # --- question sets ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from cia_assets.config import CiaConfig, load_config
 from cia_assets.lib.layout import DataLayout
 from cia_assets.lib.traces import TraceStore
-from cia_assets_tests.conftest import GitRepo, materialize_repo
+from cia_assets_tests.conftest import TINY_MODEL, GitRepo, materialize_repo
 
 TOKEN_ALL = "mcp-token-all-0123456789"
 TOKEN_BILLING = "mcp-token-billing-0123456789"
@@ -74,7 +75,7 @@ def _write_config(
         "data_dir": str(root / "data"),
         "codebases": [{"url": url, "id": repo} for repo, url in urls.items()],
         "embedding": {"path": str(root / "model")},
-        "llm": {"port": port, "max_answer_tokens": 64, "drain_s": 1},
+        "llm": {"model": TINY_MODEL, "port": port, "max_answer_tokens": 64, "drain_s": 1},
         "chat": {"tokens": tokens},
     }
     path.write_text(yaml.safe_dump(raw))
@@ -134,7 +135,7 @@ def run_client(config_path: Path, token: str | None, calls: list[Call]) -> dict[
             args=["-m", "cia_assets.cli", "mcp", "--config", str(config_path)],
             env=env,
         )
-        out: dict[str, Any] = {"results": []}
+        out: dict[str, Any] = {"results": [], "progress": []}
         with open(config_path.parent / "mcp-server.log", "a") as errlog:
             async with (
                 stdio_client(params, errlog=errlog) as (read, write),
@@ -146,9 +147,18 @@ def run_client(config_path: Path, token: str | None, calls: list[Call]) -> dict[
                     if callable(call):
                         call()
                         continue
-                    result = await session.call_tool(*call)
+                    index = len(out["results"])
+
+                    async def on_progress(
+                        progress: float, total: float | None, message: str | None, index: int = index
+                    ) -> None:
+                        # When each notification arrived, beside which call it belongs to.
+                        out["progress"].append((index, time.monotonic(), message))
+
+                    result = await session.call_tool(*call, progress_callback=on_progress)
                     text = "".join(getattr(part, "text", "") for part in result.content)
                     out["results"].append((result.is_error, text, result.structured_content))
+                    out.setdefault("returned_at", []).append(time.monotonic())
         return out
 
     return anyio.run(session_run)
@@ -206,8 +216,15 @@ def test_tools_search_and_answer_with_a_full_access_token(indexed: CiaConfig) ->
     assert not ask_error, ask_text
     answer = json.loads(ask_text)
     assert answer == ask_structured
-    assert set(answer) == {"answer", "citations", "model", "trace_id"}
-    assert answer["model"] == "SmolLM2-135M-Instruct"
+    assert set(answer) == {"answer", "citations", "sources", "not_found", "ungrounded", "model", "trace_id"}
+    assert answer["model"] == TINY_MODEL
+    # The sources reached the client as a progress notification before the answer returned.
+    assert answer["sources"] and {"path", "line_start", "line_end", "symbol", "preview"} <= set(
+        answer["sources"][0]
+    )
+    [(call, arrived, message)] = out["progress"]
+    assert call == 2 and arrived < out["returned_at"][2]
+    assert message.startswith("Sources:\n[1] ") and answer["sources"][0]["path"] in message
     for citation in answer["citations"]:
         assert set(citation) == {"n", "repo", "path", "line_start", "line_end", "url"}
         assert f"[{citation['n']}]" in answer["answer"]

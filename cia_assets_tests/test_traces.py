@@ -161,7 +161,8 @@ def test_a_store_from_an_older_version_is_migrated_in_place(tmp_path: Path) -> N
     assert [row["question"] for row in pending] == ["old question", record.question]
     assert pending[0]["seq"] < pending[1]["seq"] and pending[0]["forward_rejected_at"] is None
     with duckdb.connect(str(path)) as connection:
-        assert connection.execute("SELECT version FROM schema_version ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
+        versions = connection.execute("SELECT version FROM schema_version ORDER BY 1").fetchall()
+        assert versions == [(1,), (2,), (3,)]
         connection.execute("INSERT INTO schema_version VALUES (99)")
     with pytest.raises(TraceStoreError, match="schema version 99, newer"):
         TraceStore(path).stats()

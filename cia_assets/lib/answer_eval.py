@@ -42,7 +42,7 @@ from cia_assets.lib.retrieval_eval import RepoSource, RetrievalHarness
 if TYPE_CHECKING:
     from cia_assets.lib.answer_quality import JudgeEndpoint, TextEmbedder
     from cia_assets.lib.answering import Answer, Answerer
-    from cia_assets.lib.endpoint import EndpointRecord
+    from cia_assets.lib.endpoint import EndpointRecord, EndpointSpec
 
 RAGAS_METRICS = ("faithfulness", "answer_relevancy")
 LATENCIES = ("sources_ms", "first_token_ms", "total_ms")
@@ -625,7 +625,11 @@ def source_from_dir(repo: str, path: Path, commits: Iterable[str | None] = (), *
 
     if not location.exists():
         raise AnswerEvalError(f"--repo-dir {repo}={path}: no such directory")
-    head = git("symbolic-ref", "--quiet", "--short", "HEAD")
+    try:
+        head = git("symbolic-ref", "--quiet", "--short", "HEAD")
+    except AnswerEvalError:
+        git("rev-parse", "--git-dir")  # not a repository: git's own message
+        head = ""  # a detached HEAD: a branch holding the commits must be found
     pinned = [c for c in dict.fromkeys(commits) if c]
     branch = head
     if pinned:
@@ -639,6 +643,10 @@ def source_from_dir(repo: str, path: Path, commits: Iterable[str | None] = (), *
             candidates = names if candidates is None else candidates & names
         if candidates and head not in candidates:
             branch = sorted(candidates, key=lambda b: (b not in ("main", "master"), b))[0]
+    if not branch:
+        raise AnswerEvalError(
+            f"--repo-dir {repo}={path}: HEAD is detached and no branch holds the set's commits"
+        )
     return RepoSource(repo=repo, url=str(location), branch=branch, **globs)
 
 
@@ -725,13 +733,16 @@ class AnswerHarness:
         labels = [m.label(config) for m in models]
         if len(set(labels)) != len(labels):
             raise AnswerEvalError(f"a model is named twice: {', '.join(labels)}")
+        specs = {label: _model_spec(m.config(config), label) for m, label in zip(models, labels, strict=True)}
         with ExitStack() as endpoints:
             started: dict[str, EndpointRecord] = {}
 
             def endpoint(model: ModelChoice) -> EndpointRecord:
                 label = model.label(config)
                 if label not in started:
-                    started[label] = endpoints.enter_context(_model_endpoint(model.config(config), label))
+                    started[label] = endpoints.enter_context(
+                        _model_endpoint(model.config(config), specs[label], label)
+                    )
                 return started[label]
 
             for repo in repos:
@@ -846,17 +857,24 @@ def _brief(row: CaseRow) -> str:
     return " ".join(parts)
 
 
-@contextmanager
-def _model_endpoint(config: CiaConfig, label: str) -> Iterator[EndpointRecord]:
-    """A temporary endpoint for the model (never made live; a local server is stopped on
-    exit); failures to start it name the model."""
-    from cia_assets.lib.endpoint import EndpointError, EndpointSpec, temporary_endpoint
+def _model_spec(config: CiaConfig, label: str) -> EndpointSpec:
+    """What serves the model; checked before any indexing (an unknown packaged model, a
+    missing GGUF file), so a typo does not cost an index build."""
+    from cia_assets.lib.endpoint import EndpointSpec
     from cia_assets.lib.llm_server import LlmServerError
 
     try:
-        spec = EndpointSpec.from_config(config)
+        return EndpointSpec.from_config(config)
     except LlmServerError as error:
         raise AnswerEvalError(f"model {label}: {error}") from error
+
+
+@contextmanager
+def _model_endpoint(config: CiaConfig, spec: EndpointSpec, label: str) -> Iterator[EndpointRecord]:
+    """A temporary endpoint for the model (never made live; a local server is stopped on
+    exit); failures to start it name the model."""
+    from cia_assets.lib.endpoint import EndpointError, temporary_endpoint
+
     started = False
     try:
         with temporary_endpoint(config, spec, note=f"answer-eval: {label}") as record:

@@ -551,7 +551,8 @@ class Answerer:
             max_blocks_per_file=settings.max_chunks_per_file,
             budget_tokens=self._code_budget(prompt, question, history),
         )
-        found = evidence(question, [(b.path, b.text) for b in blocks])
+        # A follow-up's subject is partly in the question before it: judged on the same query.
+        found = evidence(query, [(b.path, b.text) for b in blocks])
         retrieved = time.perf_counter()
         timings: dict[str, float] = {"retrieval_ms": round((retrieved - started) * 1000, 1)}
         yield AnswerSources([block.preview() for block in blocks])
