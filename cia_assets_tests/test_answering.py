@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -627,11 +628,19 @@ def test_web_page_streams_the_answer_links_citations_and_takes_feedback(
             page.evaluate(
                 """() => {
                     window.seenTexts = new Set();
+                    window.firstTextAt = null;
+                    window.sourcesAt = null;
+                    // The page builds a new turn per question: watch the whole document.
                     new MutationObserver(() => {
                         const answer = document.getElementById('answer');
-                        if (answer.className === 'streaming') window.seenTexts.add(answer.textContent);
-                    }).observe(document.getElementById('answer'),
-                               {childList: true, characterData: true, subtree: true});
+                        const sources = document.getElementById('citations');
+                        if (sources && sources.children.length && window.sourcesAt === null)
+                            window.sourcesAt = performance.now();
+                        if (answer && answer.className === 'streaming' && answer.textContent.trim()) {
+                            if (window.firstTextAt === null) window.firstTextAt = performance.now();
+                            window.seenTexts.add(answer.textContent);
+                        }
+                    }).observe(document.body, {childList: true, characterData: true, subtree: true});
                 }"""
             )
             page.fill("#question", "When is a refund authorized?")
@@ -639,14 +648,20 @@ def test_web_page_streams_the_answer_links_citations_and_takes_feedback(
             page.wait_for_selector("#answer.done, #answer.not-found, #answer.error", timeout=120_000)
             assert page.get_attribute("#answer", "class") == "done", page.text_content("#answer")
             assert page.evaluate("window.seenTexts.size") > 2  # it streamed, in several pieces
+            # The sources were on the page before the first word of the explanation.
+            sources_at, first_text_at = page.evaluate("[window.sourcesAt, window.firstTextAt]")
+            assert sources_at is not None and first_text_at is not None and sources_at < first_text_at
 
             link = page.locator("#citations a.citation").first
             href = link.get_attribute("href") or ""
             assert href.startswith(f"{WEB_URL}/blob/") and "/payments/auth.py#L" in href
-            inline = page.locator("#answer a.cite").first
-            assert inline.get_attribute("href", timeout=5000) in {
-                a.get_attribute("href") for a in page.locator("#citations a.citation").all()
-            }
+            # Each [n] the model wrote is a link to its citation (a small model sometimes writes
+            # none; then the citations are the blocks its names come from, and no [n] shows).
+            cited_hrefs = {a.get_attribute("href") for a in page.locator("#citations a.citation").all()}
+            inline = page.locator("#answer a.cite").all()
+            assert {a.get_attribute("href") for a in inline} <= cited_hrefs
+            if not inline:
+                assert not re.search(r"\[\d+\]", page.text_content("#answer") or "")
             with context.expect_page() as opened:
                 link.click()
             assert opened.value.url == href.split("#")[0] or opened.value.url == href

@@ -274,7 +274,7 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
                     if isinstance(event, Answer):
                         final = event
             except _answer_errors() as error:
-                raise _api_error(error) from error
+                raise _as_api_error(error) from error
             assert final is not None
             return _completion(final, body.model, created)
         return StreamingResponse(
@@ -295,7 +295,7 @@ def _answer_errors() -> tuple[type[Exception], ...]:
     return (AccessDenied, AnswerError, SearchError, EndpointError, LlmServerError)
 
 
-def _api_error(error: Exception) -> ApiError:
+def _as_api_error(error: Exception) -> ApiError:
     if isinstance(error, AccessDenied):
         return ApiError(403, str(error), "permission_error")
     if isinstance(error, (AnswerError, SearchError)) and "endpoint" not in str(error):
@@ -310,7 +310,7 @@ def _checked(events: Iterator[Any]) -> Iterator[Any]:
     try:
         first = next(events)
     except _answer_errors() as error:
-        raise _api_error(error) from error
+        raise _as_api_error(error) from error
     except StopIteration:  # pragma: no cover - a stream always ends with the Answer
         raise ApiError(500, "no answer was produced", "server_error") from None
 
