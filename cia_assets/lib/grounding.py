@@ -163,7 +163,9 @@ _QUESTION_WORDS_TEXT = """
     behavior behaviour handle handled handles handling responsible system systems service services
     feature features support supported supports call called calls value values data type types
     different certain various overall ensure ensures design designed approach implemented defined
-    define defines definition affect affects effect effects impact role roles
+    define defines definition affect affects effect effects impact role roles decide decides
+    decided whole newly nobody somebody anybody everybody anyone someone everyone last first
+    alongside single instead again everything something anything nothing result results
 """
 _QUESTION_WORDS = frozenset(_QUESTION_WORDS_TEXT.split())
 # Longest first: "authorizations" loses "ations" (-> "authoriz", which "authorize" has too),
