@@ -260,6 +260,17 @@ def test_an_invented_identifier_is_flagged_by_the_grounding_check(indexed: CiaCo
     assert "Not found in the sources shown: `check_fraud_score`" in answer.answer
     assert answer.answer.index("Not found in the sources shown") < answer.answer.index("Sources:\n[1]")
     assert not answer.not_found and [c.n for c in answer.citations] == [1]
+    # An explanation mostly of code that is not there (here: the prompt's example, repeated) is
+    # no answer: "not found", with what it named.
+    copied = "`LruCache.put` marks `key` with `move_to_end` and drops the oldest with `popitem` [1]."
+    gated = answerer._finish(
+        request, "t" * 32, "m", [block], ["payments"], copied, CitationFilter({1}), {}, {}, found
+    )
+    assert (
+        gated.not_found and gated.citations == [] and gated.answer.startswith("Not found in the indexed code")
+    )
+    assert "named code the sources do not contain: `LruCache.put`" in gated.answer
+    assert len(gated.ungrounded) == 4 and gated.grounding_checked == 4
 
 
 def _ask(config: CiaConfig, question: str, **request: Any) -> tuple[list[str], Answer]:

@@ -19,7 +19,15 @@ import yaml
 from cia_assets.cli import main
 from cia_assets.config import CiaConfig, load_config
 from cia_assets.lib.access import Grant
-from cia_assets.lib.answering import Answer, AnswerDelta, AskRequest, Citation, tidy_answer
+from cia_assets.lib.answering import (
+    Answer,
+    AnswerDelta,
+    AnswerSources,
+    AskRequest,
+    Citation,
+    SourcePreview,
+    tidy_answer,
+)
 from cia_assets.lib.layout import DataLayout
 from cia_assets.lib.traces import TraceStore
 from cia_assets_tests.conftest import GIT_ENV, SAMPLE_FILES, GitRepo, materialize_repo
@@ -278,6 +286,10 @@ def test_ask_flushes_each_delta_then_prints_only_what_the_stream_did_not_show(
     citation = Citation(
         n=1, repo="payments", path="auth.py", line_start=4, line_end=8, url=None, commit_sha="0" * 40
     )
+    source = SourcePreview(
+        n=1, repo="payments", path="auth.py", line_start=4, line_end=8, symbol="authorize_refund",
+        language="python", url=None, commit_sha="0" * 40, preview="def authorize_refund(user, amount):",
+    )  # fmt: skip
     final_text = (
         "Not found in the indexed code: no source answering it."
         if not_found
@@ -285,9 +297,12 @@ def test_ask_flushes_each_delta_then_prints_only_what_the_stream_did_not_show(
     )
 
     class FakeAnswerer:
-        def stream(self, request: AskRequest) -> Iterator[AnswerDelta | Answer]:
+        def stream(self, request: AskRequest) -> Iterator[AnswerSources | AnswerDelta | Answer]:
             assert request.grant == Grant(name="owner", repos=("payments",))
+            yield AnswerSources([source])
             for position, piece in enumerate(pieces):
+                # Where to look is on the terminal before the first word of the explanation.
+                assert err.getvalue() == SOURCE_LINE
                 # The reader has every earlier delta before the next one is generated.
                 assert out.flushed == "".join(pieces[:position])
                 yield AnswerDelta(piece)
@@ -314,7 +329,10 @@ def test_ask_flushes_each_delta_then_prints_only_what_the_stream_did_not_show(
     assert main(["ask", "When is a refund authorized?", "--config", str(config.config_path)]) == 0
     closing = f"\n\n---\n{final_text}" if not_found else "\n\nSources:\n[1] payments:auth.py#L4-L8"
     assert out.getvalue() == "".join(pieces) + closing + "\n"  # each part once, on stdout
-    assert out.flushed == out.getvalue() and err.getvalue() == ""
+    assert out.flushed == out.getvalue() and err.getvalue() == SOURCE_LINE
+
+
+SOURCE_LINE = "[1] payments:auth.py#L4-L8 (authorize_refund)\n"
 
 
 def test_version_and_help_with_examples(capsys: pytest.CaptureFixture[str]) -> None:

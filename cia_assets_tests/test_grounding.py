@@ -13,6 +13,7 @@ from cia_assets.lib.grounding import (
     evidence,
     inline_spans,
     mark_ungrounded,
+    mostly_ungrounded,
     question_terms,
     quoted_lines,
 )
@@ -61,6 +62,9 @@ def test_an_invented_identifier_or_line_is_ungrounded_and_marked() -> None:
     uncited = check_grounding("`transfer_between_accounts` moves money [1].", [AUTH], [AUTH, LEDGER])
     assert uncited.ungrounded == [] and uncited.uncited == ["`transfer_between_accounts`"]
     assert mark_ungrounded("text", uncited) == ("text", "")
+    assert mostly_ungrounded(grounding)  # two of its three are invented
+    assert mostly_ungrounded(check_grounding("`LruCache.put` calls `move_to_end` [1].", [AUTH], [AUTH]))
+    assert not mostly_ungrounded(check_grounding("`authorize_refund` calls `move_to_end`.", [AUTH], [AUTH]))
 
 
 def test_file_paths_count_as_grounded_names_and_markers_are_not_checked() -> None:

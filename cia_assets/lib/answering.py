@@ -41,6 +41,7 @@ from cia_assets.lib.grounding import (
     check_grounding,
     evidence,
     mark_ungrounded,
+    mostly_ungrounded,
 )
 from cia_assets.lib.layout import DataLayout
 from cia_assets.lib.prompts import PromptTemplate, load_prompt
@@ -694,6 +695,16 @@ class Answerer:
             grounding = check_grounding(
                 text, [b.text for b in cited_blocks], [b.text for b in blocks], [b.path for b in blocks]
             )
+        if not not_found and mostly_ungrounded(grounding):
+            # An explanation of code that is not in the sources (an example repeated, an
+            # invented API) is not an answer: say what was read instead.
+            not_found = True
+            citations = []
+            text = not_found_answer(request.question, repos, blocks)
+            text += "\nThe model's explanation named code the sources do not contain: " + ", ".join(
+                grounding.ungrounded[:5]
+            )
+        elif not not_found:
             text, note = mark_ungrounded(text, grounding)
             text = f"{text}\n\n{note + chr(10) + chr(10) if note else ''}{render_sources(citations)}"
         return Answer(

@@ -132,6 +132,11 @@ def attribute(answer: str, blocks: Sequence[str], limit: int = 3) -> list[int]:
     return [index for _, index in counts[:limit]]
 
 
+def mostly_ungrounded(grounding: Grounding) -> bool:
+    """At least two of the answer's names and lines, and half of them, occur in no source."""
+    return len(grounding.ungrounded) >= 2 and len(grounding.ungrounded) * 2 >= grounding.checked
+
+
 def mark_ungrounded(answer: str, grounding: Grounding) -> tuple[str, str]:
     """The answer with each ungrounded backticked span marked where it first occurs, and the
     note that says which names and lines the sources do not contain ("" when all are found)."""
