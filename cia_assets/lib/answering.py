@@ -706,7 +706,7 @@ class Answerer:
             )
         elif not not_found:
             text, note = mark_ungrounded(text, grounding)
-            text = f"{text}\n\n{note + chr(10) + chr(10) if note else ''}{render_sources(citations)}"
+            text = "\n\n".join(part for part in (text, note, render_sources(citations)) if part)
         return Answer(
             answer=text,
             citations=citations,
