@@ -4,9 +4,9 @@ with retrieval and prompt assembly shown apart.
     .venv/bin/python -m cia_assets_tests.bench.bench_answering [--repo PATH] [--questions N]
 
 Indexes a repository (default: this project's own) into a temporary data dir, starts the
-packaged SmolLM2 behind llama.cpp's server, asks one warm-up question (the server then holds
-the system prompt in its prompt cache, as it does in use), then each question once, and prints
-a JSON report.
+packaged default model (Qwen2.5-Coder-0.5B-Instruct) behind llama.cpp's server, asks one
+warm-up question (the server then holds the system prompt in its prompt cache, as it does in
+use), then each question once, and prints a JSON report.
 """
 
 from __future__ import annotations
