@@ -4,7 +4,13 @@ conversation a follow-up carries."""
 
 from __future__ import annotations
 
-from cia_assets.lib.answering import conversation, explanation_order, retrieval_query
+from cia_assets.lib.answering import (
+    ContextBlock,
+    conversation,
+    explanation_order,
+    only_tests_or_vendored,
+    retrieval_query,
+)
 from cia_assets.lib.file_roles import file_role, wanted_roles
 from cia_assets.lib.grounding import (
     UNGROUNDED_MARK,
@@ -149,3 +155,20 @@ def test_a_follow_up_carries_the_conversation_without_old_sources_or_markers() -
         retrieval_query("Where is it tested?", turns) == "Where is it tested?\nWhen is a refund authorized?"
     )
     assert retrieval_query("Where is it tested?", []) == "Where is it tested?"
+
+
+def _block(path: str) -> ContextBlock:
+    return ContextBlock(
+        n=1, repo="r", path=path, line_start=1, line_end=5, commit_sha="s" * 40, web_url=None,
+        language="python", symbol=None, text="x",
+    )  # fmt: skip
+
+
+def test_a_context_of_tests_only_is_no_implementation_to_explain() -> None:
+    # "the payments service" exists only as a test fixture: that is not its implementation.
+    fixtures = [_block("tests/test_answering.py"), _block("cia_assets_tests/conftest.py")]
+    assert only_tests_or_vendored(fixtures, "How is authorization implemented in the payments service?")
+    assert not only_tests_or_vendored(fixtures, "How is the payments service tested?")
+    assert not only_tests_or_vendored([*fixtures, _block("payments/auth.py")], "How is authorization done?")
+    assert only_tests_or_vendored([_block("requests/packages/urllib3/util.py")], "How are retries done?")
+    assert not only_tests_or_vendored([_block("README.md")], "How do I configure it?")  # docs answer that

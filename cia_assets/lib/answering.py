@@ -408,12 +408,18 @@ def tidy_answer(text: str) -> str:
 
 
 def not_found_answer(
-    question: str, repos: Sequence[str], blocks: Sequence[ContextBlock], missing: Sequence[str] = ()
+    question: str,
+    repos: Sequence[str],
+    blocks: Sequence[ContextBlock],
+    missing: Sequence[str] = (),
+    only_tests: bool = False,
 ) -> str:
     looked = ", ".join(repos) or "no repo"
     lines = [f"Not found in the indexed code: no source answering “{question.strip()}” in {looked}."]
     if missing:
         lines.append("The code found does not mention: " + ", ".join(missing) + ".")
+    if only_tests:
+        lines.append("Only tests or vendored code mention it, not the code itself.")
     if blocks:
         lines.append("Searched and read:")
         lines.extend(f"- {b.location}" for b in blocks)
@@ -467,6 +473,13 @@ def retrieval_query(question: str, history: Sequence[dict[str, str]]) -> str:
     which names what "it" and "that" refer to ("and where is it tested?")."""
     previous = [turn["content"] for turn in history if turn["role"] == "user"]
     return f"{question}\n{previous[-1]}" if previous else question
+
+
+def only_tests_or_vendored(blocks: Sequence[ContextBlock], question: str) -> bool:
+    """Every block is a test or vendored code, and the question does not ask about tests."""
+    if "test" in wanted_roles(question):
+        return False
+    return all(file_role(block.path) in ("test", "vendored") for block in blocks)
 
 
 def explanation_order(hits: Sequence[CodeHit], question: str) -> list[CodeHit]:
@@ -576,10 +589,12 @@ class Answerer:
         model_name = endpoint.model if not endpoint.adapter else f"{endpoint.model}+{endpoint.adapter}"
         usage: dict[str, int | None] = {"prompt_tokens": None, "completion_tokens": None}
 
-        if not blocks or found.coverage < settings.abstain_min_coverage:
-            # Nothing retrieved talks about the question's subject: say so, without asking a
-            # model that would explain whatever it was shown.
-            details["abstained"] = "no code" if not blocks else "evidence"
+        only_tests = bool(blocks) and only_tests_or_vendored(blocks, question)
+        if not blocks or found.coverage < settings.abstain_min_coverage or only_tests:
+            # Nothing retrieved talks about the question's subject, or only tests and vendored
+            # code do (a fixture is not the implementation asked about): say so, without asking
+            # a model that would explain whatever it was shown.
+            details["abstained"] = "no code" if not blocks else "only tests" if only_tests else "evidence"
             answer = self._finish(
                 request, trace_id, model_name, blocks, repos, "", CitationFilter(set()), timings, usage, found
             )
@@ -689,7 +704,8 @@ class Answerer:
         note = ""
         if not_found:
             missing = found.missing if found.coverage < self.config.answering.abstain_min_coverage else []
-            text = not_found_answer(request.question, repos, blocks, missing)
+            only_tests = bool(blocks) and only_tests_or_vendored(blocks, request.question)
+            text = not_found_answer(request.question, repos, blocks, missing, only_tests)
             citations = []
         else:
             grounding = check_grounding(
