@@ -31,6 +31,8 @@ from cia_assets.lib.endpoint import (
 from cia_assets.lib.llm_server import process_alive
 from cia_assets_tests.conftest import SAMPLE_FILES, GitRepo, materialize_repo
 
+DEFAULT_MODEL = "Qwen2.5-Coder-0.5B-Instruct"
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -179,7 +181,8 @@ def test_served_endpoint_asset_and_its_blocking_check(
     repo = make_repo("payments", SAMPLE_FILES)
     config = write_config(
         [{"url": repo.url, "id": "payments", "web_url": "https://git.example.com/acme/payments"}],
-        llm={"port": _free_port(), "drain_s": 1},
+        # The check asks the served model a real question: the packaged default, not the tiny one.
+        llm={"model": DEFAULT_MODEL, "port": _free_port(), "drain_s": 1},
     )
     instance = dg.DagsterInstance.ephemeral()
     materialize_repo(config, instance, "payments")
@@ -193,7 +196,7 @@ def test_served_endpoint_asset_and_its_blocking_check(
         materialization = result.asset_materializations_for_node("served_endpoint")[0]
         metadata = {k: v.value for k, v in materialization.metadata.items()}
         assert metadata["engine"] == "llama_cpp" and metadata["version"] == 1
-        assert metadata["model"] == "SmolLM2-135M-Instruct" and metadata["adapter"] == "none"
+        assert metadata["model"] == DEFAULT_MODEL and metadata["adapter"] == "none"
         assert str(metadata["base_url"]).startswith("http://127.0.0.1:")
         checks = result.get_asset_check_evaluations()
         assert [c.check_name for c in checks] == ["answers_smoke_question_with_citation"]

@@ -83,6 +83,10 @@ def test_file_paths_count_as_grounded_names_and_markers_are_not_checked() -> Non
 def test_citations_are_inferred_from_the_blocks_an_unmarked_answer_names() -> None:
     assert attribute("`transfer_between_accounts` moves `amount`.", [AUTH, LEDGER]) == [1, 0]
     assert attribute("Nothing named here.", [AUTH, LEDGER]) == []
+    # Small models often write names without backticks: code-shaped words count too.
+    assert attribute("The transfer_between_accounts function moves money.", [AUTH, LEDGER]) == [1]
+    assert attribute("It calls authorize_refund(user) for managers.", [AUTH, LEDGER]) == [0]
+    assert attribute("A manager may refund.", [AUTH, LEDGER]) == []  # plain words prove nothing
 
 
 def test_evidence_is_the_share_of_the_questions_terms_in_the_retrieved_code() -> None:

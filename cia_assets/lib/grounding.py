@@ -118,10 +118,23 @@ def check_grounding(
     return Grounding(checked=checked, ungrounded=ungrounded, uncited=uncited)
 
 
+# A name that can only be code when written without backticks: snake_case, camelCase, dotted,
+# or called (`check_permission`, `TokenValidator`, `os.path`, `validate(`).
+_CODE_WORD = re.compile(
+    r"\b(?:[A-Za-z]+_[A-Za-z0-9_]+|[a-z]+[A-Z][A-Za-z0-9]*|[A-Z][a-z0-9]+[A-Z][A-Za-z0-9]*"
+    r"|[A-Za-z_]\w*\.[A-Za-z_]\w*|[A-Za-z_]\w*(?=\())"
+)
+
+
 def attribute(answer: str, blocks: Sequence[str], limit: int = 3) -> list[int]:
-    """Indexes of the blocks the answer's backticked names and quoted lines come from, most
-    first: the citations of an answer whose model wrote none of its own."""
-    spans, lines = inline_spans(answer), quoted_lines(answer)
+    """Indexes of the blocks the answer's code comes from (its backticked names and quoted
+    lines, and code-shaped names written without backticks), most first: the citations of an
+    answer whose model wrote none of its own."""
+    spans = inline_spans(answer)
+    spans += [
+        word for word in dict.fromkeys(_CODE_WORD.findall(_FENCED.sub("", answer))) if word not in spans
+    ]
+    lines = quoted_lines(answer)
     counts: list[tuple[int, int]] = []
     for index, text in enumerate(blocks):
         corpus = _Corpus([text])
