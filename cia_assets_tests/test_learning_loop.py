@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.errors import DagsterAssetCheckFailedError
 
 from cia_assets.config import CiaConfig
 from cia_assets_tests.conftest import SAMPLE_FILES, GitRepo, materialize_repo
@@ -66,7 +67,7 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object
 
 
 @pytest.mark.xfail(
-    raises=dg.DagsterAssetCheckFailedError,
+    raises=DagsterAssetCheckFailedError,
     strict=True,
     reason="a 4-step adapter on the tiny SmolLM2 invents code: the grounding check turns its answers "
     "into 'not found', and the blocking checks rightly refuse it (citation validity 1.0 -> 0.0, then "
