@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from cia_assets.config import CiaConfig
 from cia_assets.lib.git_sync import GitSyncError, RepoMirror
+from cia_assets.lib.grounding import UNGROUNDED_MARK
 from cia_assets.lib.layout import DataLayout
 from cia_assets.lib.retrieval_eval import Report as IndexReport
 from cia_assets.lib.retrieval_eval import RepoSource, RetrievalHarness
@@ -64,10 +65,6 @@ _LITERALS = frozenset({"self", "cls", "True", "False", "None"})
 _SOURCES_HEADING = re.compile(r"(?m)^Sources:[ \t]*$")
 _SOURCE_LINE = re.compile(r"\s*(\[\d+\]|-)\s")
 _PATH_PREFIX = re.compile(r"^(?:\./|/)+")
-try:  # the answering path's mark after an ungrounded name, where it has one
-    from cia_assets.lib.grounding import UNGROUNDED_MARK as _UNGROUNDED_MARK
-except ImportError:  # pragma: no cover - an answering path without the grounding check
-    _UNGROUNDED_MARK = ""
 
 
 class AnswerEvalError(ValueError):
@@ -309,12 +306,9 @@ def answer_prose(answer: Answer) -> str:
     if answer.not_found:
         return ""
     text = explanation_text(answer.answer)
-    note = getattr(answer, "grounding_note", "") or ""
-    if note:
-        text = text.replace(note, "")
-    if _UNGROUNDED_MARK:
-        text = text.replace(_UNGROUNDED_MARK, "")
-    return text.strip()
+    if answer.grounding_note:
+        text = text.replace(answer.grounding_note, "")
+    return text.replace(UNGROUNDED_MARK, "").strip()
 
 
 def word_count(text: str) -> int:
@@ -343,7 +337,7 @@ class CaseRow:
     first_token_ms: float | None = None
     total_ms: float | None = None
     streamed: bool = False  # text arrived as deltas (else the first text was the final answer)
-    ungrounded: list[str] | None = None  # None: the answering path does not check grounding
+    ungrounded: list[str] | None = None  # None: no answer (an error row)
     grounding_checked: int | None = None
     engine_timings_ms: dict[str, float] = field(default_factory=dict)
     answer_model: str | None = None  # what the Answer names (model + adapter)
@@ -395,12 +389,9 @@ def score_answer(
         trace_id=answer.trace_id,
         answer=answer.answer,
         contexts=list(answer.contexts),
+        ungrounded=list(answer.ungrounded),
+        grounding_checked=answer.grounding_checked,
     )
-    # The grounding check is the answering path's (a newer Answer carries it).
-    ungrounded = getattr(answer, "ungrounded", None)
-    checked = getattr(answer, "grounding_checked", None)
-    if ungrounded is not None and checked is not None:
-        row.ungrounded, row.grounding_checked = list(ungrounded), int(checked)
     if not case.absent:
         row.cite_hit = cites_reference(cited, case.reference_files)
         row.identifiers = reference_identifiers(case.reference)
@@ -898,7 +889,7 @@ def ask_case(
     """Ask one question through `Answerer.stream` as a user would, timing the sources event,
     the first text and the final answer as they arrive; score the final answer."""
     from cia_assets.lib.access import Grant
-    from cia_assets.lib.answering import Answer, AnswerDelta, AnswerError, AskRequest
+    from cia_assets.lib.answering import Answer, AnswerDelta, AnswerError, AnswerSources, AskRequest
 
     request = AskRequest(
         question=case.question,
@@ -920,7 +911,7 @@ def ask_case(
             elif isinstance(event, AnswerDelta):
                 if first_at is None and event.text:
                     first_at = now
-            elif sources_at is None and hasattr(event, "sources"):
+            elif isinstance(event, AnswerSources) and sources_at is None:
                 sources_at = now
     except AnswerError as error:
         elapsed = round((clock() - started) * 1000, 1)

@@ -596,8 +596,9 @@ class Answerer:
             # a model that would explain whatever it was shown.
             details["abstained"] = "no code" if not blocks else "only tests" if only_tests else "evidence"
             answer = self._finish(
-                request, trace_id, model_name, blocks, repos, "", CitationFilter(set()), timings, usage, found
-            )
+                request, trace_id, model_name, blocks, repos, "", CitationFilter(set()), timings, usage,
+                found, only_tests=only_tests,
+            )  # fmt: skip
             details["timings_ms"] = timings
             self._emit_trace(request, answer, details)
             yield answer
@@ -684,6 +685,8 @@ class Answerer:
         timings: dict[str, float],
         usage: dict[str, int | None],
         found: Evidence,
+        *,
+        only_tests: bool = False,
     ) -> Answer:
         # Re-run the check over the whole text: the streamed pieces and the final answer
         # must agree, whatever the chunking of the stream was.
@@ -704,7 +707,6 @@ class Answerer:
         note = ""
         if not_found:
             missing = found.missing if found.coverage < self.config.answering.abstain_min_coverage else []
-            only_tests = bool(blocks) and only_tests_or_vendored(blocks, request.question)
             text = not_found_answer(request.question, repos, blocks, missing, only_tests)
             citations = []
         else:
