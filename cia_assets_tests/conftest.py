@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from cia_assets.config import CiaConfig, load_config
-from cia_assets.lib.embeddings import packaged_model_dir
-from cia_assets.lib.project import close_vector_stores
+from cia_assets.lib.core.project import close_vector_stores
+from cia_assets.lib.indexing.embeddings import packaged_model_dir
 
 TINY_MODEL = "SmolLM2-135M-Instruct"
 GIT_ENV = {

@@ -12,9 +12,9 @@ import duckdb
 
 from cia_assets.config import CiaConfig
 from cia_assets.defs.analytics.project import analytics_project
-from cia_assets.lib.analytics import ANALYTICS_DB, read_failed_questions, read_golden_examples
-from cia_assets.lib.layout import DataLayout
-from cia_assets.lib.traces import TraceStore
+from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.observability.analytics import ANALYTICS_DB, read_failed_questions, read_golden_examples
+from cia_assets.lib.observability.traces import TraceStore
 from cia_assets_tests.test_traces import trace
 
 WEEK_1 = datetime(2026, 11, 9, 10, tzinfo=UTC)  # Monday of ISO week 46

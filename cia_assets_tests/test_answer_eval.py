@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from cia_assets.config import CONFIG_ENV_VAR, CiaConfig
-from cia_assets.lib import answering
-from cia_assets.lib.answer_eval import (
+from cia_assets.lib.answering import answerer as answering
+from cia_assets.lib.answering.answerer import Answer, AnswerDelta, AnswerError, Citation
+from cia_assets.lib.evaluation.answers import (
     LATENCIES,
     AnswerCase,
     AnswerEvalError,
@@ -41,7 +42,6 @@ from cia_assets.lib.answer_eval import (
     select_cases,
     summarize,
 )
-from cia_assets.lib.answering import Answer, AnswerDelta, AnswerError, Citation
 from cia_assets_tests.conftest import GitRepo
 
 SETS = Path(__file__).parent / "bench" / "answer_sets"
@@ -360,8 +360,8 @@ def test_ask_case_times_the_sources_the_first_text_and_the_final_answer() -> Non
 
 
 def test_the_judge_scores_answered_real_questions_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cia_assets.lib import answer_quality
-    from cia_assets.lib.answer_eval import score_with_judge
+    from cia_assets.lib.evaluation import answer_quality
+    from cia_assets.lib.evaluation.answers import score_with_judge
 
     seen: list[Any] = []
 
@@ -409,7 +409,7 @@ def test_sources_come_from_repo_dirs_or_configured_codebases(
     make_repo: Callable[..., GitRepo], tmp_path: Path
 ) -> None:
     from cia_assets.config import load_config
-    from cia_assets.lib.answer_eval import source_from_dir, sources_for
+    from cia_assets.lib.evaluation.answers import source_from_dir, sources_for
 
     repo = make_repo("tool", {"a.py": "x = 1\n"})
     repo.git("checkout", "-q", "-b", "release")
@@ -454,7 +454,7 @@ def test_a_model_that_cannot_be_served_fails_before_anything_is_indexed(
     make_repo: Callable[..., GitRepo], tmp_path: Path, model_dir: Path
 ) -> None:
     from cia_assets.config import load_config
-    from cia_assets.lib.answer_eval import AnswerHarness, ModelChoice, source_from_dir
+    from cia_assets.lib.evaluation.answers import AnswerHarness, ModelChoice, source_from_dir
 
     repo = make_repo("tool", {"a.py": "def f():\n    return 1\n"})
     (tmp_path / "cia.yaml").write_text(
@@ -600,8 +600,8 @@ def test_eval_answers_indexes_asks_through_the_answering_path_and_reports_every_
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from cia_assets.cli import main
-    from cia_assets.lib.llm_server import packaged_gguf
+    from cia_assets.apps.cli import main
+    from cia_assets.lib.serving.llm_server import packaged_gguf
 
     repo = make_repo("payments", PAYMENTS)
     head = repo.git("rev-parse", "HEAD")

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib.answer_quality import JudgeEndpoint, RagSample, ragas_embeddings, score_answers
-from cia_assets.lib.embeddings import PACKAGED_MODEL, Embedder, load_embedder
-from cia_assets.lib.llm_server import start_llama_server, stop_process
+from cia_assets.lib.evaluation.answer_quality import JudgeEndpoint, RagSample, ragas_embeddings, score_answers
+from cia_assets.lib.indexing.embeddings import PACKAGED_MODEL, Embedder, load_embedder
+from cia_assets.lib.serving.llm_server import start_llama_server, stop_process
 from cia_assets_tests.fakes import fake_openai, ragas_judge_reply
 
 CONTEXT = (

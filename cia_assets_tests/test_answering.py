@@ -24,11 +24,11 @@ import pytest
 import yaml
 
 from cia_assets.config import CiaConfig, load_config
-from cia_assets.lib.access import Grant
-from cia_assets.lib.answering import Answer, Answerer, AskRequest, CitationFilter, ContextBlock
-from cia_assets.lib.grounding import UNGROUNDED_MARK, evidence
-from cia_assets.lib.layout import DataLayout
-from cia_assets.lib.traces import TraceStore
+from cia_assets.lib.answering.answerer import Answer, Answerer, AskRequest, CitationFilter, ContextBlock
+from cia_assets.lib.answering.grounding import UNGROUNDED_MARK, evidence
+from cia_assets.lib.core.access import Grant
+from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.observability.traces import TraceStore
 from cia_assets_tests.conftest import GIT_ENV, GitRepo, materialize_repo
 
 TOKEN_ALL = "token-all-0123456789"
@@ -92,7 +92,7 @@ def _git_repo(root: Path, name: str, files: dict[str, str]) -> GitRepo:
 
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[CiaConfig]:
-    from cia_assets.lib.endpoint import stop_local_endpoint
+    from cia_assets.lib.serving.endpoint import stop_local_endpoint
 
     root = tmp_path_factory.mktemp("answering")
     payments = _git_repo(root, "payments", PAYMENTS_FILES)
@@ -133,7 +133,7 @@ def _cia(config: CiaConfig, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **GIT_ENV, "HF_HUB_OFFLINE": "1"}
     env.pop("CIA_TOKEN", None)
     return subprocess.run(
-        [sys.executable, "-m", "cia_assets.cli", *args, "--config", str(config.config_path)],
+        [sys.executable, "-m", "cia_assets.apps.cli", *args, "--config", str(config.config_path)],
         capture_output=True,
         text=True,
         env=env,
@@ -176,7 +176,7 @@ def test_cia_ask_cites_the_function_that_holds_the_answer(indexed: CiaConfig) ->
 
 
 def test_hits_of_several_repos_are_ranked_together_not_interleaved(indexed: CiaConfig) -> None:
-    from cia_assets.lib.search import search_code
+    from cia_assets.lib.retrieval.search import search_code
 
     # Each repo's best hit for this question ranks first in its own collection, so their RRF
     # scores tie; the merge must still put the function that answers it first.
@@ -328,7 +328,7 @@ def test_sources_come_before_the_explanation_and_a_follow_up_uses_the_conversati
 def chat_app(indexed: CiaConfig) -> Iterator[str]:
     import uvicorn
 
-    from cia_assets.chat.app import create_app
+    from cia_assets.apps.http.app import create_app
 
     port = indexed.chat.port
     server = uvicorn.Server(
@@ -456,7 +456,7 @@ BILLING = {"Authorization": f"Bearer {TOKEN_BILLING}"}
 
 
 def _indexed_sha(config: CiaConfig, repo: str) -> str:
-    from cia_assets.lib.indexing import read_index_state
+    from cia_assets.lib.indexing.pipeline import read_index_state
 
     state = read_index_state(DataLayout(config.data_dir).index_state(repo))
     assert state is not None
@@ -466,7 +466,7 @@ def _indexed_sha(config: CiaConfig, repo: str) -> str:
 def test_every_citation_links_to_its_lines_on_the_web_ui_or_on_the_chat_app(
     chat_app: str, indexed: CiaConfig
 ) -> None:
-    from cia_assets.lib.search import search_code
+    from cia_assets.lib.retrieval.search import search_code
 
     assert indexed.chat.resolved_public_url == chat_app  # the default: http://<host>:<port>
     billing_sha, payments_sha = _indexed_sha(indexed, "billing"), _indexed_sha(indexed, "payments")
@@ -504,7 +504,7 @@ def test_every_citation_links_to_its_lines_on_the_web_ui_or_on_the_chat_app(
 
 
 def test_source_api_serves_the_file_as_it_was_at_the_cited_commit(chat_app: str, indexed: CiaConfig) -> None:
-    from cia_assets.lib.git_sync import RepoMirror
+    from cia_assets.lib.sources.git_sync import RepoMirror
 
     old_sha = _indexed_sha(indexed, "billing")
     origin = GitRepo(Path(indexed.codebase("billing").url.removeprefix("file://")))
@@ -574,8 +574,8 @@ def test_source_api_checks_the_token_the_repo_the_commit_and_the_path(
 def test_healthz_is_ready_only_while_the_model_server_answers(chat_app: str, indexed: CiaConfig) -> None:
     import signal
 
-    from cia_assets.lib.endpoint import current_endpoint, ensure_endpoint
-    from cia_assets.lib.llm_server import process_alive
+    from cia_assets.lib.serving.endpoint import current_endpoint, ensure_endpoint
+    from cia_assets.lib.serving.llm_server import process_alive
 
     record = ensure_endpoint(indexed)
     live = {"engine": "llama_cpp", "model": MODEL, "version": record.version}
@@ -819,7 +819,7 @@ def test_cia_ask_sends_its_trace_to_langfuse_and_a_down_langfuse_costs_nothing(
 def test_cia_serve_restarts_a_model_server_that_died_and_stops_it_on_exit(indexed: CiaConfig) -> None:
     import signal
 
-    from cia_assets.lib.endpoint import current_endpoint, ensure_endpoint
+    from cia_assets.lib.serving.endpoint import current_endpoint, ensure_endpoint
 
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -827,7 +827,7 @@ def test_cia_serve_restarts_a_model_server_that_died_and_stops_it_on_exit(indexe
         [
             sys.executable,
             "-m",
-            "cia_assets.cli",
+            "cia_assets.apps.cli",
             "serve",
             "--config",
             str(indexed.config_path),
@@ -871,7 +871,7 @@ def test_cia_serve_restarts_a_model_server_that_died_and_stops_it_on_exit(indexe
         process.wait(timeout=30)
     final = current_endpoint(indexed)
     assert final is not None and final.pid is not None
-    from cia_assets.lib.llm_server import process_alive
+    from cia_assets.lib.serving.llm_server import process_alive
 
     assert not process_alive(final.pid)
 
@@ -879,7 +879,7 @@ def test_cia_serve_restarts_a_model_server_that_died_and_stops_it_on_exit(indexe
 def test_metrics_expose_latency_tokens_and_index_freshness(chat_app: str, indexed: CiaConfig) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from cia_assets.lib.indexing import read_chunks_meta
+    from cia_assets.lib.indexing.pipeline import read_chunks_meta
 
     httpx.post(
         f"{chat_app}/v1/chat/completions",

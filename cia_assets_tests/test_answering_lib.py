@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cia_assets.lib.access import AccessDenied, Grant
-from cia_assets.lib.answering import (
+from cia_assets.lib.answering.answerer import (
     CitationFilter,
     ContextBlock,
     assemble_context,
@@ -14,8 +13,9 @@ from cia_assets.lib.answering import (
     not_found_answer,
     tidy_answer,
 )
-from cia_assets.lib.prompts import PACKAGED_PROMPT
-from cia_assets.lib.search import CodeHit
+from cia_assets.lib.answering.prompts import PACKAGED_PROMPT
+from cia_assets.lib.core.access import AccessDenied, Grant
+from cia_assets.lib.retrieval.search import CodeHit
 
 FILE_LINES = [f"line {n}" for n in range(1, 201)]
 

@@ -1,4 +1,4 @@
-"""The chat page (cia_assets/chat/static) in headless Chromium, against a fake server.
+"""The chat page (cia_assets/apps/http/static) in headless Chromium, against a fake server.
 
 The fake serves the page's files at the paths the chat app serves them (`/`, `/static/...`,
 `/source/...`) with a strict Content-Security-Policy, answers `/api/repos` and `/api/feedback`,
@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-STATIC_DIR = Path(__file__).resolve().parents[1] / "cia_assets" / "chat" / "static"
+STATIC_DIR = Path(__file__).resolve().parents[1] / "cia_assets" / "apps" / "http" / "static"
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "page-token-0123456789"
 MODEL = "Qwen2.5-Coder-0.5B-Instruct"
 SHA = "0123456789abcdef0123456789abcdef01234567"
-GIT_URL = f"https://git.example.com/acme/cia/blob/{SHA}/cia_assets/lib/search.py#L5-L9"
+GIT_URL = f"https://git.example.com/acme/cia/blob/{SHA}/cia_assets/lib/retrieval/search.py#L5-L9"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -72,8 +72,8 @@ NOT_FOUND = (
     "Not found in the indexed code: no source answering “is it missing?” in cia, docs.\n"
     "The code found does not mention: missing.\n"
     "Searched and read:\n"
-    "- cia:cia_assets/lib/answering.py#L10-L42\n"
-    "- cia:cia_assets/lib/search.py#L5-L9"
+    "- cia:cia_assets/lib/answering/answerer.py#L10-L42\n"
+    "- cia:cia_assets/lib/retrieval/search.py#L5-L9"
 )
 
 
@@ -82,19 +82,19 @@ def _main_sources(base: str) -> list[dict[str, Any]]:
         {
             "n": 1,
             "repo": "cia",
-            "path": "cia_assets/lib/answering.py",
+            "path": "cia_assets/lib/answering/answerer.py",
             "line_start": 10,
             "line_end": 42,
             "symbol": "Answerer.stream",
             "language": "python",
-            "url": f"{base}/source/cia/{SHA}/cia_assets/lib/answering.py#L10-L42",
+            "url": f"{base}/source/cia/{SHA}/cia_assets/lib/answering/answerer.py#L10-L42",
             "preview": 'def stream(self, request):\n    """Yield deltas, then the Answer."""\n'
             "    blocks = self.retrieve(request)\n    return '<b>not bold</b><img src=x>'",
         },
         {
             "n": 2,
             "repo": "cia",
-            "path": "cia_assets/lib/search.py",
+            "path": "cia_assets/lib/retrieval/search.py",
             "line_start": 5,
             "line_end": 9,
             "symbol": None,
@@ -433,8 +433,8 @@ def test_sources_show_before_the_answer_which_streams_as_safe_markdown(browser: 
     assert cards.count() == 3 and cards.first.is_visible()
     heads = _texts(page.locator("#citations .card-head"))
     assert heads == [
-        "[1] cia:cia_assets/lib/answering.py#L10-L42",
-        "[2] cia:cia_assets/lib/search.py#L5-L9",
+        "[1] cia:cia_assets/lib/answering/answerer.py#L10-L42",
+        "[2] cia:cia_assets/lib/retrieval/search.py#L5-L9",
         "[3] docs:README.md#L1",
     ]
     assert _texts(page.locator("#citations .symbol")) == ["Answerer.stream"]
@@ -600,8 +600,8 @@ def test_not_found_and_failed_answers_are_shown_as_such_and_left_out_of_the_hist
     answer = page.locator("#answer")
     assert _texts(answer.locator("p")) == [NOT_FOUND.split("\n- ")[0]]
     assert _texts(answer.locator("ul > li")) == [
-        "cia:cia_assets/lib/answering.py#L10-L42",
-        "cia:cia_assets/lib/search.py#L5-L9",
+        "cia:cia_assets/lib/answering/answerer.py#L10-L42",
+        "cia:cia_assets/lib/retrieval/search.py#L5-L9",
     ]
     assert "Something streamed" not in (answer.text_content() or "")
     cards = page.locator("#citations > li")

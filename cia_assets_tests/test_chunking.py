@@ -1,4 +1,4 @@
-"""Golden tests for the syntax-aware chunker (cia_assets.lib.chunking).
+"""Golden tests for the syntax-aware chunker (cia_assets.lib.indexing.chunking).
 
 Every expected (kind, symbol, line_start, line_end) below was checked by hand against the
 numbered snippet; a change in these values is a change in what users get cited.
@@ -11,15 +11,15 @@ import re
 
 import pytest
 
-from cia_assets.lib import chunking
-from cia_assets.lib.chunking import (
+from cia_assets.lib.core.records import ChunkDraft
+from cia_assets.lib.indexing import chunking
+from cia_assets.lib.indexing.chunking import (
     SUPPORTED_LANGUAGES,
     chunk_file,
     classify_file,
     decode_source,
     detect_language,
 )
-from cia_assets.lib.records import ChunkDraft
 
 Expected = list[tuple[str, str | None, int, int]]
 

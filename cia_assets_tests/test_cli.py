@@ -16,10 +16,9 @@ import dagster as dg
 import pytest
 import yaml
 
-from cia_assets.cli import main
+from cia_assets.apps.cli import main
 from cia_assets.config import CiaConfig, load_config
-from cia_assets.lib.access import Grant
-from cia_assets.lib.answering import (
+from cia_assets.lib.answering.answerer import (
     Answer,
     AnswerDelta,
     AnswerSources,
@@ -28,8 +27,9 @@ from cia_assets.lib.answering import (
     SourcePreview,
     tidy_answer,
 )
-from cia_assets.lib.layout import DataLayout
-from cia_assets.lib.traces import TraceStore
+from cia_assets.lib.core.access import Grant
+from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.observability.traces import TraceStore
 from cia_assets_tests.conftest import GIT_ENV, SAMPLE_FILES, GitRepo, materialize_repo
 
 CIA = str(Path(sys.executable).with_name("cia"))
@@ -128,7 +128,7 @@ def test_dev_outside_a_checkout_points_dagster_at_the_installed_package(
     """`cia dev` itself, inside the checkout, is run end to end in test_run_path.py."""
     from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-    from cia_assets.cli import dev_workspace
+    from cia_assets.apps.cli import dev_workspace
 
     config = write_config([{"url": "file:///nonexistent/ghost.git"}])
     home = tmp_path / "dagster_home"
@@ -158,8 +158,8 @@ def minimal(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterat
     """Two repos indexed under a cia.yaml with only data_dir and codebases (and the embedding
     path, which only shares the session's ONNX export): no chat section, no token. Beside it,
     the same data dir under a config that adds a restricted token."""
-    from cia_assets.lib.endpoint import stop_local_endpoint
-    from cia_assets.lib.project import close_vector_stores
+    from cia_assets.lib.core.project import close_vector_stores
+    from cia_assets.lib.serving.endpoint import stop_local_endpoint
 
     root = tmp_path_factory.mktemp("minimal")
     urls = {}
@@ -275,7 +275,7 @@ class _Stream(io.StringIO):
 def test_ask_flushes_each_delta_then_prints_only_what_the_stream_did_not_show(
     not_found: bool, tty: bool, write_config: Callable[..., CiaConfig], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cia_assets.chat.service
+    import cia_assets.apps.service
 
     config = write_config([{"url": "file:///nowhere/payments.git"}])
     monkeypatch.setenv("CIA_CONFIG", str(config.config_path))  # restored after `main` sets it
@@ -325,7 +325,7 @@ def test_ask_flushes_each_delta_then_prints_only_what_the_stream_did_not_show(
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(cia_assets.chat.service, "AssistantService", FakeService)
+    monkeypatch.setattr(cia_assets.apps.service, "AssistantService", FakeService)
     assert main(["ask", "When is a refund authorized?", "--config", str(config.config_path)]) == 0
     closing = f"\n\n---\n{final_text}" if not_found else "\n\nSources:\n[1] payments:auth.py#L4-L8"
     assert out.getvalue() == "".join(pieces) + closing + "\n"  # each part once, on stdout
@@ -362,8 +362,8 @@ def test_a_minimal_config_serves_the_chat_app_with_a_token_made_for_its_data_dir
 
     from fastapi.testclient import TestClient
 
-    from cia_assets.chat.app import create_app
-    from cia_assets.lib.access import accepted_tokens
+    from cia_assets.apps.http.app import create_app
+    from cia_assets.lib.core.access import accepted_tokens
 
     config = write_config([{"url": "file:///nonexistent/ghost.git", "id": "ghost"}])
     assert config.chat.tokens == ()
@@ -382,7 +382,7 @@ def test_a_minimal_config_serves_the_chat_app_with_a_token_made_for_its_data_dir
 
 
 def test_configured_tokens_replace_the_data_dirs_token(write_config: Callable[..., CiaConfig]) -> None:
-    from cia_assets.lib.access import AccessDenied, accepted_tokens, authorize
+    from cia_assets.lib.core.access import AccessDenied, accepted_tokens, authorize
 
     config = write_config(
         [{"url": "file:///nonexistent/ghost.git"}], chat={"tokens": [{"name": "t", "token": "configured-1"}]}

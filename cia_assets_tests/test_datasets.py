@@ -13,8 +13,8 @@ from typing import Any
 import dagster as dg
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib import artifacts
-from cia_assets.lib.layout import DataLayout
+from cia_assets.lib.core import artifacts
+from cia_assets.lib.core.layout import DataLayout
 from cia_assets_tests.conftest import SAMPLE_FILES, GitRepo, materialize_repo
 from cia_assets_tests.fakes import fake_openai, source_of
 

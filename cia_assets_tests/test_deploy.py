@@ -281,7 +281,7 @@ def test_dockerfiles_pin_their_bases_and_run_as_a_user() -> None:
 def test_the_dashboard_plots_metrics_the_app_exports() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from cia_assets.lib.metrics import AnswerMetrics
+    from cia_assets.lib.observability.metrics import AnswerMetrics
 
     registry = CollectorRegistry()
     AnswerMetrics(registry)
@@ -302,12 +302,12 @@ def test_the_dashboard_plots_metrics_the_app_exports() -> None:
 def test_the_cluster_config_drives_the_same_graph_against_local_stand_ins(
     tmp_path: Path, model_dir: Path, make_repo: Any, write_config: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cia_assets.chat.service import AssistantService
+    from cia_assets.apps.service import AssistantService
     from cia_assets.defs.resources import build_resources
     from cia_assets.defs.serving.assets import served_endpoint
-    from cia_assets.lib.access import authorize
-    from cia_assets.lib.answering import AskRequest
-    from cia_assets.lib.endpoint import current_endpoint, ensure_endpoint, stop_local_endpoint
+    from cia_assets.lib.answering.answerer import AskRequest
+    from cia_assets.lib.core.access import authorize
+    from cia_assets.lib.serving.endpoint import current_endpoint, ensure_endpoint, stop_local_endpoint
     from cia_assets_tests.conftest import SAMPLE_FILES, materialize_repo
     from cia_assets_tests.fixtures.fake_langfuse import PUBLIC_KEY, SECRET_KEY, start_fake_langfuse
     from cia_assets_tests.test_endpoint import _free_port
@@ -377,7 +377,7 @@ def test_the_cluster_config_drives_the_same_graph_against_local_stand_ins(
 def test_the_cluster_config_trains_the_adapter_in_a_gpu_pod_through_kubernetes(
     tmp_path: Path, cluster_env: pytest.MonkeyPatch
 ) -> None:
-    from cia_assets.lib.registry import AdapterRegistry
+    from cia_assets.lib.learning.registry import AdapterRegistry
 
     # The MLflow server is a local SQLite store here; the Kubernetes API is the fake one.
     cluster_env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -543,10 +543,10 @@ def test_a_dead_model_server_takes_the_chat_app_out_of_the_service_but_never_res
 
     from fastapi.testclient import TestClient
 
-    from cia_assets.chat.app import create_app
-    from cia_assets.lib.endpoint import EndpointRecord, EndpointSpec
-    from cia_assets.lib.git_sync import utc_now, write_json_atomic
-    from cia_assets.lib.layout import DataLayout
+    from cia_assets.apps.http.app import create_app
+    from cia_assets.lib.core.layout import DataLayout
+    from cia_assets.lib.serving.endpoint import EndpointRecord, EndpointSpec
+    from cia_assets.lib.sources.git_sync import utc_now, write_json_atomic
 
     [container] = next(spec for name, spec in pod_specs() if name == "cia-chat")["containers"]
     readiness, liveness = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]

@@ -5,15 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cia_assets.lib.embeddings import (
+from cia_assets.lib.core.records import Chunk
+from cia_assets.lib.indexing.embeddings import (
     PACKAGED_MODEL,
     Embedder,
     EmbeddingCache,
     EmbeddingModelError,
     load_embedder,
 )
-from cia_assets.lib.indexing import ensure_embeddings
-from cia_assets.lib.records import Chunk
+from cia_assets.lib.indexing.pipeline import ensure_embeddings
 
 TEXTS = [
     "def check_permission(user, action):\n    return action in user.grants",

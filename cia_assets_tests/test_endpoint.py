@@ -19,7 +19,7 @@ import dagster as dg
 import pytest
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib.endpoint import (
+from cia_assets.lib.serving.endpoint import (
     EndpointError,
     chat_client,
     current_endpoint,
@@ -28,7 +28,7 @@ from cia_assets.lib.endpoint import (
     ensure_endpoint,
     stop_local_endpoint,
 )
-from cia_assets.lib.llm_server import process_alive
+from cia_assets.lib.serving.llm_server import process_alive
 from cia_assets_tests.conftest import SAMPLE_FILES, GitRepo, materialize_repo
 
 DEFAULT_MODEL = "Qwen2.5-Coder-0.5B-Instruct"
@@ -62,7 +62,7 @@ def _ensure_in_subprocess(config: CiaConfig) -> subprocess.Popen[str]:
     code = (
         "import json, sys\n"
         "from cia_assets.config import load_config\n"
-        "from cia_assets.lib.endpoint import ensure_endpoint\n"
+        "from cia_assets.lib.serving.endpoint import ensure_endpoint\n"
         "record = ensure_endpoint(load_config(sys.argv[1]))\n"
         "print(json.dumps({'pid': record.pid, 'version': record.version}))\n"
     )
@@ -246,7 +246,7 @@ def test_any_openai_compatible_endpoint_serves_by_configuration(
 def test_a_server_too_busy_to_answer_is_not_mistaken_for_a_dead_one(
     llm_config: Callable[..., CiaConfig],
 ) -> None:
-    from cia_assets.lib import endpoint
+    from cia_assets.lib.serving import endpoint
 
     config = llm_config()
     record = ensure_endpoint(config)

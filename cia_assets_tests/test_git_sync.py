@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cia_assets.lib.git_sync import GitSyncError, RepoMirror, path_selected, remote_head
+from cia_assets.lib.sources.git_sync import GitSyncError, RepoMirror, path_selected, remote_head
 from cia_assets_tests.conftest import GitRepo
 
 

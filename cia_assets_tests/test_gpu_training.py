@@ -13,7 +13,7 @@ from pathlib import Path
 import kubernetes_validate
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib.layout import DataLayout
+from cia_assets.lib.core.layout import DataLayout
 from cia_assets_tests.fixtures.fake_kubernetes import trainer_pod_as_submitted
 from cia_assets_tests.fixtures.fake_trainer_pod import publish_training_set, train_in_fake_cluster
 
@@ -81,7 +81,7 @@ def test_the_pod_script_imports_without_its_gpu_stack() -> None:
 def test_lora_adapter_trains_in_a_pod_through_pipes_and_is_registered(
     write_config: Callable[..., CiaConfig], tmp_path: Path
 ) -> None:
-    from cia_assets.lib.registry import AdapterRegistry
+    from cia_assets.lib.learning.registry import AdapterRegistry
 
     config = _gpu_config(write_config)
     dataset = publish_training_set(config)
@@ -118,7 +118,7 @@ def test_lora_adapter_trains_in_a_pod_through_pipes_and_is_registered(
 def test_a_failed_trainer_pod_fails_the_step_and_registers_nothing(
     write_config: Callable[..., CiaConfig], tmp_path: Path
 ) -> None:
-    from cia_assets.lib.registry import AdapterRegistry
+    from cia_assets.lib.learning.registry import AdapterRegistry
 
     config = _gpu_config(write_config)
     publish_training_set(config)
@@ -132,7 +132,7 @@ def test_a_failed_trainer_pod_fails_the_step_and_registers_nothing(
 def test_a_trainer_that_leaves_a_thread_running_still_ends_its_pod(
     write_config: Callable[..., CiaConfig], tmp_path: Path
 ) -> None:
-    from cia_assets.lib.registry import AdapterRegistry
+    from cia_assets.lib.learning.registry import AdapterRegistry
 
     # Without the pod script ending its own process, the stray thread keeps the pod alive until
     # the deadline kills it and the step fails.
@@ -148,7 +148,7 @@ def test_a_trainer_that_leaves_a_thread_running_still_ends_its_pod(
 def test_a_hung_trainer_pod_is_stopped_at_its_deadline_and_registers_nothing(
     write_config: Callable[..., CiaConfig], tmp_path: Path
 ) -> None:
-    from cia_assets.lib.registry import AdapterRegistry
+    from cia_assets.lib.learning.registry import AdapterRegistry
 
     config = _gpu_config(write_config, deadline_seconds=2)
     publish_training_set(config)

@@ -4,15 +4,14 @@ conversation a follow-up carries."""
 
 from __future__ import annotations
 
-from cia_assets.lib.answering import (
+from cia_assets.lib.answering.answerer import (
     ContextBlock,
     conversation,
     explanation_order,
     only_tests_or_vendored,
     retrieval_query,
 )
-from cia_assets.lib.file_roles import file_role, wanted_roles
-from cia_assets.lib.grounding import (
+from cia_assets.lib.answering.grounding import (
     UNGROUNDED_MARK,
     attribute,
     check_grounding,
@@ -23,7 +22,8 @@ from cia_assets.lib.grounding import (
     question_terms,
     quoted_lines,
 )
-from cia_assets.lib.search import CodeHit
+from cia_assets.lib.indexing.file_roles import file_role, wanted_roles
+from cia_assets.lib.retrieval.search import CodeHit
 
 AUTH = (
     "def authorize_refund(user, amount):\n"
@@ -107,7 +107,7 @@ def test_evidence_is_the_share_of_the_questions_terms_in_the_retrieved_code() ->
 
 
 def test_file_roles_and_what_a_question_wants() -> None:
-    assert file_role("cia_assets/lib/answering.py") == "source"
+    assert file_role("cia_assets/lib/answering/answerer.py") == "source"
     assert file_role("cia_assets_tests/test_answering.py") == "test"
     assert file_role("src/app/auth_test.go") == "test"
     assert file_role("tests/conftest.py") == "test"

@@ -8,11 +8,12 @@ import dagster as dg
 import pytest
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib import indexing, lexical
-from cia_assets.lib.layout import DataLayout, collection_alias
-from cia_assets.lib.project import open_vector_store
-from cia_assets.lib.records import Chunk
-from cia_assets.lib.vector_store import IndexedPoint, SearchHit
+from cia_assets.lib.core.layout import DataLayout, collection_alias
+from cia_assets.lib.core.project import open_vector_store
+from cia_assets.lib.core.records import Chunk
+from cia_assets.lib.indexing import lexical
+from cia_assets.lib.indexing import pipeline as indexing
+from cia_assets.lib.vectorstore.base import IndexedPoint, SearchHit
 from cia_assets_tests.conftest import SAMPLE_FILES, GitRepo, check_results, materialize_repo
 
 

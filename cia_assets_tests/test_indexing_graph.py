@@ -10,11 +10,11 @@ import dagster as dg
 import pytest
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib import indexing
-from cia_assets.lib.layout import DataLayout, collection_alias
-from cia_assets.lib.project import open_embedder, open_embedding_cache, open_vector_store
-from cia_assets.lib.search import search_code
-from cia_assets.lib.vector_store import versioned_collection_name
+from cia_assets.lib.core.layout import DataLayout, collection_alias
+from cia_assets.lib.core.project import open_embedder, open_embedding_cache, open_vector_store
+from cia_assets.lib.indexing import pipeline as indexing
+from cia_assets.lib.retrieval.search import search_code
+from cia_assets.lib.vectorstore.base import versioned_collection_name
 from cia_assets_tests.conftest import (
     SAMPLE_FILES,
     GitRepo,

@@ -10,8 +10,8 @@ import dagster as dg
 import pytest
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib.layout import DataLayout
-from cia_assets.lib.traces import TraceStore
+from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.observability.traces import TraceStore
 from cia_assets_tests.conftest import SAMPLE_FILES, GitRepo, materialize_repo
 from cia_assets_tests.fakes import fake_openai
 from cia_assets_tests.fixtures.fake_langfuse import PUBLIC_KEY, SECRET_KEY, FakeLangfuse, start_fake_langfuse

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib import artifacts
-from cia_assets.lib.evaluation import EvalCase, Verdict, promotion_verdict, retrieval_metrics
-from cia_assets.lib.layout import DataLayout
-from cia_assets.lib.records import Chunk, sha256_text
-from cia_assets.lib.redaction import PLACEHOLDER, redact, shannon_entropy
-from cia_assets.lib.synthetic import cites_only_its_source, parse_pair, sample_chunks
-from cia_assets.lib.training_data import eval_files, golden_example, renumber
+from cia_assets.lib.core import artifacts
+from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.core.records import Chunk, sha256_text
+from cia_assets.lib.evaluation.heldout import EvalCase, Verdict, promotion_verdict, retrieval_metrics
+from cia_assets.lib.learning.redaction import PLACEHOLDER, redact, shannon_entropy
+from cia_assets.lib.learning.synthetic import cites_only_its_source, parse_pair, sample_chunks
+from cia_assets.lib.learning.training_data import eval_files, golden_example, renumber
 
 
 @pytest.mark.parametrize(
@@ -245,8 +245,8 @@ def test_promotion_verdict(
 def test_rollout_plan_follows_registry_aliases_and_the_verdict(
     write_config: Callable[..., CiaConfig], tmp_path: Path
 ) -> None:
-    from cia_assets.lib.promotion import plan_rollout
-    from cia_assets.lib.registry import AdapterRegistry
+    from cia_assets.lib.learning.registry import AdapterRegistry
+    from cia_assets.lib.serving.promotion import plan_rollout
 
     config = write_config([], promotion={"canary_share": 0.25})
     registry = AdapterRegistry(config)
@@ -294,8 +294,8 @@ def test_rollout_plan_follows_registry_aliases_and_the_verdict(
 
 
 def test_citation_metrics_count_failed_answers_against_the_model() -> None:
-    from cia_assets.lib.answering import Answer, Citation
-    from cia_assets.lib.evaluation import ModelResult
+    from cia_assets.lib.answering.answerer import Answer, Citation
+    from cia_assets.lib.evaluation.heldout import ModelResult
 
     first = EvalCase("q1", "a", "r", "a.py", 1, 5, None, "synthetic")
     second = EvalCase("q2", "a", "r", "b.py", 1, 5, None, "synthetic")
@@ -312,8 +312,8 @@ def test_citation_metrics_count_failed_answers_against_the_model() -> None:
 def test_vllm_loads_a_registered_adapter_by_name_and_answers_under_it(
     write_config: Callable[..., CiaConfig], tmp_path: Path
 ) -> None:
-    from cia_assets.lib.endpoint import EndpointSpec, choose_endpoint, deploy_endpoint
-    from cia_assets.lib.registry import AdapterVersion, spec_for_adapter
+    from cia_assets.lib.learning.registry import AdapterVersion, spec_for_adapter
+    from cia_assets.lib.serving.endpoint import EndpointSpec, choose_endpoint, deploy_endpoint
     from cia_assets_tests.fakes import fake_openai
 
     with fake_openai(lambda request: f"model={request['model']}", model="qwen") as vllm:

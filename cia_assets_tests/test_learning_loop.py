@@ -74,15 +74,15 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object
     "the canary's smoke question). A student that can pass the gates is the learning-loop issue's.",
 )
 def test_feedback_to_promoted_adapter(loop_config: CiaConfig, tmp_path: Path) -> None:
-    from cia_assets.chat.service import AssistantService
+    from cia_assets.apps.service import AssistantService
     from cia_assets.definitions import defs as load_defs
     from cia_assets.defs.datasets.assets import synthetic_qa_dataset
     from cia_assets.defs.resources import build_resources
     from cia_assets.defs.training.automation import feedback_sensor
-    from cia_assets.lib.access import Grant
-    from cia_assets.lib.answering import AskRequest
-    from cia_assets.lib.endpoint import choose_endpoint, current_endpoint, stop_local_endpoint
-    from cia_assets.lib.registry import AdapterRegistry
+    from cia_assets.lib.answering.answerer import AskRequest
+    from cia_assets.lib.core.access import Grant
+    from cia_assets.lib.learning.registry import AdapterRegistry
+    from cia_assets.lib.serving.endpoint import choose_endpoint, current_endpoint, stop_local_endpoint
 
     config = loop_config
     instance = dg.DagsterInstance.ephemeral()

@@ -22,8 +22,8 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from cia_assets.config import CiaConfig, load_config
-from cia_assets.lib.layout import DataLayout
-from cia_assets.lib.traces import TraceStore
+from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.observability.traces import TraceStore
 from cia_assets_tests.conftest import TINY_MODEL, GitRepo, materialize_repo
 
 TOKEN_ALL = "mcp-token-all-0123456789"
@@ -92,7 +92,7 @@ SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "cia.yaml"
 @pytest.fixture(scope="module")
 def indexed(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[CiaConfig]:
     """Both repos indexed for real, through the Dagster graph."""
-    from cia_assets.lib.endpoint import stop_local_endpoint
+    from cia_assets.lib.serving.endpoint import stop_local_endpoint
 
     root = tmp_path_factory.mktemp("mcp")
     (root / "model").symlink_to(model_dir)
@@ -132,7 +132,7 @@ def run_client(config_path: Path, token: str | None, calls: list[Call]) -> dict[
             env["CIA_TOKEN"] = token
         params = StdioServerParameters(
             command=sys.executable,
-            args=["-m", "cia_assets.cli", "mcp", "--config", str(config_path)],
+            args=["-m", "cia_assets.apps.cli", "mcp", "--config", str(config_path)],
             env=env,
         )
         out: dict[str, Any] = {"results": [], "progress": []}

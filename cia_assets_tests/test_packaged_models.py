@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cia_assets.cli import main
-from cia_assets.lib import packaged_models as pm
-from cia_assets.lib.packaged_models import ModelPart, PackagedModel, PackagedModelError
+from cia_assets.apps.cli import main
+from cia_assets.lib.serving import packaged_models as pm
+from cia_assets.lib.serving.packaged_models import ModelPart, PackagedModel, PackagedModelError
 
 VERSION = "0.1.0"
 PART_SIZES = (3000, 3000, 1234)

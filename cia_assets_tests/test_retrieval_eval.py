@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cia_assets.lib.git_sync import RepoMirror
-from cia_assets.lib.query_plan import QueryPlan, RepoPaths, path_mentions
-from cia_assets.lib.retrieval_eval import (
+from cia_assets.lib.evaluation.retrieval import (
     RepoSource,
     RetrievalCase,
     RetrievalEvalError,
@@ -22,7 +20,9 @@ from cia_assets.lib.retrieval_eval import (
     mine_commit_cases,
     score,
 )
-from cia_assets.lib.search import SearchOptions, rank_files, search_code, search_files
+from cia_assets.lib.retrieval.query_plan import QueryPlan, RepoPaths, path_mentions
+from cia_assets.lib.retrieval.search import SearchOptions, rank_files, search_code, search_files
+from cia_assets.lib.sources.git_sync import RepoMirror
 from cia_assets_tests.conftest import GitRepo
 
 TRACEBACK_REPORT = """URLField throws ValueError instead of ValidationError on clean
@@ -85,7 +85,7 @@ def test_mentions_match_repo_files_by_suffix() -> None:
 def test_repeated_query_words_weigh_more_and_definitions_are_named() -> None:
     import math
 
-    from cia_assets.lib import lexical
+    from cia_assets.lib.indexing import lexical
 
     weighted = lexical.encode_query("rst header rst rst", repeated_terms_count=True)
     weights = dict(zip(weighted.indices, weighted.values, strict=True))
@@ -341,7 +341,7 @@ def test_eval_retrieval_command_measures_a_configured_repo_on_its_own_history(
 def test_harness_runs_against_the_server_backend_in_its_own_collections(
     make_repo: Callable[..., GitRepo], write_config: Callable[..., object], tmp_path: Path
 ) -> None:
-    from cia_assets.lib.project import open_vector_store
+    from cia_assets.lib.core.project import open_vector_store
 
     repo, commits = _history(make_repo)
     # qdrant-client's in-memory engine stands in for a Qdrant server, as in the cluster tests.
@@ -380,7 +380,7 @@ def test_history_benchmark_asset_reports_per_repo_and_to_mlflow(
 
     from cia_assets.defs.evaluation.assets import retrieval_history_benchmark
     from cia_assets.defs.resources import build_resources
-    from cia_assets.lib.registry import AdapterRegistry
+    from cia_assets.lib.learning.registry import AdapterRegistry
     from cia_assets_tests.conftest import materialize_repo
 
     repo, _ = _history(make_repo)

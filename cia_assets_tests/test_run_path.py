@@ -251,7 +251,7 @@ def _descendants(root: int) -> set[int]:
 
 
 def _alive(pid: int) -> bool:
-    from cia_assets.lib.llm_server import process_alive
+    from cia_assets.lib.serving.llm_server import process_alive
 
     return process_alive(pid)
 

@@ -18,16 +18,17 @@ import duckdb
 import pytest
 
 from cia_assets.config import AnsweringConfig, CiaConfig, LangfuseConfig
-from cia_assets.lib import langfuse_client, traces
-from cia_assets.lib.langfuse_client import (
+from cia_assets.lib.answering.prompts import PACKAGED_PROMPT, load_prompt
+from cia_assets.lib.observability import langfuse as langfuse_client
+from cia_assets.lib.observability import traces
+from cia_assets.lib.observability.langfuse import (
     SCORE_NAME,
     ForwardReport,
     LangfuseForwarder,
     clear_prompt_cache,
     fetch_prompt,
 )
-from cia_assets.lib.prompts import PACKAGED_PROMPT, load_prompt
-from cia_assets.lib.traces import (
+from cia_assets.lib.observability.traces import (
     TraceRecord,
     TraceStore,
     TraceStoreBusy,
@@ -173,7 +174,7 @@ def test_two_processes_writing_at_once_both_land(store: TraceStore) -> None:
     writer = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from cia_assets.lib.traces import TraceStore\n"
+        "from cia_assets.lib.observability.traces import TraceStore\n"
         "from cia_assets_tests.test_traces import trace\n"
         "store = TraceStore(Path(sys.argv[1]))\n"
         "for i in range(25):\n"

@@ -19,16 +19,16 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from cia_assets.lib import lexical
-from cia_assets.lib.embedded_store import SEALED_FILE, CollectionPublished, EmbeddedVectorStore
-from cia_assets.lib.server_store import ServerVectorStore
-from cia_assets.lib.vector_store import (
+from cia_assets.lib.indexing import lexical
+from cia_assets.lib.vectorstore.base import (
     CollectionExists,
     CollectionNotFound,
     IndexedPoint,
     SparseVector,
     VectorStore,
 )
+from cia_assets.lib.vectorstore.embedded import SEALED_FILE, CollectionPublished, EmbeddedVectorStore
+from cia_assets.lib.vectorstore.server import ServerVectorStore
 
 DIM = 8
 NO_SPARSE = SparseVector(indices=[], values=[])
@@ -286,8 +286,8 @@ def test_search_a_collection_before_publish(embedded: EmbeddedVectorStore) -> No
 READER_SCRIPT = """
 import json, os, sys
 from pathlib import Path
-from cia_assets.lib.embedded_store import EmbeddedVectorStore
-from cia_assets.lib.vector_store import SparseVector
+from cia_assets.lib.vectorstore.embedded import EmbeddedVectorStore
+from cia_assets.lib.vectorstore.base import SparseVector
 
 store = EmbeddedVectorStore(Path(sys.argv[1]))
 for line in sys.stdin:

@@ -11,12 +11,12 @@ from dagster_k8s import PipesK8sClient
 
 from cia_assets.config import CiaConfig, load_config
 from cia_assets.defs.analytics.project import analytics_project
-from cia_assets.lib.analytics import ANALYTICS_DB, TRACES_SNAPSHOT
-from cia_assets.lib.embeddings import Embedder, EmbeddingCache
-from cia_assets.lib.layout import DataLayout
-from cia_assets.lib.project import open_embedder, open_embedding_cache, open_vector_store
-from cia_assets.lib.registry import AdapterRegistry, quiet_mlflow
-from cia_assets.lib.vector_store import VectorStore
+from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.core.project import open_embedder, open_embedding_cache, open_vector_store
+from cia_assets.lib.indexing.embeddings import Embedder, EmbeddingCache
+from cia_assets.lib.learning.registry import AdapterRegistry, quiet_mlflow
+from cia_assets.lib.observability.analytics import ANALYTICS_DB, TRACES_SNAPSHOT
+from cia_assets.lib.vectorstore.base import VectorStore
 
 
 class CiaConfigResource(dg.ConfigurableResource):

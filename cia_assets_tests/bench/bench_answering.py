@@ -51,10 +51,10 @@ def main() -> None:
     import dagster as dg
 
     from cia_assets.config import load_config
-    from cia_assets.lib.access import Grant
-    from cia_assets.lib.answering import Answerer, AskRequest
-    from cia_assets.lib.embeddings import packaged_model_dir
-    from cia_assets.lib.endpoint import ensure_endpoint, stop_local_endpoint
+    from cia_assets.lib.answering.answerer import Answerer, AskRequest
+    from cia_assets.lib.core.access import Grant
+    from cia_assets.lib.indexing.embeddings import packaged_model_dir
+    from cia_assets.lib.serving.endpoint import ensure_endpoint, stop_local_endpoint
     from cia_assets_tests.conftest import materialize_repo
 
     root = Path(tempfile.mkdtemp(prefix="cia-bench-answer-"))

@@ -23,7 +23,7 @@ def prepare(folder: Path) -> None:
     import pip
     from safetensors.torch import load_file, save_file
 
-    from cia_assets.lib import chunking
+    from cia_assets.lib.indexing import chunking
 
     folder.mkdir(parents=True, exist_ok=True)
     model = folder / "model"

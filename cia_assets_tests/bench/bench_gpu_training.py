@@ -53,8 +53,8 @@ def prepare(folder: Path) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     from cia_assets.config import load_config, required_env_variables
-    from cia_assets.lib.k8s_training import training_extras
-    from cia_assets.lib.llm_server import packaged_gguf
+    from cia_assets.lib.learning.gpu_pod import training_extras
+    from cia_assets.lib.serving.llm_server import packaged_gguf
     from cia_assets_tests.bench.bench_learning import _example
 
     folder.mkdir(parents=True, exist_ok=True)

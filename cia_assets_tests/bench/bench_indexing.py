@@ -31,11 +31,12 @@ import numpy as np
 import yaml
 
 from cia_assets.config import load_config
-from cia_assets.lib import indexing, lexical
-from cia_assets.lib.embeddings import packaged_model_dir
-from cia_assets.lib.layout import DataLayout
-from cia_assets.lib.project import open_embedder, open_embedding_cache
-from cia_assets.lib.vector_store import IndexedPoint
+from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.core.project import open_embedder, open_embedding_cache
+from cia_assets.lib.indexing import lexical
+from cia_assets.lib.indexing import pipeline as indexing
+from cia_assets.lib.indexing.embeddings import packaged_model_dir
+from cia_assets.lib.vectorstore.base import IndexedPoint
 from cia_assets_tests.conftest import GIT_ENV, asset_metadata, materialize_repo
 
 QUERIES = [
@@ -150,7 +151,7 @@ def main() -> None:
 
 def bench_search(config: Any, chunks: list[Any], sizes: list[int]) -> dict[str, Any]:
     """Replicate the real chunks into N points of synthetic repos and time hybrid search."""
-    from cia_assets.lib.embedded_store import EmbeddedVectorStore
+    from cia_assets.lib.vectorstore.embedded import EmbeddedVectorStore
 
     embedder = open_embedder(config)
     cache = open_embedding_cache(config)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cia_assets.lib.redaction import redact
+from cia_assets.lib.learning.redaction import redact
 
 
 def bench_redaction(source: Path) -> dict[str, Any]:
@@ -41,8 +41,8 @@ def bench_redaction(source: Path) -> dict[str, Any]:
 
 
 def _example(rng: random.Random, n: int) -> dict[str, Any]:
-    from cia_assets.lib.prompts import PACKAGED_PROMPT
-    from cia_assets.lib.synthetic import source_block
+    from cia_assets.lib.answering.prompts import PACKAGED_PROMPT
+    from cia_assets.lib.learning.synthetic import source_block
 
     blocks = []
     for k in (1, 2):
@@ -59,8 +59,8 @@ def _example(rng: random.Random, n: int) -> dict[str, Any]:
 
 
 def bench_training(steps: int) -> dict[str, Any]:
-    from cia_assets.lib.llm_server import packaged_gguf
-    from cia_assets.lib.lora_cpu import LoraParams, train_lora_cpu
+    from cia_assets.lib.learning.lora_cpu import LoraParams, train_lora_cpu
+    from cia_assets.lib.serving.llm_server import packaged_gguf
 
     rng = random.Random(7)
     with tempfile.TemporaryDirectory() as tmp:

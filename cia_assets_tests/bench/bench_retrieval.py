@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from cia_assets.config import load_config
-from cia_assets.lib.retrieval_eval import (
+from cia_assets.lib.evaluation.retrieval import (
     TEST_PATH_GLOBS,
     RepoSource,
     RetrievalCase,
@@ -36,7 +36,7 @@ from cia_assets.lib.retrieval_eval import (
     RetrievalHarness,
     load_cases,
 )
-from cia_assets.lib.search import SearchOptions
+from cia_assets.lib.retrieval.search import SearchOptions
 
 DEVSETS = Path(__file__).resolve().parents[3] / "shared" / "devsets"
 SETS = {"commits": "commit_localization.jsonl", "swebench": "swebench_lite_dev.jsonl"}

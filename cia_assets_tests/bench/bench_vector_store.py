@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cia_assets.lib import lexical
-from cia_assets.lib.embedded_store import EmbeddedVectorStore
-from cia_assets.lib.vector_store import IndexedPoint, SparseVector
+from cia_assets.lib.indexing import lexical
+from cia_assets.lib.vectorstore.base import IndexedPoint, SparseVector
+from cia_assets.lib.vectorstore.embedded import EmbeddedVectorStore
 
 DIM = 384
 REPOS = [f"repo-{i}" for i in range(5)]

@@ -11,7 +11,7 @@ from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, dbt_
 from cia_assets.defs.analytics.project import analytics_project
 from cia_assets.defs.repos.partitions import OWNERS
 from cia_assets.defs.resources import AnalyticsDbtResource, CiaConfigResource
-from cia_assets.lib.analytics import TRACES_SNAPSHOT
+from cia_assets.lib.observability.analytics import TRACES_SNAPSHOT
 
 if not analytics_project.manifest_path.exists():
     raise FileNotFoundError(
@@ -42,7 +42,7 @@ SNAPSHOT_TABLES = ("traces", "feedback")
 def trace_store_snapshot(
     context: dg.AssetExecutionContext, cia: CiaConfigResource
 ) -> Iterator[dg.MaterializeResult]:
-    from cia_assets.lib.traces import TraceStore
+    from cia_assets.lib.observability.traces import TraceStore
 
     layout = cia.layout()
     store = TraceStore(layout.traces)

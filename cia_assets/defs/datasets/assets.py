@@ -10,10 +10,10 @@ from cia_assets.config import CiaConfig
 from cia_assets.defs.indexing.assets import code_chunks
 from cia_assets.defs.repos.partitions import OWNERS
 from cia_assets.defs.resources import CiaConfigResource
-from cia_assets.lib import artifacts
-from cia_assets.lib.chunking import decode_source, split_lines
-from cia_assets.lib.git_sync import RepoMirror, read_snapshot
-from cia_assets.lib.layout import DataLayout
+from cia_assets.lib.core import artifacts
+from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.indexing.chunking import decode_source, split_lines
+from cia_assets.lib.sources.git_sync import RepoMirror, read_snapshot
 
 SYNTHETIC_FORMAT_VERSION = "1"
 TRAINING_FORMAT_VERSION = "1"
@@ -44,16 +44,16 @@ def synthetic_qa_dataset(
     or (unset) the live served endpoint. A run that yields no pair publishes nothing, so the
     previous dataset stays current.
     """
-    from cia_assets.lib.indexing import read_chunks
-    from cia_assets.lib.model_endpoints import resolve_endpoint
-    from cia_assets.lib.synthetic import (
+    from cia_assets.lib.indexing.pipeline import read_chunks
+    from cia_assets.lib.learning.synthetic import (
         PAIR_SCHEMA,
         SyntheticPair,
         generate_pairs,
         sample_chunks,
         strata_counts,
     )
-    from cia_assets.lib.synthetic_refresh import indexed_commits
+    from cia_assets.lib.learning.synthetic_refresh import indexed_commits
+    from cia_assets.lib.serving.model_endpoints import resolve_endpoint
 
     project = cia.load()
     layout = cia.layout()
@@ -154,10 +154,10 @@ def training_dataset(context: dg.AssetExecutionContext, cia: CiaConfigResource) 
     Split train/eval by source file, so no file feeds both; each synthetic example shows its
     source beside a distractor from another file, so the model learns to cite the right one.
     """
-    from cia_assets.lib.analytics import read_golden_examples
-    from cia_assets.lib.prompts import load_prompt
-    from cia_assets.lib.synthetic import SyntheticPair
-    from cia_assets.lib.training_data import build_split, golden_example
+    from cia_assets.lib.answering.prompts import load_prompt
+    from cia_assets.lib.learning.synthetic import SyntheticPair
+    from cia_assets.lib.learning.training_data import build_split, golden_example
+    from cia_assets.lib.observability.analytics import read_golden_examples
 
     config = cia.load()
     layout = cia.layout()

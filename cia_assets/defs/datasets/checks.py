@@ -5,7 +5,7 @@ import dagster as dg
 
 from cia_assets.defs.datasets.assets import synthetic_qa_dataset
 from cia_assets.defs.resources import CiaConfigResource
-from cia_assets.lib import artifacts
+from cia_assets.lib.core import artifacts
 
 
 def _rows(cia: CiaConfigResource) -> list[dict[str, object]] | None:
@@ -17,7 +17,7 @@ def _rows(cia: CiaConfigResource) -> list[dict[str, object]] | None:
 def synthetic_pairs_match_schema(cia: CiaConfigResource) -> dg.AssetCheckResult:
     """Every row parses as a pair with a question, an answer citing [1], and a source whose
     line range is valid."""
-    from cia_assets.lib.synthetic import SyntheticPair, cites_only_its_source
+    from cia_assets.lib.learning.synthetic import SyntheticPair, cites_only_its_source
 
     rows = _rows(cia) or []
     problems = []
@@ -45,7 +45,7 @@ def synthetic_dataset_not_empty(cia: CiaConfigResource) -> dg.AssetCheckResult:
 @dg.asset_check(asset=synthetic_qa_dataset, blocking=True)
 def synthetic_dataset_has_no_secrets(cia: CiaConfigResource) -> dg.AssetCheckResult:
     """Runs the redaction detectors again over every question, answer and source text."""
-    from cia_assets.lib.redaction import redact
+    from cia_assets.lib.learning.redaction import redact
 
     settings = cia.load().datasets
     found = []

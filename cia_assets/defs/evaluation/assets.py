@@ -12,9 +12,9 @@ from cia_assets.defs.indexing.assets import qdrant_collection
 from cia_assets.defs.repos.partitions import OWNERS
 from cia_assets.defs.resources import CiaConfigResource, EmbedderResource, MlflowResource
 from cia_assets.defs.training.assets import lora_adapter
-from cia_assets.lib import artifacts
-from cia_assets.lib.endpoint import EndpointRecord, EndpointSpec
-from cia_assets.lib.evaluation import EvalCase, ModelResult
+from cia_assets.lib.core import artifacts
+from cia_assets.lib.evaluation.heldout import EvalCase, ModelResult
+from cia_assets.lib.serving.endpoint import EndpointRecord, EndpointSpec
 
 EVAL_CODE_VERSION = "1"
 GATED_METRICS = ("citation_validity", "faithfulness")
@@ -44,9 +44,9 @@ def rag_eval_results(
     (challenger no worse than the champion, or the base model, on citation validity and
     faithfulness within `promotion` thresholds) is checked by a blocking check.
     """
-    from cia_assets.lib.evaluation import promotion_verdict, retrieval_metrics
-    from cia_assets.lib.registry import CHALLENGER, CHAMPION, spec_for_adapter
-    from cia_assets.lib.search import search_code
+    from cia_assets.lib.evaluation.heldout import promotion_verdict, retrieval_metrics
+    from cia_assets.lib.learning.registry import CHALLENGER, CHAMPION, spec_for_adapter
+    from cia_assets.lib.retrieval.search import search_code
 
     config = cia.load()
     layout = cia.layout()
@@ -154,7 +154,7 @@ def _answer_with(
     cases: Sequence[EvalCase],
     context: dg.AssetExecutionContext,
 ) -> ModelResult:
-    from cia_assets.lib.endpoint import EndpointError, temporary_endpoint
+    from cia_assets.lib.serving.endpoint import EndpointError, temporary_endpoint
 
     result = ModelResult(name=name, model=spec.adapter or spec.model)
     try:
@@ -169,7 +169,7 @@ def _answer_with(
 def _answer_with_teacher(
     config: CiaConfig, cases: Sequence[EvalCase], context: dg.AssetExecutionContext
 ) -> ModelResult:
-    from cia_assets.lib.git_sync import utc_now
+    from cia_assets.lib.sources.git_sync import utc_now
 
     teacher = config.datasets.teacher
     assert teacher.base_url
@@ -189,9 +189,9 @@ def _answer_with_teacher(
 
 
 def _ask_all(config: CiaConfig, record: object, cases: Sequence[EvalCase], result: ModelResult) -> None:
-    from cia_assets.lib.access import Grant
-    from cia_assets.lib.answering import Answerer, AnswerError, AskRequest
-    from cia_assets.lib.endpoint import EndpointRecord
+    from cia_assets.lib.answering.answerer import Answerer, AnswerError, AskRequest
+    from cia_assets.lib.core.access import Grant
+    from cia_assets.lib.serving.endpoint import EndpointRecord
 
     assert isinstance(record, EndpointRecord)
     answerer = Answerer(config, endpoint=record)
@@ -214,8 +214,8 @@ def _score_quality(
     embedder: EmbedderResource,
     context: dg.AssetExecutionContext,
 ) -> None:
-    from cia_assets.lib.answer_quality import JudgeEndpoint, RagSample, score_answers
-    from cia_assets.lib.model_endpoints import resolve_endpoint
+    from cia_assets.lib.evaluation.answer_quality import JudgeEndpoint, RagSample, score_answers
+    from cia_assets.lib.serving.model_endpoints import resolve_endpoint
 
     judge = resolve_endpoint(config, config.evaluation.judge)
     endpoint = JudgeEndpoint(
@@ -264,8 +264,8 @@ def retrieval_history_benchmark(
     was at the commit's parent (in a separate data dir and collection prefix, so the live index
     is untouched). Scored beside whole-file BM25 on the same files: file Acc@1/5/10 and MRR per
     repo, in this asset's metadata (plotted across runs) and as an MLflow run."""
-    from cia_assets.lib.retrieval_eval import RepoSource, RetrievalHarness
-    from cia_assets.lib.search import SearchOptions
+    from cia_assets.lib.evaluation.retrieval import RepoSource, RetrievalHarness
+    from cia_assets.lib.retrieval.search import SearchOptions
 
     config = cia.load()
     cases_per_repo = config.evaluation.history_cases

@@ -6,14 +6,14 @@ import dagster as dg
 
 from cia_assets.defs.evaluation.assets import rag_eval_results
 from cia_assets.defs.resources import CiaConfigResource
-from cia_assets.lib import artifacts
+from cia_assets.lib.core import artifacts
 
 
 @dg.asset_check(asset=rag_eval_results, blocking=True)
 def challenger_no_worse_than_champion(cia: CiaConfigResource) -> dg.AssetCheckResult:
     """Passes when the evaluated challenger is within `promotion` thresholds of the champion
     (the base model when no adapter has been promoted yet), or when there is no challenger."""
-    from cia_assets.lib.evaluation import Verdict
+    from cia_assets.lib.evaluation.heldout import Verdict
 
     evaluation = artifacts.current(cia.layout().evaluation)
     if evaluation is None:

@@ -3,11 +3,11 @@ import dagster as dg
 from cia_assets.defs.repos.assets import git_repo_snapshots
 from cia_assets.defs.repos.partitions import OWNERS, repos_partitions
 from cia_assets.defs.resources import CiaConfigResource, EmbedderResource, VectorStoreResource
-from cia_assets.lib import indexing
-from cia_assets.lib.git_sync import RepoMirror
-from cia_assets.lib.indexing import CHUNK_FORMAT_VERSION
-from cia_assets.lib.layout import collection_alias
-from cia_assets.lib.search import search_collection
+from cia_assets.lib.core.layout import collection_alias
+from cia_assets.lib.indexing import pipeline as indexing
+from cia_assets.lib.indexing.pipeline import CHUNK_FORMAT_VERSION
+from cia_assets.lib.retrieval.search import search_collection
+from cia_assets.lib.sources.git_sync import RepoMirror
 
 # Each stage runs as soon as the stage before it has new data for the same repo: the repo
 # sensor only has to request a snapshot, and the rest of the graph follows it.

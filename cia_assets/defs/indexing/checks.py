@@ -9,11 +9,11 @@ import dagster as dg
 from cia_assets.defs.indexing.assets import qdrant_collection
 from cia_assets.defs.repos.partitions import repos_partitions
 from cia_assets.defs.resources import CiaConfigResource, EmbedderResource, VectorStoreResource
-from cia_assets.lib import indexing
-from cia_assets.lib.git_sync import RepoMirror
-from cia_assets.lib.indexing import VerificationError
-from cia_assets.lib.layout import collection_alias
-from cia_assets.lib.search import search_collection
+from cia_assets.lib.core.layout import collection_alias
+from cia_assets.lib.indexing import pipeline as indexing
+from cia_assets.lib.indexing.pipeline import VerificationError
+from cia_assets.lib.retrieval.search import search_collection
+from cia_assets.lib.sources.git_sync import RepoMirror
 
 
 def _live_collection(cia: CiaConfigResource, vector_store: VectorStoreResource, repo_id: str) -> str:

@@ -2,7 +2,7 @@ import dagster as dg
 
 from cia_assets.defs.repos.partitions import OWNERS, repos_partitions
 from cia_assets.defs.resources import CiaConfigResource
-from cia_assets.lib.git_sync import GitSyncError, RepoMirror, snapshot_at, write_snapshot
+from cia_assets.lib.sources.git_sync import GitSyncError, RepoMirror, snapshot_at, write_snapshot
 
 
 @dg.asset(

@@ -5,7 +5,7 @@ import dagster as dg
 from cia_assets.defs.repos.assets import git_repo_snapshots
 from cia_assets.defs.repos.partitions import REPOS_PARTITIONS_NAME, repos_partitions
 from cia_assets.defs.resources import CiaConfigResource
-from cia_assets.lib.git_sync import GitSyncError, remote_head
+from cia_assets.lib.sources.git_sync import GitSyncError, remote_head
 
 
 @dg.sensor(

@@ -25,7 +25,7 @@ def dead_run_sweep(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     run since before the run started (a reused id belongs to a newer process)."""
     from dagster._core.launcher import DefaultRunLauncher
 
-    from cia_assets.lib.llm_server import process_start_time
+    from cia_assets.lib.serving.llm_server import process_start_time
 
     instance = context.instance
     if not isinstance(instance.run_launcher, DefaultRunLauncher):

@@ -7,7 +7,7 @@ from cia_assets.defs.repos.partitions import OWNERS
 from cia_assets.defs.resources import CiaConfigResource, MlflowResource
 
 if TYPE_CHECKING:
-    from cia_assets.lib.endpoint import EndpointRecord
+    from cia_assets.lib.serving.endpoint import EndpointRecord
 
 
 class ServedEndpointConfig(dg.Config):
@@ -42,8 +42,8 @@ def served_endpoint(
     server is stopped after a drain. Every record stays in the history: run with
     `rollback: true` to make the previous one live again.
     """
-    from cia_assets.lib.endpoint import EndpointError, deploy_endpoint
-    from cia_assets.lib.promotion import plan_rollout
+    from cia_assets.lib.serving.endpoint import EndpointError, deploy_endpoint
+    from cia_assets.lib.serving.promotion import plan_rollout
 
     settings = cia.load()
     try:

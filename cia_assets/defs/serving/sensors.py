@@ -17,7 +17,7 @@ def served_endpoint_sync(context: dg.SensorEvaluationContext, cia: CiaConfigReso
     model server `cia ask`, `cia serve` or MCP start on demand, and restarts of one that
     stopped. Without it the page would say "Never materialized" while a model answers.
     The cursor is the last record version reported."""
-    from cia_assets.lib.endpoint import endpoint_history
+    from cia_assets.lib.serving.endpoint import endpoint_history
 
     reported = int(context.cursor) if context.cursor else 0
     history = [record for record in endpoint_history(cia.load()) if record.version > reported]

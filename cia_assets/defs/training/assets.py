@@ -8,7 +8,7 @@ import dagster as dg
 from cia_assets.defs.datasets.assets import training_dataset
 from cia_assets.defs.repos.partitions import OWNERS
 from cia_assets.defs.resources import CiaConfigResource, KubernetesResource, MlflowResource
-from cia_assets.lib import artifacts
+from cia_assets.lib.core import artifacts
 
 TRAINING_CODE_VERSION = "1"
 
@@ -38,8 +38,8 @@ def lora_adapter(
     QLoRA as a Kubernetes pod on the GPU node through dagster-k8s Pipes, reporting its loss back.
     Either way the run's params, loss curve and adapter files are tracked in MLflow.
     """
-    from cia_assets.lib.llm_server import model_file
-    from cia_assets.lib.lora_cpu import LoraParams, TrainingError, train_lora_cpu
+    from cia_assets.lib.learning.lora_cpu import LoraParams, TrainingError, train_lora_cpu
+    from cia_assets.lib.serving.llm_server import model_file
 
     config = cia.load()
     layout = cia.layout()

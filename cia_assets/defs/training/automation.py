@@ -45,7 +45,7 @@ def feedback_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResource)
     state = json.loads(context.cursor) if context.cursor else {}
     threshold = config.feedback.min_new_feedback
     if config.langfuse.enabled:
-        from cia_assets.lib.langfuse_client import feedback_scores_since
+        from cia_assets.lib.observability.langfuse import feedback_scores_since
 
         since = datetime.fromisoformat(state["langfuse_since"]) if state.get("langfuse_since") else None
         try:
@@ -57,8 +57,8 @@ def feedback_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResource)
             {"langfuse_since": max(stamps).isoformat() if stamps else state.get("langfuse_since")},
         )
     else:
-        from cia_assets.lib.layout import DataLayout
-        from cia_assets.lib.traces import TraceStore
+        from cia_assets.lib.core.layout import DataLayout
+        from cia_assets.lib.observability.traces import TraceStore
 
         store = TraceStore(DataLayout(config.data_dir).traces)
         rows = store.feedback_after(int(state.get("local_seq", 0)), limit=100_000)
@@ -89,7 +89,7 @@ def weekly_synthetic_refresh(
 ) -> dg.RunRequest | dg.SkipReason:
     """Mondays 03:00 UTC: regenerates the synthetic pairs of the repos whose indexed commit
     changed since the current dataset was written; pairs of unchanged repos are kept."""
-    from cia_assets.lib.synthetic_refresh import changed_repos
+    from cia_assets.lib.learning.synthetic_refresh import changed_repos
 
     changed = changed_repos(cia.load())
     if not changed:

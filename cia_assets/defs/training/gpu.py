@@ -11,7 +11,7 @@ from dagster_k8s.client import DagsterK8sError
 
 from cia_assets.config import CiaConfig
 from cia_assets.defs.resources import KubernetesResource
-from cia_assets.lib.k8s_training import (
+from cia_assets.lib.learning.gpu_pod import (
     training_command,
     training_extras,
     training_pod_meta,

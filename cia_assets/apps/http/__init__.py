@@ -1,0 +1,1 @@
+"""The chat app: the page, the chat API, the OpenAI-compatible API and the source view."""

@@ -1,0 +1,422 @@
+"""The chat app: a web page, an OpenAI-compatible API and feedback, over the answering service.
+
+- `GET /` the web page; `GET /healthz` readiness: 200 while the live model endpoint answers,
+  503 "degraded" (with the problems) while it does not; `GET /livez` liveness: the process
+  answers, whatever the model server does; `GET /metrics` Prometheus metrics (question,
+  retrieval and first-token latency, tokens, index size and freshness per repo).
+- `GET /source/<repo>/<sha>/<path>#L10-L42` the page a citation links to when its repo has no
+  web UI: the file at that commit, the cited lines highlighted. A browser navigating there
+  sends no Authorization header, so the page is static and its script fetches the file from
+  `GET /api/source/<repo>/<sha>/<path>` with the token the chat page keeps.
+- `GET /v1/models`, `POST /v1/chat/completions` (streaming too): IDE tools such as Continue
+  or Open WebUI use the assistant as a model. Model `cia` searches every repo the token may
+  see; `cia/<repo>` one of them.
+- `POST /api/ask` (server-sent events for the page), `POST /api/feedback`, `GET /api/repos`.
+
+Every route but the pages (`/`, `/source/...`), `/healthz`, `/livez` and static files needs
+`Authorization: Bearer <token>` with a token from cia.yaml's `chat.tokens`; the token decides
+which repos retrieval (and the source page) may open.
+
+(No `from __future__ import annotations` here: FastAPI reads the dependency annotations at
+run time, including the `Caller` alias local to `create_app`.)
+"""
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, Field
+
+from cia_assets.apps.service import AssistantService
+from cia_assets.config import CiaConfig, load_config
+from cia_assets.lib.answering.answerer import (
+    Answer,
+    AnswerDelta,
+    AnswerError,
+    AnswerSources,
+    AskRequest,
+    closing_text,
+)
+from cia_assets.lib.core.access import AccessDenied, Grant, authorize
+from cia_assets.lib.observability.metrics import AnswerMetrics, IndexCollector
+from cia_assets.lib.observability.traces import UnknownTrace
+from cia_assets.lib.retrieval.search import SearchError
+from cia_assets.lib.sources.git_sync import path_selected
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+MODEL_PREFIX = "cia"
+_COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind = status, message, kind
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields of OpenAI's request that matter here; the rest (temperature, tools...)
+    are accepted and ignored, since the served endpoint's settings come from cia.yaml."""
+
+    model: str = MODEL_PREFIX
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+
+
+class HistoryMessage(BaseModel):
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=20000)
+
+
+class AskBody(BaseModel):
+    question: str
+    repos: list[str] | None = None
+    # The conversation so far, oldest first (the page keeps it; the server keeps none).
+    history: list[HistoryMessage] = Field(default_factory=list, max_length=40)
+
+
+class FeedbackBody(BaseModel):
+    trace_id: str = Field(min_length=1, max_length=64)
+    value: Literal["up", "down", 1, -1]
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+def create_app(config_path: str | Path | None = None, *, forward_in_background: bool = True) -> FastAPI:
+    """The app for one config file (re-read when it changes, so tokens can rotate live)."""
+    app = FastAPI(title="CIA", summary="Answers about your code, with citations", version="1")
+    services: dict[int, AssistantService] = {}
+    registry = CollectorRegistry()
+    metrics = AnswerMetrics(registry)
+    registry.register(IndexCollector(str(config_path) if config_path else None))
+
+    def current_config() -> CiaConfig:
+        return load_config(config_path)
+
+    def service_for(config: CiaConfig) -> AssistantService:
+        key = id(config)
+        if key not in services:
+            for old in services.values():
+                old.close()
+            services.clear()
+            services[key] = AssistantService(
+                config, forward_in_background=forward_in_background, metrics=metrics
+            )
+        return services[key]
+
+    def grant(authorization: Annotated[str | None, Header()] = None) -> Grant:
+        token = None
+        if authorization and authorization.lower().startswith("bearer "):
+            token = authorization[7:].strip()
+        try:
+            return authorize(current_config(), token)
+        except AccessDenied as error:
+            raise ApiError(401, str(error), "authentication_error") from error
+
+    Caller = Annotated[Grant, Depends(grant)]
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"message": error.message, "type": error.kind}},
+            status_code=error.status,
+            headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None,
+        )
+
+    @app.on_event("shutdown")
+    def _close() -> None:
+        for service in services.values():
+            service.close()
+
+    # -- pages and health -------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/source/{repo}/{sha}/{path:path}", include_in_schema=False)
+    def source_page(repo: str, sha: str, path: str) -> FileResponse:
+        # The page holds no code: its script asks /api/source with the caller's token.
+        return FileResponse(STATIC_DIR / "source.html", media_type="text/html")
+
+    @app.get("/livez")
+    def livez() -> dict[str, str]:
+        # Liveness only: a dead model server must not get the chat app restarted.
+        return {"status": "alive"}
+
+    @app.get("/healthz")
+    def healthz() -> JSONResponse:
+        from cia_assets.lib.serving.endpoint import endpoint_health
+
+        health = endpoint_health(current_config())
+        record = health.record
+        body: dict[str, Any] = {
+            "status": "ok" if health.ok else "degraded",
+            "endpoint": None
+            if record is None
+            else {"engine": record.engine, "model": record.model, "version": record.version},
+        }
+        if health.problem:
+            body["problems"] = [health.problem]
+        return JSONResponse(body, status_code=200 if health.ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        # Inside the cluster only (a NetworkPolicy admits the Prometheus namespace): it carries
+        # repo names and sizes, never code.
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    # -- the web page's API ----------------------------------------------------------------
+
+    @app.get("/api/repos")
+    def repos(who: Caller) -> dict[str, Any]:
+        return {"token": who.name, "repos": list(who.repos)}
+
+    @app.get("/api/source/{repo}/{sha}/{path:path}")
+    def source_file(repo: str, sha: str, path: str, who: Caller) -> dict[str, Any]:
+        """The lines of one indexed file at one commit, read from the repo's git mirror."""
+        if repo not in who.repos:  # an unknown repo and another token's answer alike
+            raise ApiError(404, f"no repo {repo!r} for this token", "not_found_error")
+        if not _COMMIT_SHA.fullmatch(sha):
+            raise ApiError(400, "the commit must be a full 40-character hex sha")
+        if any(part in ("", ".", "..") for part in path.split("/")):
+            raise ApiError(400, f"not a path inside the repo: {path!r}")
+        config = current_config()
+        codebase = config.codebase(repo)
+        # Only files the index may cite: an excluded file (secrets, vendored code) stays unseen.
+        lines = None
+        if path_selected(path, codebase.include, codebase.exclude):
+            lines = service_for(config).answerer.read_lines(repo, sha, path)
+        if lines is None:
+            raise ApiError(404, f"{repo}: no indexed file {path!r} at {sha[:12]}", "not_found_error")
+        return {"repo": repo, "commit_sha": sha, "path": path, "lines": lines}
+
+    @app.post("/api/ask")
+    def ask(body: AskBody, who: Caller) -> StreamingResponse:
+        config = current_config()
+        service = service_for(config)
+        request = AskRequest(
+            question=body.question,
+            grant=who,
+            repos=body.repos,
+            interface="http",
+            history=[message.model_dump() for message in body.history],
+        )
+        events = _checked(service.answerer.stream(request))
+
+        def sse() -> Iterator[str]:
+            try:
+                for event in events:
+                    if isinstance(event, AnswerSources):
+                        yield _sse("sources", event.to_json())
+                    elif isinstance(event, AnswerDelta):
+                        yield _sse("delta", {"text": event.text})
+                    else:
+                        yield _sse("final", event.to_json())
+            except _answer_errors() as error:
+                yield _sse("error", {"message": str(error)})
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/api/feedback")
+    def feedback(body: FeedbackBody, who: Caller) -> dict[str, Any]:
+        service = service_for(current_config())
+        value = {"up": 1, "down": -1}.get(str(body.value), body.value)
+        trace = service.store.get_trace(body.trace_id)
+        # Another token's trace is answered like an unknown one: ids leak nothing.
+        if trace is None or trace.get("token_name") != who.name:
+            raise ApiError(404, f"unknown trace id {body.trace_id!r}", "not_found_error")
+        try:
+            record = service.store.add_feedback(body.trace_id, int(value), body.comment, source="http")
+        except UnknownTrace as error:
+            raise ApiError(404, str(error), "not_found_error") from error
+        return {"status": "recorded", "feedback_id": record.feedback_id, "trace_id": body.trace_id}
+
+    # -- OpenAI-compatible API ---------------------------------------------------------------
+
+    @app.get("/v1/models")
+    def models(who: Caller) -> dict[str, Any]:
+        created = int(time.time())
+        ids = [MODEL_PREFIX, *(f"{MODEL_PREFIX}/{repo}" for repo in who.repos)]
+        return {
+            "object": "list",
+            "data": [{"id": i, "object": "model", "created": created, "owned_by": "cia"} for i in ids],
+        }
+
+    @app.post("/v1/chat/completions", response_model=None)
+    def chat_completions(body: ChatCompletionRequest, who: Caller) -> dict[str, Any] | StreamingResponse:
+        repos = _repos_of_model(body.model)
+        question, history = _question_and_history(body.messages)
+        service = service_for(current_config())
+        request = AskRequest(question=question, grant=who, repos=repos, interface="openai", history=history)
+        events = _checked(service.answerer.stream(request))
+        created = int(time.time())
+        if not body.stream:
+            final: Answer | None = None
+            try:
+                for event in events:
+                    if isinstance(event, Answer):
+                        final = event
+            except _answer_errors() as error:
+                raise _as_api_error(error) from error
+            assert final is not None
+            return _completion(final, body.model, created)
+        return StreamingResponse(
+            _completion_chunks(events, body.model, created),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+
+    return app
+
+
+# What can go wrong in answering a question, as the caller should hear it: a refused repo, a
+# bad question, a model server that is down or fails (`EndpointError`, `LlmServerError`).
+def _answer_errors() -> tuple[type[Exception], ...]:
+    from cia_assets.lib.serving.endpoint import EndpointError
+    from cia_assets.lib.serving.llm_server import LlmServerError
+
+    return (AccessDenied, AnswerError, SearchError, EndpointError, LlmServerError)
+
+
+def _as_api_error(error: Exception) -> ApiError:
+    if isinstance(error, AccessDenied):
+        return ApiError(403, str(error), "permission_error")
+    if isinstance(error, (AnswerError, SearchError)) and "endpoint" not in str(error):
+        return ApiError(400, str(error))
+    return ApiError(503, str(error))
+
+
+def _checked(events: Iterator[Any]) -> Iterator[Any]:
+    """Run the answer up to its first event (the sources) now, so bad input and denied repos
+    become HTTP errors (401/403/400) before a 200 stream has started. A model server that
+    fails after that is an `error` event of the stream (a 503 without streaming)."""
+    try:
+        first = next(events)
+    except _answer_errors() as error:
+        raise _as_api_error(error) from error
+    except StopIteration:  # pragma: no cover - a stream always ends with the Answer
+        raise ApiError(500, "no answer was produced", "server_error") from None
+
+    def chained() -> Iterator[Any]:
+        yield first
+        yield from events
+
+    return chained()
+
+
+def _repos_of_model(model: str) -> list[str] | None:
+    if model == MODEL_PREFIX or not model:
+        return None
+    prefix = f"{MODEL_PREFIX}/"
+    if model.startswith(prefix) and len(model) > len(prefix):
+        return [model[len(prefix) :]]
+    raise ApiError(404, f"unknown model {model!r}: use 'cia' or 'cia/<repo>' (see GET /v1/models)")
+
+
+def _text_of(message: ChatMessage) -> str:
+    if isinstance(message.content, str):
+        return message.content
+    if isinstance(message.content, list):
+        return "\n".join(str(part.get("text", "")) for part in message.content if part.get("type") == "text")
+    return ""
+
+
+def _question_and_history(messages: list[ChatMessage]) -> tuple[str, list[dict[str, str]]]:
+    """The last user message is the question; the user and assistant messages before it are
+    the conversation (system prompts and tool messages are the client's own business)."""
+    for index in range(len(messages) - 1, -1, -1):
+        if messages[index].role == "user" and _text_of(messages[index]).strip():
+            history = [
+                {"role": m.role, "content": _text_of(m)}
+                for m in messages[:index]
+                if m.role in ("user", "assistant") and _text_of(m).strip()
+            ]
+            return _text_of(messages[index]), history
+    raise ApiError(400, "messages: no user message with text content")
+
+
+def _completion(answer: Answer, model: str, created: int) -> dict[str, Any]:
+    prompt_tokens = answer.usage.get("prompt_tokens") or 0
+    completion_tokens = answer.usage.get("completion_tokens") or 0
+    return {
+        "id": f"chatcmpl-{answer.trace_id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.answer},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        # Beside OpenAI's fields, so clients that know CIA get the structured citations.
+        "cia": answer.to_json(),
+    }
+
+
+def _completion_chunks(events: Iterator[Any], model: str, created: int) -> Iterator[str]:
+    """OpenAI's chunk stream. The first chunk carries the retrieved sources in a `cia` field
+    beside OpenAI's (clients ignore fields they do not know); the text streams as generated
+    (markers already checked); the last content chunk carries the cited sources, or, when no
+    valid citation was left, the explicit "not found" that replaces the answer for
+    non-streaming clients."""
+    chunk_id: str | None = None
+    streamed = False
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, extra: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {
+            "id": chunk_id or "chatcmpl-pending",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        if extra:
+            body.update(extra)
+        return f"data: {json.dumps(body)}\n\n"
+
+    try:
+        for event in events:
+            if isinstance(event, AnswerSources):
+                yield chunk({"role": "assistant", "content": ""}, extra={"cia": event.to_json()})
+                continue
+            if isinstance(event, AnswerDelta):
+                streamed = True
+                yield chunk({"content": event.text})
+                continue
+            chunk_id = f"chatcmpl-{event.trace_id}"
+            yield chunk(
+                {"content": closing_text(event, streamed)},
+                extra={"cia": event.to_json()},
+            )
+            yield chunk({}, finish="stop")
+    except _answer_errors() as error:
+        yield chunk({"content": f"\n\n[error: {error}]"}, finish="stop")
+    yield "data: [DONE]\n\n"
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"

@@ -1,0 +1,57 @@
+"""`cia serve`: the chat app and, in the embedded default, the model server it needs, as one
+supervised command (like a Pod with a sidecar: if the model server dies it is restarted,
+and stopping the app stops it)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+from cia_assets.config import CiaConfig
+
+log = logging.getLogger(__name__)
+SUPERVISE_INTERVAL_S = 5.0
+
+
+def serve(config: CiaConfig, *, host: str | None = None, port: int | None = None) -> int:
+    import uvicorn
+
+    from cia_assets.apps.http.app import create_app
+    from cia_assets.lib.core.access import accepted_tokens
+    from cia_assets.lib.core.layout import DataLayout
+    from cia_assets.lib.serving.endpoint import ensure_endpoint, stop_local_endpoint
+
+    host = host or config.chat.host
+    port = port or config.chat.port
+    record = ensure_endpoint(config, idle_stop_s=0)  # this command owns and stops its server
+    print(f"cia: model {record.model} answering at {record.base_url} ({record.engine})", file=sys.stderr)
+    link = f"http://{host}:{port}/"
+    tokens = accepted_tokens(config)
+    if len(tokens) == 1:
+        link += f"#token={tokens[0].token}"
+    if not config.chat.tokens:
+        where = DataLayout(config.data_dir).local_token
+        print(f"cia: cia.yaml lists no chat.tokens: the app takes the token in {where}", file=sys.stderr)
+    print(f"cia: chat app on {link}", file=sys.stderr, flush=True)
+
+    stop = threading.Event()
+
+    def supervise() -> None:
+        # Re-check the live endpoint: a local model server that died (or was replaced by a
+        # `served_endpoint` materialization whose server then died) is started again.
+        while not stop.wait(SUPERVISE_INTERVAL_S):
+            try:
+                ensure_endpoint(config, idle_stop_s=0)
+            except Exception:
+                log.exception("the model endpoint is down and could not be restarted")
+
+    supervisor = threading.Thread(target=supervise, name="cia-endpoint-supervisor", daemon=True)
+    supervisor.start()
+    try:
+        uvicorn.run(create_app(config.config_path), host=host, port=port, log_level="info")
+    finally:
+        stop.set()
+        if config.llm.engine == "llama_cpp":
+            stop_local_endpoint(config)
+    return 0

@@ -1,0 +1,1 @@
+"""From retrieved code to a cited, grounded answer: prompt, citations, grounding, the answerer."""

@@ -1,0 +1,1 @@
+"""Traces, metrics, analytics tables and the Langfuse forwarder."""

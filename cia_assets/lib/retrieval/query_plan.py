@@ -1,0 +1,147 @@
+"""What a question or issue report asks the index for: code tokens, named symbols, named files.
+
+Real questions range from "where is the refund deadline checked?" to a GitHub issue of
+several hundred words with a traceback and a code sample. The embedding model reads the
+first 256 tokens; the lexical vector takes the whole text with repeated words weighing more;
+the identifiers it names (`separability_matrix`, `RST.__init__`) are kept to find their
+definitions; and files it names outright (traceback frames, paths, dotted modules) are
+recognised so the search can look inside them (see `search.py`).
+
+Measured and removed (`cia_assets_tests/bench/bench_retrieval.py`): cutting long reports
+into several dense pieces, and stripping issue-template noise; neither raised file Acc@5.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from cia_assets.lib.indexing import lexical
+from cia_assets.lib.vectorstore.base import SparseVector
+
+_TRACEBACK_FRAME = re.compile(r'File "([^"]+)", line \d+')
+_SOURCE_SUFFIXES = (
+    "py|pyi|pyx|js|jsx|ts|tsx|go|java|kt|rs|rb|php|c|h|cc|cpp|hpp|cs|scala|swift|sh|sql|"
+    "yaml|yml|toml|json|md|rst|html|css"
+)
+_PATH = re.compile(rf"(?<![\w/.-])((?:[\w.-]+/)*[\w.-]+\.(?:{_SOURCE_SUFFIXES}))\b")
+# `astropy.modeling.separable`, `from sklearn.linear_model import Ridge`: a dotted name of
+# lowercase segments not followed by a call (a module path rather than `obj.method()`).
+_DOTTED_MODULE = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+)(?![\w(])")
+# `Dataset.update`, `RST.__init__`: any qualified name, for finding definitions.
+_DOTTED_NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)")
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """One question, encoded for every retrieval list that `search.py` fuses."""
+
+    text: str
+    sparse: SparseVector
+    exact: SparseVector
+    identifiers: tuple[str, ...]  # compound and dotted identifiers, lowercased
+    path_mentions: tuple[str, ...]  # path fragments named in the text, in order of mention
+
+    @classmethod
+    def of(cls, text: str, *, repeated_terms_count: bool = True) -> QueryPlan:
+        return cls(
+            text=text,
+            sparse=lexical.encode_query(text, repeated_terms_count=repeated_terms_count),
+            exact=lexical.encode_identifiers(text),
+            identifiers=tuple(dict.fromkeys([*lexical.identifiers(text), *dotted_names(text)])),
+            path_mentions=path_mentions(text),
+        )
+
+
+def dotted_names(text: str) -> list[str]:
+    """`Dataset.update`, `models.Field.default`: qualified names, lowercased."""
+    return [match.group(1).lower() for match in _DOTTED_NAME.finditer(text)]
+
+
+def path_mentions(text: str) -> tuple[str, ...]:
+    """Path fragments the text names: traceback frames, file paths, dotted module names.
+
+    `File "/usr/lib/python3/site-packages/django/forms/fields.py", line 151` yields the full
+    path (matched against the repo's files by suffix later), `astropy.modeling.separable`
+    yields `astropy/modeling/separable`. Order: first mention first, duplicates removed.
+    """
+    found: list[tuple[int, str]] = []
+    taken: list[tuple[int, int]] = []
+    for pattern in (_TRACEBACK_FRAME, _PATH):
+        for match in pattern.finditer(text):
+            found.append((match.start(1), match.group(1).replace("\\", "/")))
+            taken.append(match.span(1))
+    for match in _DOTTED_MODULE.finditer(text):
+        start, end = match.span(1)
+        if any(start < t_end and t_start < end for t_start, t_end in taken):
+            continue  # the `fields.py` of a path, not a module name
+        found.append((start, match.group(1).replace(".", "/")))
+    found.sort(key=lambda item: item[0])
+    seen: dict[str, None] = {}
+    for _, fragment in found:
+        cleaned = fragment.strip("./")
+        if cleaned and cleaned not in seen:
+            seen[cleaned] = None
+    return tuple(seen)
+
+
+def _with_module_readings(mentions: Sequence[str]) -> list[str]:
+    """`ascii.rst` in `format="ascii.rst"` looks like a file but names the module
+    `ascii/rst`: every dotted mention is also tried as a module path, after the file."""
+    out: list[str] = []
+    for mention in mentions:
+        out.append(mention)
+        last = mention.rsplit("/", 1)[-1]
+        if "." in last and "/" not in mention:
+            out.append(mention.replace(".", "/"))
+    return out
+
+
+class RepoPaths:
+    """A repo's file paths, indexed by every path suffix and module suffix once, so each
+    question's mentions are matched with dictionary lookups (see `search.py`'s cache)."""
+
+    def __init__(self, files: Iterable[str]) -> None:
+        self.by_suffix: dict[str, list[str]] = {}
+        for path in files:
+            segments = path.split("/")
+            for start in range(len(segments)):
+                self.by_suffix.setdefault("/".join(segments[start:]), []).append(path)
+            stem, dot, _ = path.rpartition(".")
+            if dot:
+                module = stem[: -len("/__init__")] if stem.endswith("/__init__") else stem
+                module_segments = module.split("/")
+                for start in range(len(module_segments)):
+                    self.by_suffix.setdefault("/".join(module_segments[start:]) + "/", []).append(path)
+
+    def named_by(self, mentions: Sequence[str]) -> list[str]:
+        """Files that the mentioned fragments name, best match of each mention first.
+
+        A fragment matches a file when the file's path ends with it at a `/` boundary
+        (`forms/fields.py` -> `django/forms/fields.py`), or, for a module fragment without
+        an extension, with `<fragment>.<ext>` or `<fragment>/__init__.py`. An absolute path
+        from a traceback matches through its longest suffix that is a repo path. Fragments
+        of one segment without an extension (`numpy`, `self`) are too vague to match.
+        """
+        matched: dict[str, None] = {}
+        for mention in _with_module_readings(mentions):
+            segments = mention.split("/")
+            has_extension = "." in segments[-1]
+            if not has_extension and len(segments) < 2:
+                continue
+            for start in range(len(segments)):
+                suffix = "/".join(segments[start:])
+                if not has_extension:
+                    suffix += "/"
+                elif start == len(segments) - 1 and len(segments) > 1:
+                    break  # a bare file name from a longer path matched nothing more specific
+                candidates = self.by_suffix.get(suffix)
+                if candidates:
+                    # A bare name like `utils.py` can match dozens of files: only a few
+                    # candidates are specific enough to trust.
+                    if len(candidates) <= 3:
+                        for candidate in sorted(candidates, key=len):
+                            matched.setdefault(candidate, None)
+                    break
+        return list(matched)

@@ -1,0 +1,375 @@
+"""Hybrid code search across the indexed repos, as the CLI and the answering service use it."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cia_assets.config import CiaConfig
+from cia_assets.lib.core.layout import DataLayout, collection_alias
+from cia_assets.lib.core.project import open_embedder, open_embedding_cache, open_vector_store
+from cia_assets.lib.core.records import sha256_text, source_url
+from cia_assets.lib.indexing import lexical
+from cia_assets.lib.indexing.embeddings import Embedder
+from cia_assets.lib.indexing.pipeline import read_index_state
+from cia_assets.lib.retrieval.query_plan import QueryPlan, RepoPaths
+from cia_assets.lib.vectorstore.base import SearchHit, SparseVector, VectorStore
+
+MERGE_RRF_K = 60  # as the stores' own fusion
+# Files of the lexical-mass list: beyond the first few dozen, RRF adds next to nothing.
+LEXICAL_FILES = 30
+
+
+class SearchError(RuntimeError):
+    """The search cannot run as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class HybridQuery:
+    """A query encoded once for any number of collections."""
+
+    dense: list[float]
+    sparse: SparseVector
+    exact: SparseVector
+
+    @classmethod
+    def encode(cls, embedder: Embedder, text: str) -> HybridQuery:
+        return cls(
+            dense=embedder.embed_query(text).tolist(),
+            sparse=lexical.encode_query(text),
+            exact=lexical.encode_identifiers(text),
+        )
+
+    def run(
+        self,
+        store: VectorStore,
+        collection: str,
+        limit: int,
+        filters: dict[str, str | list[str]] | None = None,
+    ) -> list[SearchHit]:
+        return store.search(collection, self.dense, self.sparse, limit, filters, exact=self.exact)
+
+
+def search_collection(
+    store: VectorStore, embedder: Embedder, collection: str, text: str, limit: int
+) -> list[SearchHit]:
+    """One collection or alias, e.g. a build being verified before it is published."""
+    return HybridQuery.encode(embedder, text).run(store, collection, limit)
+
+
+@dataclass(frozen=True)
+class CodeHit:
+    """One retrieved chunk. `web_url` is its repo's (None without one) and `chat_url` the chat
+    app's public address: together they make `url`, the link to the hit's lines."""
+
+    repo: str
+    path: str
+    line_start: int
+    line_end: int
+    symbol: str | None
+    language: str
+    score: float
+    web_url: str | None
+    kind: str
+    commit_sha: str
+    text: str
+    context: str = ""
+    chat_url: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        return source_url(
+            self.web_url,
+            self.commit_sha,
+            self.path,
+            self.line_start,
+            self.line_end,
+            repo=self.repo,
+            chat_url=self.chat_url,
+        )
+
+    def to_json(self, with_text: bool = False) -> dict[str, Any]:
+        hidden = ("context", "web_url", "chat_url", "kind", "commit_sha", "text")
+        data = {key: value for key, value in asdict(self).items() if key not in hidden}
+        data["url"] = self.url
+        if with_text:
+            data.update(kind=self.kind, commit_sha=self.commit_sha, text=self.text)
+        return data
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a question becomes retrieval lists; defaults are what the benchmarks chose
+    (`cia_assets_tests/bench/bench_retrieval.py` measures every switch)."""
+
+    query_tf: bool = True  # a query word used n times weighs 1 + ln(n) in the lexical list
+    mentions: bool = True  # files the text names (tracebacks, paths, modules) get a list
+    definitions: bool = True  # chunks defining a symbol the text names get a list
+    file_lexical: bool = True  # files ranked by the summed BM25 of their chunks get a list
+    lexical_depth: int = 500  # chunks read for that file ranking
+    candidates: int = 100  # chunks per list before fusion
+
+
+@dataclass(frozen=True)
+class FileHit:
+    repo: str
+    path: str
+    score: float
+    chunks: tuple[CodeHit, ...]  # the file's retrieved chunks, best first
+
+
+def _fuse(lists: Sequence[tuple[list[SearchHit], float]]) -> list[tuple[SearchHit, float]]:
+    """Reciprocal-rank fusion over point ids; one list alone keeps its order."""
+    scores: dict[str, float] = {}
+    first: dict[str, SearchHit] = {}
+    for hits, weight in lists:
+        for rank, hit in enumerate(hits, start=1):
+            scores[hit.id] = scores.get(hit.id, 0.0) + weight / (MERGE_RRF_K + rank)
+            first.setdefault(hit.id, hit)
+    ordered = sorted(scores, key=lambda pid: (-scores[pid], first[pid].payload.get("path", ""), pid))
+    return [(first[pid], scores[pid]) for pid in ordered]
+
+
+def _code_hit(hit: SearchHit, score: float, chat_url: str) -> CodeHit:
+    p = hit.payload
+    return CodeHit(
+        repo=p["repo_id"],
+        path=p["path"],
+        line_start=p["line_start"],
+        line_end=p["line_end"],
+        symbol=p.get("symbol"),
+        language=p["language"],
+        score=round(score, 6),
+        web_url=p.get("web_url"),
+        kind=p["kind"],
+        commit_sha=p["commit_sha"],
+        text=p.get("text", ""),
+        context=p.get("context") or "",
+        chat_url=chat_url,
+    )
+
+
+def _repo_paths(state_path: Path) -> RepoPaths | None:
+    """The indexed files of a repo, for matching the files a question names; rebuilt only
+    when the index state changes (a new commit), not on every question."""
+    try:
+        stat = state_path.stat()
+    except FileNotFoundError:
+        return None
+    return _repo_paths_at(state_path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _repo_paths_at(state_path: Path, _mtime_ns: int, _size: int) -> RepoPaths | None:
+    state = read_index_state(state_path)
+    return RepoPaths(state.files) if state else None
+
+
+def _search_repo(
+    config: CiaConfig,
+    store: VectorStore,
+    alias: str,
+    repo: str,
+    plan: QueryPlan,
+    hybrid: HybridQuery,
+    limit: int,
+    options: SearchOptions,
+) -> list[CodeHit]:
+    depth = max(limit, options.candidates)
+    lists: list[tuple[list[SearchHit], float]] = [(hybrid.run(store, alias, depth), 1.0)]
+    if options.mentions and plan.path_mentions:
+        paths = _repo_paths(DataLayout(config.data_dir).index_state(repo))
+        named_files = paths.named_by(plan.path_mentions) if paths else []
+        if named_files:
+            # One chunk per named file: a traceback names the call chain, and the fix is
+            # often elsewhere; a named file earns a place, not a flood of its chunks.
+            lists.append((_best_per_file(hybrid.run(store, alias, depth, {"path": named_files})), 1.0))
+    if options.file_lexical and plan.sparse.indices:
+        lists.append((_files_by_lexical_mass(store, alias, hybrid, lists, options.lexical_depth), 1.0))
+    fused = _fuse(lists)
+    if options.definitions and plan.identifiers:
+        # A report names `separability_matrix` or `URLField`: the chunks that define it
+        # (their symbol, not merely a use) are where a fix starts. Candidates come from
+        # the lists above, so this only reorders what retrieval already found.
+        # Dunder names (`__init__`, `__call__`) are defined in every other class.
+        names = {name for name in plan.identifiers if not name.rsplit(".", 1)[-1].startswith("__")}
+        defining = [hit for hit, _ in fused if _defines(hit, names)]
+        if defining:
+            fused = _fuse([*lists, (defining, 1.0)])
+    chat_url = config.chat.resolved_public_url
+    return [_code_hit(hit, score, chat_url) for hit, score in fused[:limit]]
+
+
+def _best_per_file(hits: Iterable[SearchHit]) -> list[SearchHit]:
+    """The first (best) hit of each file, in order."""
+    best: dict[str, SearchHit] = {}
+    for hit in hits:
+        best.setdefault(hit.payload["path"], hit)
+    return list(best.values())
+
+
+def _files_by_lexical_mass(
+    store: VectorStore,
+    alias: str,
+    hybrid: HybridQuery,
+    lists: Sequence[tuple[list[SearchHit], float]],
+    depth: int,
+) -> list[SearchHit]:
+    """One chunk per file, files ordered by the sum of their chunks' BM25 scores.
+
+    A long report's words are spread over the module that needs the fix: no single chunk
+    holds many of them, but their sum over the file does (what BM25 over whole files sees).
+    Each file is represented by its best chunk from the other lists, else by its best chunk
+    for the query within the file, so the file-level evidence lands on a citable chunk.
+    """
+    mass: dict[str, float] = {}
+    for hit in store.search_lexical(alias, hybrid.sparse, depth, fields=["path"]):
+        path = hit.payload["path"]
+        mass[path] = mass.get(path, 0.0) + hit.score
+    ordered = sorted(mass, key=lambda path: (-mass[path], path))[:LEXICAL_FILES]
+    best = {hit.payload["path"]: hit for hit in _best_per_file(hit for hit, _ in _fuse(lists))}
+    missing = [path for path in ordered if path not in best]
+    if missing:
+        for hit in _best_per_file(hybrid.run(store, alias, len(missing) * 4, {"path": missing})):
+            best.setdefault(hit.payload["path"], hit)
+    return [best[path] for path in ordered if path in best]
+
+
+def _defines(hit: SearchHit, names: set[str]) -> bool:
+    """The chunk defines a named symbol: its own name (the last part of `Class.method`) is
+    named, or its qualified name ends with a dotted name of the text (`Dataset.update`).
+    Naming a class does not make every method of it a definition of that name."""
+    symbol = str(hit.payload.get("symbol") or "").lower()
+    if not symbol:
+        return False
+    if symbol.rsplit(".", 1)[-1] in names:
+        return True
+    return any("." in name and (symbol == name or symbol.endswith("." + name)) for name in names)
+
+
+def search_code(
+    config: CiaConfig,
+    query: str,
+    *,
+    repos: Sequence[str] | None = None,
+    k: int = 10,
+    options: SearchOptions = SearchOptions(),
+) -> list[CodeHit]:
+    """Top-k chunks for `query` over `repos` (default: all configured and indexed).
+
+    Each repo has its own collection (so repos re-index independently and access control
+    is a choice of collections). Within a repo, the store's hybrid list (dense, lexical and
+    exact identifiers), the best chunks of files the query names, files ranked by lexical
+    mass and the chunks defining symbols it names are fused by reciprocal rank; across
+    repos the union is fused again (`merge_across_repos`).
+    """
+    hits = _search(config, query, repos=repos, limit=k, options=options)
+    return hits[:k]
+
+
+def search_files(
+    config: CiaConfig,
+    query: str,
+    *,
+    repos: Sequence[str] | None = None,
+    k: int = 10,
+    options: SearchOptions = SearchOptions(),
+) -> list[FileHit]:
+    """The files most relevant to `query`, from the chunks of `options.candidates` (see
+    `rank_files`)."""
+    hits = _search(config, query, repos=repos, limit=options.candidates, options=options)
+    return rank_files(hits)[:k]
+
+
+def rank_files(hits: Sequence[CodeHit]) -> list[FileHit]:
+    """Files in order of their best chunk. Summing a file's chunks (decayed 0.25 or 0.5)
+    was measured too: it favours long files and paid nothing on the retrieval sets."""
+    by_file: dict[tuple[str, str], list[CodeHit]] = {}
+    for hit in hits:
+        by_file.setdefault((hit.repo, hit.path), []).append(hit)
+    files = []
+    for (repo, path), chunks in by_file.items():
+        chunks.sort(key=lambda h: -h.score)
+        files.append(FileHit(repo=repo, path=path, score=chunks[0].score, chunks=tuple(chunks)))
+    files.sort(key=lambda f: (-f.score, f.repo, f.path))
+    return files
+
+
+def _search(
+    config: CiaConfig, query: str, *, repos: Sequence[str] | None, limit: int, options: SearchOptions
+) -> list[CodeHit]:
+    if not query.strip():
+        raise SearchError("the query is empty")
+    if limit < 1:
+        raise SearchError(f"k must be at least 1, got {limit}")
+    for repo in repos or ():
+        config.codebase(repo)  # raises KeyError naming an unknown repo
+    store = open_vector_store(config)
+    wanted = list(repos) if repos else config.repo_ids
+    aliases = {repo: collection_alias(config.vector_store.collection_prefix, repo) for repo in wanted}
+    indexed = {repo: alias for repo, alias in aliases.items() if store.resolve_alias(alias)}
+    if not indexed:
+        raise SearchError(f"nothing indexed yet for {', '.join(wanted) or 'any repo'}; run `cia index` first")
+    plan = QueryPlan.of(query, repeated_terms_count=options.query_tf)
+    hybrid = HybridQuery(
+        dense=open_embedder(config).embed_query(query).tolist(), sparse=plan.sparse, exact=plan.exact
+    )
+    hits: list[CodeHit] = []
+    for repo, alias in indexed.items():
+        hits.extend(_search_repo(config, store, alias, repo, plan, hybrid, limit, options))
+    if len(indexed) > 1:
+        return merge_across_repos(config, hybrid, hits)
+    return hits
+
+
+def merge_across_repos(config: CiaConfig, encoded: HybridQuery, hits: list[CodeHit]) -> list[CodeHit]:
+    """One ranking for the hits of several repos' collections.
+
+    RRF scores are built from ranks, so every collection's first hit scores the same: merged
+    by score, repos would interleave and ties would go by repo name. The union is fused again
+    with evidence that compares across collections: cosine similarity to the query (the
+    chunks' vectors come from the embedding cache), the BM25-style overlap of code tokens, and
+    the exact identifiers, each ranked over the union and combined with the same RRF.
+    """
+
+    def embedding_text(hit: CodeHit) -> str:
+        context = hit.context
+        return f"{hit.path}\n{context}\n{hit.text}" if context else f"{hit.path}\n{hit.text}"
+
+    texts = [embedding_text(hit) for hit in hits]
+    keys = [sha256_text(text) for text in texts]
+    vectors = open_embedding_cache(config).get_many(open_embedder(config).model_id, keys)
+    query_vector = np.asarray(encoded.dense, dtype=np.float32)
+    query_vector /= float(np.linalg.norm(query_vector)) or 1.0
+
+    def cosine(key: str) -> float:
+        vector = vectors.get(key)
+        if vector is None:
+            return -1.0  # not cached here: ranked last on this evidence, not dropped
+        return float(np.dot(query_vector, vector) / (float(np.linalg.norm(vector)) or 1.0))
+
+    def overlap(terms: SparseVector, text: str) -> float:
+        document = lexical.encode_document(text)
+        weights = dict(zip(document.indices, document.values, strict=True))
+        return sum(weights.get(i, 0.0) * w for i, w in zip(terms.indices, terms.values, strict=True))
+
+    # (values, whether a zero still earns a rank): every hit has a cosine; a hit without a
+    # query token or identifier in it gets nothing from those lists, as in the stores.
+    evidence = [
+        ([cosine(key) for key in keys], True),
+        ([overlap(encoded.sparse, text) for text in texts], False),
+        ([overlap(encoded.exact, text) for text in texts], False),
+    ]
+    fused = [0.0] * len(hits)
+    for values, zero_counts in evidence:
+        order = sorted(range(len(hits)), key=lambda i: -values[i])
+        for rank, index in enumerate(order, start=1):
+            if zero_counts or values[index] > 0:
+                fused[index] += 1.0 / (MERGE_RRF_K + rank)
+    ranked = sorted(range(len(hits)), key=lambda i: (-fused[i], -hits[i].score, hits[i].repo, hits[i].path))
+    return [replace(hits[i], score=round(fused[i], 6)) for i in ranked]

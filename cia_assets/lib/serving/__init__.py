@@ -1,0 +1,1 @@
+"""Model endpoints: packaged models, local model servers, deploys, routing and promotion."""

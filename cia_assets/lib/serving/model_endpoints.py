@@ -1,0 +1,77 @@
+"""The learning loop's model endpoints (teacher, judge), resolved to something callable.
+
+Unset `base_url` means the live served endpoint (the packaged model in the embedded default),
+started on demand like any question would start it. Every call goes through the `openai`
+client, so a hosted API, vLLM, Ollama or llama.cpp plug in by configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cia_assets.config import CiaConfig, ModelEndpointConfig
+
+
+@dataclass(frozen=True)
+class ResolvedEndpoint:
+    base_url: str
+    model: str
+    api_key: str | None
+    engine: str  # llama_cpp for the local server, else openai-compatible
+    timeout_s: float
+    max_tokens: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}@{self.base_url}"
+
+    def client(self) -> Any:
+        import openai
+
+        return openai.OpenAI(
+            base_url=self.base_url, api_key=self.api_key or "unused", timeout=self.timeout_s, max_retries=2
+        )
+
+    def complete_json(self, messages: list[dict[str, str]], schema: dict[str, Any] | None = None) -> str:
+        """The reply's text, asked for as JSON. llama.cpp is held to `schema` by a grammar;
+        other servers get JSON mode, which every OpenAI-compatible server accepts."""
+        response_format: dict[str, Any] = {"type": "json_object"}
+        if self.engine == "llama_cpp" and schema is not None:
+            response_format["schema"] = schema
+        response = self.client().chat.completions.create(
+            model=self.model,
+            messages=messages,
+            max_tokens=self.max_tokens,
+            temperature=0.0,
+            response_format=response_format,
+        )
+        return response.choices[0].message.content or ""
+
+
+def resolve_endpoint(config: CiaConfig, settings: ModelEndpointConfig) -> ResolvedEndpoint:
+    if settings.base_url:
+        return ResolvedEndpoint(
+            base_url=settings.base_url.rstrip("/"),
+            model=settings.model or "",  # the config requires it with base_url
+            api_key=settings.api_key,
+            engine="openai",
+            timeout_s=settings.request_timeout_s,
+            max_tokens=settings.max_tokens,
+        )
+    from cia_assets.lib.serving.endpoint import ensure_endpoint
+
+    record = ensure_endpoint(config)
+    return ResolvedEndpoint(
+        base_url=record.base_url,
+        model=settings.model or record.request_model,
+        api_key=None if record.is_local else config.llm.api_key,
+        engine=record.engine,
+        timeout_s=settings.request_timeout_s,
+        max_tokens=settings.max_tokens,
+    )
+
+
+def describe(endpoint: ResolvedEndpoint) -> str:
+    return json.dumps({"model": endpoint.model, "base_url": endpoint.base_url, "engine": endpoint.engine})

@@ -1,0 +1,1 @@
+"""Git mirrors and reading files at repo@sha:path."""
