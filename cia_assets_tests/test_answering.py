@@ -24,7 +24,9 @@ import pytest
 import yaml
 
 from cia_assets.config import CiaConfig, load_config
-from cia_assets.lib.answering.answerer import Answer, Answerer, AskRequest, CitationFilter, ContextBlock
+from cia_assets.lib.answering.answer import Answer, AskRequest
+from cia_assets.lib.answering.answerer import Answerer
+from cia_assets.lib.answering.citations import CitationFilter, ContextBlock
 from cia_assets.lib.answering.grounding import UNGROUNDED_MARK, evidence
 from cia_assets.lib.core.access import Grant
 from cia_assets.lib.core.layout import DataLayout

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from cia_assets.lib.answering.answerer import (
-    CitationFilter,
-    ContextBlock,
-    assemble_context,
-    format_sources,
-    not_found_answer,
-    tidy_answer,
-)
+from cia_assets.lib.answering.answer import not_found_answer
+from cia_assets.lib.answering.citations import CitationFilter, ContextBlock, format_sources, tidy_answer
+from cia_assets.lib.answering.context import assemble_context
 from cia_assets.lib.answering.prompts import PACKAGED_PROMPT
 from cia_assets.lib.core.access import AccessDenied, Grant
 from cia_assets.lib.retrieval.search import CodeHit

@@ -20,6 +20,7 @@ from cia_assets.lib.indexing.chunking import (
     decode_source,
     detect_language,
 )
+from cia_assets.lib.indexing.chunking.tree import cached_parser
 
 Expected = list[tuple[str, str | None, int, int]]
 
@@ -1297,11 +1298,11 @@ def test_golden_cases_cover_every_supported_language() -> None:
     assert set(SUPPORTED_LANGUAGES) <= {case[4] for case in CASES}
     assert chunking.supported_languages() == SUPPORTED_LANGUAGES
     for language in SUPPORTED_LANGUAGES:
-        assert chunking._parser(language) is not None, language
+        assert cached_parser(language) is not None, language
 
 
 def test_parsers_are_cached() -> None:
-    assert chunking._parser("python") is chunking._parser("python")
+    assert cached_parser("python") is cached_parser("python")
 
 
 def _big_class_source(methods: int, body: int, long_method_body: int = 0) -> str:

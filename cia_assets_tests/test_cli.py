@@ -18,15 +18,8 @@ import yaml
 
 from cia_assets.apps.cli import main
 from cia_assets.config import CiaConfig, load_config
-from cia_assets.lib.answering.answerer import (
-    Answer,
-    AnswerDelta,
-    AnswerSources,
-    AskRequest,
-    Citation,
-    SourcePreview,
-    tidy_answer,
-)
+from cia_assets.lib.answering.answer import Answer, AnswerDelta, AnswerSources, AskRequest
+from cia_assets.lib.answering.citations import Citation, SourcePreview, tidy_answer
 from cia_assets.lib.core.access import Grant
 from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.observability.traces import TraceStore

@@ -305,7 +305,7 @@ def test_the_cluster_config_drives_the_same_graph_against_local_stand_ins(
     from cia_assets.apps.service import AssistantService
     from cia_assets.defs.resources import build_resources
     from cia_assets.defs.serving.assets import served_endpoint
-    from cia_assets.lib.answering.answerer import AskRequest
+    from cia_assets.lib.answering.answer import AskRequest
     from cia_assets.lib.core.access import authorize
     from cia_assets.lib.serving.endpoint import current_endpoint, ensure_endpoint, stop_local_endpoint
     from cia_assets_tests.conftest import SAMPLE_FILES, materialize_repo
@@ -544,9 +544,10 @@ def test_a_dead_model_server_takes_the_chat_app_out_of_the_service_but_never_res
     from fastapi.testclient import TestClient
 
     from cia_assets.apps.http.app import create_app
+    from cia_assets.lib.core.fsio import write_json_atomic
     from cia_assets.lib.core.layout import DataLayout
+    from cia_assets.lib.core.records import utc_now
     from cia_assets.lib.serving.endpoint import EndpointRecord, EndpointSpec
-    from cia_assets.lib.sources.git_sync import utc_now, write_json_atomic
 
     [container] = next(spec for name, spec in pod_specs() if name == "cia-chat")["containers"]
     readiness, liveness = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]

@@ -4,8 +4,8 @@ conversation a follow-up carries."""
 
 from __future__ import annotations
 
-from cia_assets.lib.answering.answerer import (
-    ContextBlock,
+from cia_assets.lib.answering.citations import ContextBlock
+from cia_assets.lib.answering.context import (
     conversation,
     explanation_order,
     only_tests_or_vendored,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from cia_assets.config import CiaConfig
 from cia_assets.lib.core import artifacts
 from cia_assets.lib.core.layout import DataLayout
-from cia_assets.lib.core.records import Chunk, sha256_text
+from cia_assets.lib.core.records import Chunk, SourceSpan, sha256_text
 from cia_assets.lib.evaluation.heldout import EvalCase, Verdict, promotion_verdict, retrieval_metrics
 from cia_assets.lib.learning.redaction import PLACEHOLDER, redact, shannon_entropy
 from cia_assets.lib.learning.synthetic import cites_only_its_source, parse_pair, sample_chunks
@@ -163,28 +162,51 @@ def test_renumber_and_golden_examples_reread_their_sources() -> None:
     assert at_older is not None and at_older.sources[0].text == "old 5\nold 6\nold 7"
 
 
-@dataclass(frozen=True)
-class _Hit:
-    repo: str
-    path: str
-    line_start: int
-    line_end: int
+def _hit(repo: str, path: str, line_start: int, line_end: int) -> SourceSpan:
+    return SourceSpan(repo=repo, path=path, line_start=line_start, line_end=line_end)
 
 
 def test_retrieval_metrics_score_the_source_file_and_chunk() -> None:
     cases = [
-        EvalCase("q1", "a", "r", "a.py", 10, 20, None, "synthetic"),
-        EvalCase("q2", "a", "r", "b.py", 1, 5, None, "synthetic"),
-        EvalCase("q3", "a", "r", "c.py", 1, 5, None, "synthetic"),
+        EvalCase(
+            question="q1",
+            reference="a",
+            repo="r",
+            path="a.py",
+            line_start=10,
+            line_end=20,
+            chunk_id=None,
+            origin="synthetic",
+        ),
+        EvalCase(
+            question="q2",
+            reference="a",
+            repo="r",
+            path="b.py",
+            line_start=1,
+            line_end=5,
+            chunk_id=None,
+            origin="synthetic",
+        ),
+        EvalCase(
+            question="q3",
+            reference="a",
+            repo="r",
+            path="c.py",
+            line_start=1,
+            line_end=5,
+            chunk_id=None,
+            origin="synthetic",
+        ),
     ]
     results = {
-        "q1": [_Hit("r", "a.py", 15, 30)],  # file and chunk at rank 1
+        "q1": [_hit("r", "a.py", 15, 30)],  # file and chunk at rank 1
         "q2": [
-            _Hit("r", "x.py", 1, 5),
-            _Hit("r", "b.py", 50, 60),
-            _Hit("r", "b.py", 3, 4),
+            _hit("r", "x.py", 1, 5),
+            _hit("r", "b.py", 50, 60),
+            _hit("r", "b.py", 3, 4),
         ],  # file 2, chunk 3
-        "q3": [_Hit("r", "x.py", 1, 5)],  # missed
+        "q3": [_hit("r", "x.py", 1, 5)],  # missed
     }
     metrics = retrieval_metrics(cases, lambda case: results[case.question])
     assert metrics["file_recall@1"] == pytest.approx(1 / 3, abs=1e-4)
@@ -294,11 +316,30 @@ def test_rollout_plan_follows_registry_aliases_and_the_verdict(
 
 
 def test_citation_metrics_count_failed_answers_against_the_model() -> None:
-    from cia_assets.lib.answering.answerer import Answer, Citation
+    from cia_assets.lib.answering.answer import Answer
+    from cia_assets.lib.answering.citations import Citation
     from cia_assets.lib.evaluation.heldout import ModelResult
 
-    first = EvalCase("q1", "a", "r", "a.py", 1, 5, None, "synthetic")
-    second = EvalCase("q2", "a", "r", "b.py", 1, 5, None, "synthetic")
+    first = EvalCase(
+        question="q1",
+        reference="a",
+        repo="r",
+        path="a.py",
+        line_start=1,
+        line_end=5,
+        chunk_id=None,
+        origin="synthetic",
+    )
+    second = EvalCase(
+        question="q2",
+        reference="a",
+        repo="r",
+        path="b.py",
+        line_start=1,
+        line_end=5,
+        chunk_id=None,
+        origin="synthetic",
+    )
     cited_b = Citation(n=1, repo="r", path="b.py", line_start=1, line_end=5, url=None, commit_sha="c" * 40)
     result = ModelResult(name="challenger v2", model="m")
     result.errors.append("q1: the endpoint failed")  # the first question got no answer

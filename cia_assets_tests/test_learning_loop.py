@@ -79,7 +79,7 @@ def test_feedback_to_promoted_adapter(loop_config: CiaConfig, tmp_path: Path) ->
     from cia_assets.defs.datasets.assets import synthetic_qa_dataset
     from cia_assets.defs.resources import build_resources
     from cia_assets.defs.training.automation import feedback_sensor
-    from cia_assets.lib.answering.answerer import AskRequest
+    from cia_assets.lib.answering.answer import AskRequest
     from cia_assets.lib.core.access import Grant
     from cia_assets.lib.learning.registry import AdapterRegistry
     from cia_assets.lib.serving.endpoint import choose_endpoint, current_endpoint, stop_local_endpoint

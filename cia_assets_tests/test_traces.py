@@ -25,9 +25,9 @@ from cia_assets.lib.observability.langfuse import (
     SCORE_NAME,
     ForwardReport,
     LangfuseForwarder,
-    clear_prompt_cache,
-    fetch_prompt,
+    PromptCache,
 )
+from cia_assets.lib.observability.langfuse import prompts as langfuse_prompts
 from cia_assets.lib.observability.traces import (
     TraceRecord,
     TraceStore,
@@ -91,11 +91,9 @@ def langfuse() -> Iterator[FakeLangfuse]:
     server.close()
 
 
-@pytest.fixture(autouse=True)
-def _fresh_prompt_cache() -> Iterator[None]:
-    clear_prompt_cache()
-    yield
-    clear_prompt_cache()
+@pytest.fixture
+def prompts() -> PromptCache:
+    return PromptCache()
 
 
 def settings(server: FakeLangfuse, secret: str = SECRET_KEY, timeout_s: float = 3) -> LangfuseConfig:
@@ -470,7 +468,11 @@ def test_a_payload_langfuse_refuses_is_set_aside_without_blocking_the_rest(
 
 
 def test_prompt_comes_from_langfuse_by_label_else_the_packaged_one(
-    langfuse: FakeLangfuse, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    langfuse: FakeLangfuse,
+    prompts: PromptCache,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     messages = [
         {"role": "system", "content": "Answer from the code only; cite like [1]."},
@@ -478,19 +480,19 @@ def test_prompt_comes_from_langfuse_by_label_else_the_packaged_one(
     ]
     langfuse.add_prompt("rag-code-assistant", "production", 7, messages)
     langfuse.add_text_prompt("team/rag", "canary", 2, "Sources: {{sources}}\nQuestion: {{question}}")
-    managed = fetch_prompt(settings(langfuse), "rag-code-assistant", "production")
+    managed = prompts.fetch(settings(langfuse), "rag-code-assistant", "production")
     assert managed is not None and (managed.version, managed.prompt_type) == ("langfuse:7", "chat")
     assert managed.messages == [(m["role"], m["content"]) for m in messages]
-    text = fetch_prompt(settings(langfuse), "team/rag", "canary")  # a prompt in a folder
+    text = prompts.fetch(settings(langfuse), "team/rag", "canary")  # a prompt in a folder
     assert text is not None and text.version == "langfuse:2" and text.messages[0][0] == "user"
     asked = langfuse.count(PROMPTS)
-    assert fetch_prompt(settings(langfuse), "rag-code-assistant", "production") == managed
+    assert prompts.fetch(settings(langfuse), "rag-code-assistant", "production") == managed
     assert langfuse.count(PROMPTS) == asked  # cached
 
     with caplog.at_level(logging.WARNING):
-        assert fetch_prompt(settings(langfuse), "rag-code-assistant", "staging") is None
+        assert prompts.fetch(settings(langfuse), "rag-code-assistant", "staging") is None
     assert f"could not fetch prompt rag-code-assistant@staging from Langfuse at {langfuse.url}" in caplog.text
-    assert fetch_prompt(LangfuseConfig(), "rag-code-assistant", "production") is None
+    assert prompts.fetch(LangfuseConfig(), "rag-code-assistant", "production") is None
 
     config = CiaConfig(
         config_path=tmp_path / "cia.yaml",
@@ -498,21 +500,21 @@ def test_prompt_comes_from_langfuse_by_label_else_the_packaged_one(
         codebases=(),
         langfuse=settings(langfuse),
     )
-    prompt = load_prompt(config)
+    prompt = load_prompt(config, prompts)
     assert prompt.version == "langfuse:7"
     assert prompt.render("SRC", "Q?")[1]["content"] == "Code:\nSRC\nQ: Q?"
 
     # Langfuse goes away: the prompt fetched before is kept, and nobody waits on Langfuse
     # again for PROMPT_RETRY_S; a label never fetched falls back to the packaged prompt.
-    monkeypatch.setattr(langfuse_client, "PROMPT_TTL_S", 0.0)
+    monkeypatch.setattr(langfuse_prompts, "PROMPT_TTL_S", 0.0)
     langfuse.stop()
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         started = time.monotonic()
-        assert fetch_prompt(settings(langfuse), "rag-code-assistant", "production") == managed
-        assert fetch_prompt(settings(langfuse), "rag-code-assistant", "production") == managed
+        assert prompts.fetch(settings(langfuse), "rag-code-assistant", "production") == managed
+        assert prompts.fetch(settings(langfuse), "rag-code-assistant", "production") == managed
         canary = config.model_copy(update={"answering": AnsweringConfig(prompt_label="canary")})
-        assert load_prompt(canary) == PACKAGED_PROMPT
+        assert load_prompt(canary, prompts) == PACKAGED_PROMPT
         assert time.monotonic() - started < 1.0
     assert "keeping langfuse:7 fetched before" in caplog.text and "ConnectError" in caplog.text
     assert caplog.text.count("could not fetch prompt rag-code-assistant@production") == 1

@@ -545,7 +545,8 @@ def test_encoding_is_stable_across_processes() -> None:
     )
     # Another interpreter with another hash seed encodes the same way.
     script = (
-        "from cia_assets.lib import lexical; v = lexical.encode_document('HTTPServerError x get_user_id');"
+        "from cia_assets.lib.indexing import lexical;"
+        "v = lexical.encode_document('HTTPServerError x get_user_id');"
         "print(v.indices, v.values)"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cia: {message}", file=sys.stderr)
         return 2
     except Exception as error:
-        from cia_assets.lib.answering.answerer import AnswerError
+        from cia_assets.lib.answering.answer import AnswerError
         from cia_assets.lib.core.access import AccessDenied
         from cia_assets.lib.evaluation.retrieval import RetrievalEvalError
         from cia_assets.lib.retrieval.search import SearchError
@@ -369,7 +369,7 @@ def _search(args: argparse.Namespace) -> int:
         print(json.dumps([hit.to_json() for hit in hits], indent=2))
         return 0
     for rank, hit in enumerate(hits, start=1):
-        where = hit.url or f"{hit.repo}:{hit.path}#L{hit.line_start}-L{hit.line_end}"
+        where = hit.url or hit.label
         print(f"{rank:2d}. {hit.score:.4f}  {hit.symbol or hit.kind}  {where}")
     return 0
 
@@ -505,7 +505,7 @@ def cli_grant(config: CiaConfig, token: str | None) -> Any:
 def _ask(args: argparse.Namespace) -> int:
     config = _load(args)
     from cia_assets.apps.service import AssistantService
-    from cia_assets.lib.answering.answerer import Answer, AnswerDelta, AnswerSources, AskRequest, closing_text
+    from cia_assets.lib.answering.answer import Answer, AnswerDelta, AnswerSources, AskRequest, closing_text
 
     grant = cli_grant(config, args.token)
     service = AssistantService(config)
@@ -519,7 +519,7 @@ def _ask(args: argparse.Namespace) -> int:
                     # Where to look, at once (on stderr: stdout is the answer alone).
                     for source in event.sources:
                         what = f" ({source.symbol})" if source.symbol else ""
-                        print(f"[{source.n}] {source.location}{what}", file=sys.stderr, flush=True)
+                        print(f"[{source.n}] {source.label}{what}", file=sys.stderr, flush=True)
             elif isinstance(event, AnswerDelta):
                 if not args.json:
                     # Flushed per delta, so a pipe (`| tee`, an editor) shows it as it comes too.

@@ -53,10 +53,12 @@ from mcp.server.mcpserver import Context
 from pydantic import Field
 from typing_extensions import TypedDict
 
+from cia_assets.lib.core.records import SourceSpanJson
+
 if TYPE_CHECKING:
     from cia_assets.apps.service import AssistantService
     from cia_assets.config import CiaConfig
-    from cia_assets.lib.answering.answerer import AskRequest
+    from cia_assets.lib.answering.answer import AnswerSources, AskRequest
     from cia_assets.lib.core.access import Grant
 
 log = logging.getLogger(__name__)
@@ -74,11 +76,7 @@ INSTRUCTIONS = (
 )
 
 
-class CodeHitResult(TypedDict):
-    repo: str
-    path: str
-    line_start: int
-    line_end: int
+class CodeHitResult(SourceSpanJson):
     symbol: str | None
     language: str
     score: float
@@ -93,21 +91,13 @@ class SearchResult(TypedDict):
     hits: list[CodeHitResult]
 
 
-class CitationResult(TypedDict):
+class CitationResult(SourceSpanJson):
     n: int
-    repo: str
-    path: str
-    line_start: int
-    line_end: int
     url: str | None
 
 
-class SourceResult(TypedDict):
+class SourceResult(SourceSpanJson):
     n: int
-    repo: str
-    path: str
-    line_start: int
-    line_end: int
     symbol: str | None
     language: str
     url: str | None
@@ -180,11 +170,11 @@ class _State:
             ) from error
 
     def ask(
-        self, config: CiaConfig, request: AskRequest, on_sources: Callable[[dict[str, Any]], None]
+        self, config: CiaConfig, request: AskRequest, on_sources: Callable[[AnswerSources], None]
     ) -> dict[str, Any]:
         """The answer's JSON with its sources; `on_sources` gets the sources as soon as they
         are retrieved, before generation starts."""
-        from cia_assets.lib.answering.answerer import Answer, AnswerSources
+        from cia_assets.lib.answering.answer import Answer, AnswerSources
 
         # One question at a time: the local model answers one at a time anyway, and the
         # service is swapped here when the config changes.
@@ -195,7 +185,7 @@ class _State:
                 for event in service.answerer.stream(request):
                     if isinstance(event, AnswerSources):
                         sources = event.to_json()
-                        on_sources(sources)
+                        on_sources(event)
                     elif isinstance(event, Answer):
                         return {**event.to_json(), **sources}
                 raise AssertionError("the answer stream ended without an answer")
@@ -224,7 +214,7 @@ def _as_tool_error(error: Exception) -> Exception | None:
     whose text MCP keeps on the server (stderr) and replaces by "Error executing tool"."""
     from mcp.server.mcpserver.exceptions import ToolError
 
-    from cia_assets.lib.answering.answerer import AnswerError
+    from cia_assets.lib.answering.answer import AnswerError
     from cia_assets.lib.core.access import AccessDenied
     from cia_assets.lib.indexing.embeddings import EmbeddingModelError
     from cia_assets.lib.retrieval.search import SearchError
@@ -249,7 +239,7 @@ def build_server(config_path: Path, token: str | None) -> Any:
     from mcp.server.mcpserver import MCPServer
     from mcp.types import ToolAnnotations
 
-    from cia_assets.lib.answering.answerer import AskRequest
+    from cia_assets.lib.answering.answer import AskRequest
     from cia_assets.lib.core.access import AccessDenied
     from cia_assets.lib.retrieval.search import search_code
 
@@ -327,13 +317,10 @@ def build_server(config_path: Path, token: str | None) -> Any:
         config, grant = state.caller()
         request = AskRequest(question=question, grant=grant, repos=[repo] if repo else None, interface="mcp")
 
-        def send_sources(sources: dict[str, Any]) -> None:
+        def send_sources(sources: AnswerSources) -> None:
             # From the worker thread to the session's loop: a client sees where to look while
             # the explanation is still being written.
-            lines = [
-                f"[{s['n']}] {s['repo']}:{s['path']}#L{s['line_start']}-L{s['line_end']}"
-                for s in sources["sources"]
-            ]
+            lines = [f"[{source.n}] {source.label}" for source in sources.sources]
             anyio.from_thread.run(ctx.report_progress, 0.1, 1.0, "Sources:\n" + "\n".join(lines))
 
         def run() -> AskResult:

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib.answering.answerer import Answer, Answerer, AskRequest
+from cia_assets.lib.answering.answer import Answer, AskRequest
+from cia_assets.lib.answering.answerer import Answerer
 from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.observability.metrics import AnswerMetrics
 from cia_assets.lib.observability.traces import TraceRecord, TraceStore

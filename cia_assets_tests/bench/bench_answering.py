@@ -51,7 +51,8 @@ def main() -> None:
     import dagster as dg
 
     from cia_assets.config import load_config
-    from cia_assets.lib.answering.answerer import Answerer, AskRequest
+    from cia_assets.lib.answering.answer import AskRequest
+    from cia_assets.lib.answering.answerer import Answerer
     from cia_assets.lib.core.access import Grant
     from cia_assets.lib.indexing.embeddings import packaged_model_dir
     from cia_assets.lib.serving.endpoint import ensure_endpoint, stop_local_endpoint

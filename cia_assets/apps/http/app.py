@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 
 from cia_assets.apps.service import AssistantService
 from cia_assets.config import CiaConfig, load_config
-from cia_assets.lib.answering.answerer import (
+from cia_assets.lib.answering.answer import (
     Answer,
     AnswerDelta,
     AnswerError,

@@ -6,14 +6,10 @@ from typing import Any
 
 import dagster as dg
 
-from cia_assets.config import CiaConfig
 from cia_assets.defs.indexing.assets import code_chunks
 from cia_assets.defs.repos.partitions import OWNERS
 from cia_assets.defs.resources import CiaConfigResource
 from cia_assets.lib.core import artifacts
-from cia_assets.lib.core.layout import DataLayout
-from cia_assets.lib.indexing.chunking import decode_source, split_lines
-from cia_assets.lib.sources.git_sync import RepoMirror, read_snapshot
 
 SYNTHETIC_FORMAT_VERSION = "1"
 TRAINING_FORMAT_VERSION = "1"
@@ -158,6 +154,8 @@ def training_dataset(context: dg.AssetExecutionContext, cia: CiaConfigResource) 
     from cia_assets.lib.learning.synthetic import SyntheticPair
     from cia_assets.lib.learning.training_data import build_split, golden_example
     from cia_assets.lib.observability.analytics import read_golden_examples
+    from cia_assets.lib.observability.langfuse.prompts import PromptCache
+    from cia_assets.lib.sources.mirrors import MirrorPool
 
     config = cia.load()
     layout = cia.layout()
@@ -167,11 +165,11 @@ def training_dataset(context: dg.AssetExecutionContext, cia: CiaConfigResource) 
         raise dg.Failure(description=str(error)) from error
     pairs = [SyntheticPair.from_json(row) for row in artifacts.read_jsonl(synthetic.path / "pairs.jsonl")]
     golden_rows = read_golden_examples(layout)
-    reader = _MirrorLines(config)
+    mirrors = MirrorPool(config)
     try:
-        built = [golden_example(row, reader.read) for row in golden_rows]
+        built = [golden_example(row, mirrors.read_lines) for row in golden_rows]
     finally:
-        reader.close()
+        mirrors.close()
     golden = [example for example in built if example is not None]
     split = build_split(
         pairs,
@@ -188,7 +186,7 @@ def training_dataset(context: dg.AssetExecutionContext, cia: CiaConfigResource) 
                 "split; generate more pairs (datasets.synthetic_pairs)"
             )
         )
-    prompt = load_prompt(config)
+    prompt = load_prompt(config, PromptCache())
     root = layout.datasets / "training"
     version, folder = artifacts.new_version(root)
     artifacts.write_jsonl(folder / "train.jsonl", [e.to_json(prompt) for e in split.train])
@@ -214,37 +212,3 @@ def training_dataset(context: dg.AssetExecutionContext, cia: CiaConfigResource) 
         },
         data_version=dg.DataVersion(version),
     )
-
-
-class _MirrorLines:
-    """Reads a file's lines at a commit from the repo's git mirror (the indexed commit when the
-    citation does not name one)."""
-
-    def __init__(self, config: CiaConfig) -> None:
-        self.config = config
-        self.layout = DataLayout(config.data_dir)
-        self._mirrors: dict[str, RepoMirror] = {}
-
-    def read(self, repo: str, commit: str | None, path: str) -> list[str] | None:
-        try:
-            codebase = self.config.codebase(repo)
-        except KeyError:
-            return None  # a repo removed from cia.yaml: its answers are not trained on
-        if commit is None:
-            snapshot = read_snapshot(self.layout.snapshot(repo))
-            if snapshot is None:
-                return None
-            commit = snapshot.commit_sha
-        if repo not in self._mirrors:
-            self._mirrors[repo] = RepoMirror(
-                self.layout.mirror(repo), self.config.clone_url(codebase), codebase.branch
-            )
-        try:
-            data = self._mirrors[repo].read_file(commit, path)
-        except Exception:  # a commit or mirror that is gone: the example is skipped and counted
-            return None
-        return None if data is None else split_lines(decode_source(data))
-
-    def close(self) -> None:
-        for mirror in self._mirrors.values():
-            mirror.close()

@@ -169,7 +169,7 @@ def _answer_with(
 def _answer_with_teacher(
     config: CiaConfig, cases: Sequence[EvalCase], context: dg.AssetExecutionContext
 ) -> ModelResult:
-    from cia_assets.lib.sources.git_sync import utc_now
+    from cia_assets.lib.core.records import utc_now
 
     teacher = config.datasets.teacher
     assert teacher.base_url
@@ -189,7 +189,8 @@ def _answer_with_teacher(
 
 
 def _ask_all(config: CiaConfig, record: object, cases: Sequence[EvalCase], result: ModelResult) -> None:
-    from cia_assets.lib.answering.answerer import Answerer, AnswerError, AskRequest
+    from cia_assets.lib.answering.answer import AnswerError, AskRequest
+    from cia_assets.lib.answering.answerer import Answerer
     from cia_assets.lib.core.access import Grant
     from cia_assets.lib.serving.endpoint import EndpointRecord
 

@@ -13,7 +13,8 @@ def answers_smoke_question_with_citation(cia: CiaConfigResource) -> dg.AssetChec
     passes when the answer keeps at least one valid citation (a chunk of its context whose
     lines exist at the indexed commit)."""
     from cia_assets.apps.service import AssistantService
-    from cia_assets.lib.answering.answerer import AnswerError, smoke_test
+    from cia_assets.lib.answering.answer import AnswerError
+    from cia_assets.lib.answering.smoke import smoke_test
 
     config = cia.load()
     service = AssistantService(config)
@@ -31,7 +32,7 @@ def answers_smoke_question_with_citation(cia: CiaConfigResource) -> dg.AssetChec
         metadata={
             "question": result.question,
             "repo": result.repo,
-            "expected_chunk": result.expected,
+            "expected_chunk": result.expected.label,
             "cited_expected_chunk": result.cited_expected,
             "citations": [c.link for c in answer.citations],
             "invalid_citations": answer.invalid_citations,

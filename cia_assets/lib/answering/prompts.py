@@ -12,8 +12,13 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cia_assets.config import CiaConfig
+
+if TYPE_CHECKING:
+    # Only for the annotation: the caller owns the cache, so answering never loads Langfuse.
+    from cia_assets.lib.observability.langfuse.prompts import PromptCache
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +92,12 @@ PACKAGED_PROMPT = PromptTemplate(
 )
 
 
-def load_prompt(config: CiaConfig) -> PromptTemplate:
-    """The managed prompt by label when Langfuse is configured and answers, else the default."""
+def load_prompt(config: CiaConfig, prompts: PromptCache) -> PromptTemplate:
+    """The managed prompt by label when Langfuse is configured and answers (through the
+    caller's `prompts` cache), else the default."""
     settings = config.answering
     if config.langfuse.enabled:
-        from cia_assets.lib.observability.langfuse import fetch_prompt
-
-        managed = fetch_prompt(config.langfuse, settings.prompt_name, settings.prompt_label)
+        managed = prompts.fetch(config.langfuse, settings.prompt_name, settings.prompt_label)
         if managed is not None:
             return PromptTemplate(
                 name=settings.prompt_name, version=managed.version, messages=tuple(managed.messages)

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cia_assets.lib.sources.git_sync import utc_now, write_json_atomic
+from cia_assets.lib.core.fsio import write_json_atomic
+from cia_assets.lib.core.records import utc_now
 
 POINTER = "current.json"
 

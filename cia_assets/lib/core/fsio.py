@@ -17,9 +17,13 @@ from pathlib import Path
 from typing import IO, Any
 
 
-def write_json_atomic(path: Path, data: object) -> None:
-    """Readers see the old file or the new one, whole (write, fsync, rename, fsync the folder)."""
-    _write_atomic(path, lambda out: json.dump(data, out, indent=1, sort_keys=True))
+def write_json_atomic(path: Path, data: object, *, create_folder: bool = True) -> None:
+    """Readers see the old file or the new one, whole (write, fsync, rename, fsync the folder).
+
+    `create_folder=False` fails when the folder is gone instead of making it again: a file that
+    only means something inside an existing folder (a collection's seal) is never written alone.
+    """
+    _write_atomic(path, lambda out: json.dump(data, out, indent=1, sort_keys=True), create_folder)
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -29,11 +33,12 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    _write_atomic(path, write_rows)
+    _write_atomic(path, write_rows, create_folder=True)
 
 
-def _write_atomic(path: Path, write: Callable[[IO[str]], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_atomic(path: Path, write: Callable[[IO[str]], None], create_folder: bool) -> None:
+    if create_folder:
+        path.parent.mkdir(parents=True, exist_ok=True)
     # A unique staging name in the same folder, so the rename is atomic and two writers never
     # share a staging file.
     staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")

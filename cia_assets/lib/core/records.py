@@ -1,20 +1,97 @@
-"""Records that cross pipeline stages: chunker -> embedder -> vector store -> search."""
+"""Records that cross pipeline stages: chunker -> embedder -> vector store -> search -> answer.
+
+`SourceSpan` is the one home of "lines of a file of a repo": search hits, context blocks,
+citations, source previews, synthetic sources, training sources and evaluation cases are all
+spans (they subclass it), `label` is the one way to write one (`repo:path#L10-L42`) and
+`source_url` the one way to link to one.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
+
+# typing_extensions' TypedDict: pydantic (the MCP tools' output schemas) needs it before 3.12.
+from typing_extensions import TypedDict
 
 # Point ids must be stable across runs so an unchanged chunk keeps its id (and an
 # incremental update only touches what changed); uuid5 gives Qdrant-valid ids.
 _POINT_NAMESPACE = uuid.UUID("6f1c2d1e-8b7a-4c55-9f0e-3d2c1b0a9e8f")
 
 
+def utc_now() -> str:
+    """The time records are stamped with: UTC, ISO 8601, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class SourceSpanJson(TypedDict):
+    """A span as the APIs return it (the MCP tools' results and the JSON of every answer)."""
+
+    repo: str
+    path: str
+    line_start: int
+    line_end: int
+
+
+_LABEL = re.compile(r"(?P<repo>[^:]+):(?P<path>.+)#L(?P<start>\d+)-L(?P<end>\d+)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceSpan:
+    """Lines `line_start`..`line_end` (1-based, inclusive) of `path` in the repo `repo`.
+
+    Keyword-only, so subclasses add their own fields (a commit, a score, the text) in any order.
+    """
+
+    repo: str
+    path: str
+    line_start: int
+    line_end: int
+
+    @property
+    def label(self) -> str:
+        """`repo:path#L10-L42`: how a span is written where there is no link (the CLI, traces,
+        a not-found answer's list of what was read)."""
+        return f"{self.repo}:{self.path}#L{self.line_start}-L{self.line_end}"
+
+    @property
+    def file_key(self) -> str:
+        """`repo:path`: the file a span is in (the train/eval split is by file)."""
+        return f"{self.repo}:{self.path}"
+
+    @classmethod
+    def from_label(cls, label: str) -> SourceSpan:
+        match = _LABEL.fullmatch(label)
+        if match is None:
+            raise ValueError(f"not a source span label (repo:path#Lx-Ly): {label!r}")
+        return SourceSpan(
+            repo=match["repo"], path=match["path"], line_start=int(match["start"]), line_end=int(match["end"])
+        )
+
+    def overlaps(self, other: SourceSpan) -> bool:
+        return (
+            self.repo == other.repo
+            and self.path == other.path
+            and self.line_start <= other.line_end
+            and self.line_end >= other.line_start
+        )
+
+    def span_json(self) -> SourceSpanJson:
+        return {
+            "repo": self.repo,
+            "path": self.path,
+            "line_start": self.line_start,
+            "line_end": self.line_end,
+        }
 
 
 @dataclass(frozen=True)
@@ -77,6 +154,13 @@ class Chunk:
     @property
     def url(self) -> str | None:
         return source_url(self.web_url, self.commit_sha, self.path, self.line_start, self.line_end)
+
+    @property
+    def span(self) -> SourceSpan:
+        # Stored chunks keep their `repo_id` field name: it is the on-disk and payload format.
+        return SourceSpan(
+            repo=self.repo_id, path=self.path, line_start=self.line_start, line_end=self.line_end
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,21 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from cia_assets.lib.answering.answerer import Answer
+from cia_assets.lib.answering.answer import Answer
+from cia_assets.lib.core.records import SourceSpan
 
 K_VALUES = (1, 5, 10)
 
 
-@dataclass(frozen=True)
-class EvalCase:
+@dataclass(frozen=True, kw_only=True)
+class EvalCase(SourceSpan):
+    """A held-out question about the span its reference answer comes from."""
+
     question: str
     reference: str
-    repo: str
-    path: str
-    line_start: int
-    line_end: int
     chunk_id: str | None
     origin: str
 
@@ -48,20 +47,7 @@ class EvalCase:
         )
 
 
-class Located(Protocol):
-    """A retrieved chunk's location (what retrieval metrics need of a hit)."""
-
-    @property
-    def repo(self) -> str: ...
-    @property
-    def path(self) -> str: ...
-    @property
-    def line_start(self) -> int: ...
-    @property
-    def line_end(self) -> int: ...
-
-
-def _first_rank(hits: Sequence[Located], match: Callable[[Located], bool]) -> int | None:
+def _first_rank(hits: Sequence[SourceSpan], match: Callable[[SourceSpan], bool]) -> int | None:
     for rank, hit in enumerate(hits, start=1):
         if match(hit):
             return rank
@@ -69,7 +55,7 @@ def _first_rank(hits: Sequence[Located], match: Callable[[Located], bool]) -> in
 
 
 def retrieval_metrics(
-    cases: Sequence[EvalCase], search: Callable[[EvalCase], Sequence[Located]]
+    cases: Sequence[EvalCase], search: Callable[[EvalCase], Sequence[SourceSpan]]
 ) -> dict[str, Any]:
     """Recall@k and MRR of the source file and of the source chunk (a hit overlapping the
     source's lines in the same file)."""
@@ -78,11 +64,11 @@ def retrieval_metrics(
     for case in cases:
         hits = search(case)
 
-        def same_file(hit: Located, case: EvalCase = case) -> bool:
-            return hit.repo == case.repo and hit.path == case.path
+        def same_file(hit: SourceSpan, case: EvalCase = case) -> bool:
+            return hit.file_key == case.file_key
 
-        def same_chunk(hit: Located, case: EvalCase = case) -> bool:
-            return same_file(hit) and hit.line_start <= case.line_end and hit.line_end >= case.line_start
+        def same_chunk(hit: SourceSpan, case: EvalCase = case) -> bool:
+            return hit.overlaps(case)
 
         file_ranks.append(_first_rank(hits, same_file))
         chunk_ranks.append(_first_rank(hits, same_chunk))

@@ -8,7 +8,6 @@ pointing `embedding.path` at a folder with `model.onnx` and its tokenizer files.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -17,11 +16,12 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cia_assets.lib.core.fsio import file_lock
 
 PACKAGED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # sentence-transformers truncates this model at 256 tokens (what it was trained on); the
@@ -40,7 +40,7 @@ def packaged_model_dir(models_dir: Path) -> Path:
     if (target / "model.onnx").exists():
         return target
     models_dir.mkdir(parents=True, exist_ok=True)
-    with _file_lock(models_dir / ".export.lock"):
+    with file_lock(models_dir / ".export.lock"):
         if not (target / "model.onnx").exists():
             _export_packaged_model(target)
     return target
@@ -120,16 +120,6 @@ def _fuse_attention(raw: Path, fused: Path, model_config: Any) -> None:
         optimized.save_model_to_file(str(fused))
     except ImportError:
         shutil.copy(raw, fused)
-
-
-@contextmanager
-def _file_lock(path: Path) -> Any:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Embedder:

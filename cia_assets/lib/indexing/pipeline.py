@@ -11,22 +11,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cia_assets.config import ChunkingConfig, CodebaseConfig
+from cia_assets.lib.core.fsio import write_json_atomic, write_jsonl_atomic
 from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.core.records import Chunk, sha256_text
 from cia_assets.lib.indexing import chunking, lexical
 from cia_assets.lib.indexing.embeddings import Embedder, EmbeddingCache
-from cia_assets.lib.sources.git_sync import RepoMirror, Snapshot, read_snapshot, write_json_atomic
+from cia_assets.lib.sources.git_sync import RepoMirror, Snapshot, read_snapshot
 from cia_assets.lib.vectorstore.base import (
     IndexedPoint,
     SearchHit,
@@ -162,20 +161,9 @@ def chunk_snapshot(
         reused_files=reused_files,
         chunked_files=len(files) - reused_files,
     )
-    _write_jsonl_atomic(layout.chunks(repo_id), (c.to_json() for c in chunks))
+    write_jsonl_atomic(layout.chunks(repo_id), (c.to_json() for c in chunks))
     write_json_atomic(layout.chunks_meta(repo_id), dataclasses.asdict(meta))
     return meta
-
-
-def _write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(staging, path)
 
 
 # --- embeddings ------------------------------------------------------------------------

@@ -16,28 +16,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cia_assets.lib.answering.citations import renumber_markers
 from cia_assets.lib.answering.prompts import PromptTemplate
+from cia_assets.lib.core.records import SourceSpan
 from cia_assets.lib.indexing.chunking import detect_language
 from cia_assets.lib.learning.synthetic import SyntheticPair, source_block
 
-_MARKER = re.compile(r"\[\s*(\d{1,3})\s*\]")
 # The commit in a citation link, on a web UI (`/blob/<sha>/`) or the chat app (`/source/<repo>/<sha>/`).
 _BLOB_SHA = re.compile(r"/(?:blob|source/[^/]+)/([0-9a-f]{40})/")
 
 
-@dataclass(frozen=True)
-class Source:
-    repo: str
-    path: str
-    line_start: int
-    line_end: int
+@dataclass(frozen=True, kw_only=True)
+class Source(SourceSpan):
+    """A source an example shows the model, with its (redacted) text."""
+
     language: str
     symbol: str | None
     text: str
-
-    @property
-    def file_key(self) -> str:
-        return f"{self.repo}:{self.path}"
 
 
 @dataclass(frozen=True)
@@ -69,12 +64,7 @@ class Example:
             "reference": self.answer,
             "file_key": self.file_key,
             "chunk_id": self.chunk_id,
-            "source": {
-                "repo": cited.repo,
-                "path": cited.path,
-                "line_start": cited.line_start,
-                "line_end": cited.line_end,
-            },
+            "source": cited.span_json(),
             "contexts": [s.text for s in self.sources],
             "prompt_version": prompt.version,
         }
@@ -114,12 +104,7 @@ def eval_files(file_keys: Sequence[str], eval_share: float, seed: int) -> set[st
 
 def renumber(answer: str, mapping: dict[int, int]) -> str:
     """Rewrite [n] markers by `mapping`; markers not in it are dropped."""
-
-    def replace(match: re.Match[str]) -> str:
-        number = int(match.group(1))
-        return f"[{mapping[number]}]" if number in mapping else ""
-
-    return " ".join(_MARKER.sub(replace, answer).split())
+    return renumber_markers(answer, mapping)
 
 
 def synthetic_example(
@@ -136,13 +121,13 @@ def synthetic_example(
     )
     others = [
         Source(
-            d.source.repo,
-            d.source.path,
-            d.source.line_start,
-            d.source.line_end,
-            d.source.language,
-            d.source.symbol,
-            d.source_text,
+            repo=d.source.repo,
+            path=d.source.path,
+            line_start=d.source.line_start,
+            line_end=d.source.line_end,
+            language=d.source.language,
+            symbol=d.source.symbol,
+            text=d.source_text,
         )
         for d in distractors
     ]

@@ -13,7 +13,7 @@ import numpy as np
 from cia_assets.config import CiaConfig
 from cia_assets.lib.core.layout import DataLayout, collection_alias
 from cia_assets.lib.core.project import open_embedder, open_embedding_cache, open_vector_store
-from cia_assets.lib.core.records import sha256_text, source_url
+from cia_assets.lib.core.records import SourceSpan, sha256_text, source_url
 from cia_assets.lib.indexing import lexical
 from cia_assets.lib.indexing.embeddings import Embedder
 from cia_assets.lib.indexing.pipeline import read_index_state
@@ -62,15 +62,11 @@ def search_collection(
     return HybridQuery.encode(embedder, text).run(store, collection, limit)
 
 
-@dataclass(frozen=True)
-class CodeHit:
+@dataclass(frozen=True, kw_only=True)
+class CodeHit(SourceSpan):
     """One retrieved chunk. `web_url` is its repo's (None without one) and `chat_url` the chat
     app's public address: together they make `url`, the link to the hit's lines."""
 
-    repo: str
-    path: str
-    line_start: int
-    line_end: int
     symbol: str | None
     language: str
     score: float

@@ -20,7 +20,6 @@ All changes hold an exclusive file lock, so two shells never start two servers.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -34,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from cia_assets.config import CiaConfig
+from cia_assets.lib.core.fsio import file_lock, write_json_atomic
 from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.core.records import utc_now
 from cia_assets.lib.serving.llm_server import (
     LlmServerError,
     is_healthy,
@@ -44,7 +45,6 @@ from cia_assets.lib.serving.llm_server import (
     start_llama_server,
     stop_process,
 )
-from cia_assets.lib.sources.git_sync import utc_now, write_json_atomic
 
 log = logging.getLogger(__name__)
 HEALTH_CACHE_S = 5.0
@@ -185,13 +185,8 @@ def endpoint_history(config: CiaConfig) -> list[EndpointRecord]:
 @contextmanager
 def _locked(config: CiaConfig) -> Iterator[None]:
     _, _, lock_path = _paths(config)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with file_lock(lock_path):
+        yield
 
 
 def _make_live(config: CiaConfig, record: EndpointRecord) -> None:

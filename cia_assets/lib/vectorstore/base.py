@@ -1,6 +1,6 @@
 """The vector store interface: collections behind aliases, hybrid (dense + sparse) search.
 
-Two backends implement it (see `embedded_store.py` and `server_store.py`):
+Two backends implement it (see `embedded/` and `server.py`):
 - embedded: Qdrant's Rust engine in-process (qdrant-edge), with alias semantics added here;
 - server: qdrant-client against a Qdrant server (or its in-memory mode in tests).
 

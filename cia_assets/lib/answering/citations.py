@@ -1,0 +1,217 @@
+"""The citation contract, in one place: the `[n]` marker, the numbered source blocks the model
+reads, the citations an answer keeps, and the check of markers as an answer streams.
+
+A context block is source `n` of a prompt; a marker `[n]` in an answer cites it. Every user of
+markers (the answerer, synthetic Q&A, training data, conversations) reads them through
+`CITATION_MARKER`, `cited_numbers` and `strip_markers`, and every prompt shows blocks through
+`format_sources` / `source_block`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cia_assets.lib.core.records import SourceSpan, source_url
+
+# `[3]`, `[1, 2]`, `[1;2]`: one or more block numbers in brackets.
+CITATION_MARKER = re.compile(r"\[\s*(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\s*\]")
+# The longest prefix of a marker worth holding back while streaming ("[12, 3" ...).
+_MAX_PENDING_MARKER = 16
+PREVIEW_LINES = 8
+
+
+def cited_numbers(text: str) -> list[int]:
+    """Every block number the text's markers name, in order of appearance (repeats kept)."""
+    return [int(n) for m in CITATION_MARKER.finditer(text) for n in re.split(r"[,;]", m.group(1))]
+
+
+def renumber_markers(text: str, mapping: dict[int, int]) -> str:
+    """Rewrite the numbers of every marker by `mapping` (an example's sources reordered); numbers
+    not in it are dropped, and a marker left with none is removed."""
+
+    def replace(match: re.Match[str]) -> str:
+        numbers = [int(n) for n in re.split(r"[,;]", match.group(1))]
+        kept = [mapping[n] for n in numbers if n in mapping]
+        return "".join(f"[{n}]" for n in kept)
+
+    return " ".join(CITATION_MARKER.sub(replace, text).split())
+
+
+def strip_markers(text: str) -> str:
+    """The text without its markers (an earlier answer given back to the model: its numbers name
+    another question's sources), whitespace tidied."""
+    return tidy_answer(CITATION_MARKER.sub("", text))
+
+
+def tidy_answer(text: str) -> str:
+    """Whitespace left where removed markers stood."""
+    text = re.sub(r"[ \t]+([.,;:])", r"\1", text)
+    text = re.sub(r"[ \t]{2,}", " ", text)
+    return text.strip()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContextBlock(SourceSpan):
+    """Lines of one file at one commit, shown to the model as source `n`. Its link is on the
+    repo's `web_url`, else on the chat app at `chat_url` (see `records.source_url`)."""
+
+    n: int
+    commit_sha: str
+    web_url: str | None
+    language: str
+    symbol: str | None
+    text: str
+    chat_url: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        return source_url(
+            self.web_url,
+            self.commit_sha,
+            self.path,
+            self.line_start,
+            self.line_end,
+            repo=self.repo,
+            chat_url=self.chat_url,
+        )
+
+    def preview(self) -> SourcePreview:
+        return SourcePreview(
+            n=self.n,
+            repo=self.repo,
+            path=self.path,
+            line_start=self.line_start,
+            line_end=self.line_end,
+            symbol=self.symbol,
+            language=self.language,
+            url=self.url,
+            commit_sha=self.commit_sha,
+            preview="\n".join(self.text.splitlines()[:PREVIEW_LINES]),
+        )
+
+    def citation(self) -> Citation:
+        return Citation(
+            n=self.n,
+            repo=self.repo,
+            path=self.path,
+            line_start=self.line_start,
+            line_end=self.line_end,
+            url=self.url,
+            commit_sha=self.commit_sha,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Citation(SourceSpan):
+    """Source `n` of an answer's context, cited by the answer."""
+
+    n: int
+    url: str | None
+    commit_sha: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"n": self.n, **self.span_json(), "url": self.url}
+
+    @property
+    def link(self) -> str:
+        return self.url or self.label
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourcePreview(SourceSpan):
+    """A block of the context as the caller sees it before the explanation: where it is, and
+    its first lines."""
+
+    n: int
+    symbol: str | None
+    language: str
+    url: str | None
+    commit_sha: str
+    preview: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            **self.span_json(),
+            "symbol": self.symbol,
+            "language": self.language,
+            "url": self.url,
+            "preview": self.preview,
+        }
+
+
+def format_sources(blocks: Sequence[ContextBlock]) -> str:
+    """The sources as the model reads them. Each is fenced; a fence inside the code is
+    lengthened past, so code cannot close its block and pose as the prompt."""
+    parts: list[str] = []
+    for block in blocks:
+        fence = "```"
+        while fence in block.text:
+            fence += "`"
+        what = f" ({block.symbol})" if block.symbol else ""
+        parts.append(
+            f"[{block.n}] {block.path} lines {block.line_start}-{block.line_end}{what}\n"
+            f"{fence}{block.language}\n{block.text}\n{fence}"
+        )
+    return "\n\n".join(parts)
+
+
+class CitationFilter:
+    """Checks `[n]` markers in streamed text against the context's block numbers.
+
+    Text is passed through as it comes, except a possible marker's prefix, which is held
+    back until it is complete (at most a few characters). Valid numbers are kept; invalid
+    ones are removed and remembered.
+    """
+
+    def __init__(self, valid_numbers: set[int]) -> None:
+        self.valid_numbers = valid_numbers
+        self.cited: list[int] = []
+        self.invalid: list[str] = []
+        self._pending = ""
+
+    def feed(self, text: str) -> str:
+        self._pending += text
+        out: list[str] = []
+        while self._pending:
+            bracket = self._pending.find("[")
+            if bracket < 0:
+                out.append(self._pending)
+                self._pending = ""
+                break
+            out.append(self._pending[:bracket])
+            rest = self._pending[bracket:]
+            match = CITATION_MARKER.match(rest)
+            if match:
+                out.append(self._check(match.group(1)))
+                self._pending = rest[match.end() :]
+                continue
+            if len(rest) < _MAX_PENDING_MARKER and re.fullmatch(r"\[\s*[\d\s,;]*", rest):
+                self._pending = rest  # maybe a marker still arriving
+                break
+            out.append("[")
+            self._pending = rest[1:]
+        return "".join(out)
+
+    def finish(self) -> str:
+        tail, self._pending = self._pending, ""
+        return tail
+
+    def _check(self, numbers_text: str) -> str:
+        kept: list[int] = []
+        for raw in re.split(r"[,;]", numbers_text):
+            number = int(raw.strip())
+            if number in self.valid_numbers:
+                kept.append(number)
+                if number not in self.cited:
+                    self.cited.append(number)
+            else:
+                self.invalid.append(f"[{number}]")
+        return "".join(f"[{n}]" for n in kept)
+
+
+def render_sources(citations: Sequence[Citation]) -> str:
+    return "Sources:\n" + "\n".join(f"[{c.n}] {c.link}" for c in citations)

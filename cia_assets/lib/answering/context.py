@@ -1,0 +1,145 @@
+"""What the model is shown: the conversation it continues, the query a follow-up searches for,
+and the context blocks, in the order an explanation wants them, within a token budget."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from cia_assets.lib.answering.citations import ContextBlock, strip_markers
+from cia_assets.lib.indexing.file_roles import file_role, wanted_roles
+from cia_assets.lib.retrieval.search import CodeHit
+
+log = logging.getLogger(__name__)
+
+# Code tokenizes densely: ~3 characters per token for SmolLM2's and Llama-style tokenizers,
+# ~3.8 for Qwen2.5's (measured on this repo's Python); overestimating keeps the prompt inside
+# the context.
+CHARS_PER_TOKEN = 3.0
+# Blocks of one file closer than this many lines are merged into one.
+MERGE_GAP_LINES = 2
+MIN_BLOCK_LINES = 8
+# An earlier answer given back to the model in a conversation is cut to this many characters.
+HISTORY_MESSAGE_CHARS = 1200
+
+
+def assemble_context(
+    hits: Sequence[CodeHit],
+    read_lines: Callable[[str, str, str], list[str] | None],
+    *,
+    max_blocks_per_file: int,
+    budget_tokens: int,
+) -> list[ContextBlock]:
+    """Blocks in rank order: touching hits of one file merged, at most `max_blocks_per_file`
+    per file, the whole within `budget_tokens`. `read_lines(repo, sha, path)` gives the
+    file's lines at that sha (None when it is not there): block text comes from it, so a
+    stale index entry whose lines no longer exist never reaches the model."""
+    # Group by file in the order each file first ranks, keeping each file's hits in rank order.
+    files: dict[tuple[str, str, str], list[CodeHit]] = {}
+    for hit in hits:
+        files.setdefault((hit.repo, hit.commit_sha, hit.path), []).append(hit)
+
+    ranked_spans: list[tuple[int, tuple[str, str, str], int, int, CodeHit]] = []
+    for key, file_hits in files.items():
+        spans: list[list[Any]] = []  # [start, end, best_rank, first_hit]
+        for hit in file_hits:
+            rank = hits.index(hit)
+            for span in spans:
+                if hit.line_start <= span[1] + MERGE_GAP_LINES and hit.line_end >= span[0] - MERGE_GAP_LINES:
+                    span[0], span[1] = min(span[0], hit.line_start), max(span[1], hit.line_end)
+                    span[2] = min(span[2], rank)
+                    break
+            else:
+                spans.append([hit.line_start, hit.line_end, rank, hit])
+        spans.sort(key=lambda s: s[2])
+        for start, end, rank, first in spans[:max_blocks_per_file]:
+            ranked_spans.append((rank, key, start, end, first))
+    ranked_spans.sort(key=lambda s: s[0])
+
+    blocks: list[ContextBlock] = []
+    remaining = budget_tokens
+    file_cache: dict[tuple[str, str, str], list[str] | None] = {}
+    for _, key, start, end, hit in ranked_spans:
+        if key not in file_cache:
+            file_cache[key] = read_lines(*key)
+        lines = file_cache[key]
+        if lines is None or start < 1 or end > len(lines):
+            log.warning("skipping %s:%s#L%d-L%d: not at %s", key[0], key[2], start, end, key[1][:12])
+            continue
+        header_tokens = 20
+        body = lines[start - 1 : end]
+        cost = header_tokens + estimate_tokens("\n".join(body))
+        if cost > remaining:
+            # Keep the head of a long block (its signature and docstring) when enough fits.
+            kept: list[str] = []
+            used = header_tokens
+            for line in body:
+                line_cost = estimate_tokens(line) + 1
+                if used + line_cost > remaining:
+                    break
+                kept.append(line)
+                used += line_cost
+            if len(kept) < MIN_BLOCK_LINES:
+                continue
+            body, end, cost = kept, start + len(kept) - 1, used
+        remaining -= cost
+        blocks.append(
+            ContextBlock(
+                n=len(blocks) + 1,
+                repo=hit.repo,
+                path=hit.path,
+                line_start=start,
+                line_end=end,
+                commit_sha=hit.commit_sha,
+                web_url=hit.web_url,
+                language=hit.language,
+                symbol=hit.symbol if (hit.line_start, hit.line_end) == (start, end) else None,
+                text="\n".join(body),
+                chat_url=hit.chat_url,
+            )
+        )
+    return blocks
+
+
+def estimate_tokens(text: str) -> int:
+    return int(len(text) / CHARS_PER_TOKEN) + 1
+
+
+def conversation(history: Sequence[dict[str, str]], limit: int) -> list[dict[str, str]]:
+    """The last `limit` messages of a conversation as the model reads them: user and assistant
+    turns only, an earlier answer without its Sources list and citation markers (its numbers
+    name another question's sources), each cut to HISTORY_MESSAGE_CHARS."""
+    turns: list[dict[str, str]] = []
+    for message in history:
+        role = message.get("role")
+        content = str(message.get("content") or "").strip()
+        if role not in ("user", "assistant") or not content:
+            continue
+        if role == "assistant":
+            content = content.split("\n\nSources:\n", 1)[0]
+            content = strip_markers(content)
+        turns.append({"role": role, "content": content[:HISTORY_MESSAGE_CHARS]})
+    return turns[-limit:] if limit else []
+
+
+def retrieval_query(question: str, history: Sequence[dict[str, str]]) -> str:
+    """What a follow-up searches for: the question plus the conversation's previous question,
+    which names what "it" and "that" refer to ("and where is it tested?")."""
+    previous = [turn["content"] for turn in history if turn["role"] == "user"]
+    return f"{question}\n{previous[-1]}" if previous else question
+
+
+def only_tests_or_vendored(blocks: Sequence[ContextBlock], question: str) -> bool:
+    """Every block is a test or vendored code, and the question does not ask about tests."""
+    if "test" in wanted_roles(question):
+        return False
+    return all(file_role(block.path) in ("test", "vendored") for block in blocks)
+
+
+def explanation_order(hits: Sequence[CodeHit], question: str) -> list[CodeHit]:
+    """Hits of the roles the question wants first (source files, plus tests or docs when it asks
+    about those), each group in rank order: tests that mention a name would otherwise crowd
+    its definition out of the context."""
+    wanted = wanted_roles(question)
+    return sorted(hits, key=lambda hit: file_role(hit.path) not in wanted)
