@@ -67,6 +67,7 @@ lint: install
 	$(BIN)/ruff check cia_assets cia_assets_tests
 	$(BIN)/ruff format --check cia_assets cia_assets_tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python -m cia_assets_tests.bench.bench_indexing

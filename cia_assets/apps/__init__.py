@@ -1,1 +1,1 @@
-"""What people use: the question service, the HTTP app and page, the MCP server, the CLI."""
+"""What people use: the HTTP app and page, the MCP server, the CLI (each over `lib.answering.service`)."""

@@ -362,9 +362,11 @@ def _describe(summary: dict[str, Any]) -> str:
 
 def _search(args: argparse.Namespace) -> int:
     config = _load(args)
+    from cia_assets.lib.core.project import Project
     from cia_assets.lib.retrieval.search import search_code
 
-    hits = search_code(config, args.query, repos=args.repo, k=args.k)
+    with Project(config) as project:
+        hits = search_code(project, args.query, repos=args.repo, k=args.k)
     if args.json:
         print(json.dumps([hit.to_json() for hit in hits], indent=2))
         return 0
@@ -504,7 +506,7 @@ def cli_grant(config: CiaConfig, token: str | None) -> Any:
 
 def _ask(args: argparse.Namespace) -> int:
     config = _load(args)
-    from cia_assets.apps.service import AssistantService
+    from cia_assets.lib.answering.service import AssistantService
     from cia_assets.lib.answering.answer import Answer, AnswerDelta, AnswerSources, AskRequest, closing_text
 
     grant = cli_grant(config, args.token)

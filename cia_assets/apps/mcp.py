@@ -56,10 +56,11 @@ from typing_extensions import TypedDict
 from cia_assets.lib.core.records import SourceSpanJson
 
 if TYPE_CHECKING:
-    from cia_assets.apps.service import AssistantService
+    from cia_assets.lib.answering.service import AssistantService
     from cia_assets.config import CiaConfig
     from cia_assets.lib.answering.answer import AnswerSources, AskRequest
     from cia_assets.lib.core.access import Grant
+    from cia_assets.lib.core.project import Project
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,9 @@ class _State:
         self.token = (token or "").strip() or None
         self._service: AssistantService | None = None
         self._ask_lock = threading.Lock()
+        # The store and embedding model of the current config, shared by both tools.
+        self._project: Project | None = None
+        self._project_lock = threading.Lock()
 
     def caller(self) -> tuple[CiaConfig, Grant]:
         """The current config and this token's grant in it; a ToolError with no data otherwise."""
@@ -192,14 +196,24 @@ class _State:
             finally:
                 service.flush()
 
-    def _service_for(self, config: CiaConfig) -> AssistantService:
-        from cia_assets.apps.service import AssistantService
+    def project_for(self, config: CiaConfig) -> Project:
+        from cia_assets.lib.core.project import Project
 
         # load_config returns the same object until cia.yaml changes.
+        with self._project_lock:
+            if self._project is None or self._project.config is not config:
+                if self._project is not None:
+                    self._project.close()
+                self._project = Project(config)
+            return self._project
+
+    def _service_for(self, config: CiaConfig) -> AssistantService:
+        from cia_assets.lib.answering.service import AssistantService
+
         if self._service is None or self._service.config is not config:
             if self._service is not None:
                 self._service.close()
-            self._service = AssistantService(config)
+            self._service = AssistantService(config, project=self.project_for(config))
         return self._service
 
     def close(self) -> None:
@@ -207,6 +221,10 @@ class _State:
             if self._service is not None:
                 self._service.close()
                 self._service = None
+        with self._project_lock:
+            if self._project is not None:
+                self._project.close()
+                self._project = None
 
 
 def _as_tool_error(error: Exception) -> Exception | None:
@@ -273,7 +291,7 @@ def build_server(config_path: Path, token: str | None) -> Any:
             repos = grant.select([repo] if repo else None)
             if not repos:
                 raise AccessDenied(f"token {grant.name!r} may not read any configured repo")
-            hits = search_code(config, query, repos=repos, k=k)
+            hits = search_code(state.project_for(config), query, repos=repos, k=k)
             results: list[CodeHitResult] = []
             for hit in hits:
                 text = hit.text

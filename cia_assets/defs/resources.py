@@ -1,21 +1,22 @@
 """The one place resources are bound. Values come from cia.yaml (see cia_assets/config.py),
 whose path is the only thing a deployment sets ($CIA_CONFIG), like a ConfigMap mount."""
 
-import os
 import sys
 from pathlib import Path
 
 import dagster as dg
 from dagster_dbt import DbtCliResource
 from dagster_k8s import PipesK8sClient
+from pydantic import PrivateAttr
 
 from cia_assets.config import CiaConfig, load_config
 from cia_assets.defs.analytics.project import analytics_project
+from cia_assets.lib.core.fsio import write_json_atomic
 from cia_assets.lib.core.layout import DataLayout
-from cia_assets.lib.core.project import open_embedder, open_embedding_cache, open_vector_store
+from cia_assets.lib.core.project import Project
 from cia_assets.lib.indexing.embeddings import Embedder, EmbeddingCache
 from cia_assets.lib.learning.registry import AdapterRegistry, quiet_mlflow
-from cia_assets.lib.observability.analytics import ANALYTICS_DB, TRACES_SNAPSHOT
+from cia_assets.lib.observability.analytics import ANALYTICS_DB, TRACES_SNAPSHOT, analytics_profile
 from cia_assets.lib.vectorstore.base import VectorStore
 
 
@@ -31,25 +32,39 @@ class CiaConfigResource(dg.ConfigurableResource):
         return DataLayout(self.load().data_dir)
 
 
-class VectorStoreResource(dg.ConfigurableResource):
+class _ProjectOwner(dg.ConfigurableResource):
+    """Owns a `Project` (the store, model and cache handles) for the run or step: opened on
+    first use, closed when execution ends, so no handle outlives the run that needed it."""
+
+    cia: CiaConfigResource
+    _project: Project | None = PrivateAttr(default=None)
+
+    def project(self) -> Project:
+        if self._project is None:
+            self._project = Project(self.cia.load())
+        return self._project
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._project is not None:
+            self._project.close()
+            self._project = None
+
+
+class VectorStoreResource(_ProjectOwner):
     """Qdrant: the embedded engine or a server, as cia.yaml's `vector_store` says."""
 
-    cia: CiaConfigResource
-
     def open(self) -> VectorStore:
-        return open_vector_store(self.cia.load())
+        return self.project().store
 
 
-class EmbedderResource(dg.ConfigurableResource):
-    """The embedding model (loaded once per process) and its vector cache."""
-
-    cia: CiaConfigResource
+class EmbedderResource(_ProjectOwner):
+    """The embedding model (loaded once per run or step) and its vector cache."""
 
     def model(self) -> Embedder:
-        return open_embedder(self.cia.load())
+        return self.project().embedder
 
     def cache(self) -> EmbeddingCache:
-        return open_embedding_cache(self.cia.load())
+        return self.project().embedding_cache
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -70,16 +85,18 @@ class AnalyticsDbtResource(dg.ConfigurableResource):
 
     def cli(self) -> DbtCliResource:
         folder = self.cia.layout().analytics
-        folder.mkdir(parents=True, exist_ok=True)
-        # dbt takes connection settings only from its profile; the profile reads these, so one
-        # project works for any data dir (dbt runs as a child process with this environment).
-        os.environ["CIA_ANALYTICS_DB"] = str(folder / ANALYTICS_DB)
-        os.environ["CIA_TRACES_SNAPSHOT"] = str(folder / TRACES_SNAPSHOT)
+        # dbt takes connection settings only from a profile: one written for this data dir
+        # points the project at its databases, leaving the process environment (shared by every
+        # thread of a run) alone. JSON is YAML, so the one atomic writer serves.
+        profiles = folder / "profiles"
+        write_json_atomic(
+            profiles / "profiles.yml", analytics_profile(folder / ANALYTICS_DB, folder / TRACES_SNAPSHOT)
+        )
         # The dbt installed beside this Python, whatever PATH the run was started with.
         executable = Path(sys.executable).with_name("dbt")
         return DbtCliResource(
             project_dir=analytics_project,
-            profiles_dir=str(analytics_project.project_dir),
+            profiles_dir=str(profiles),
             dbt_executable=str(executable) if executable.exists() else "dbt",
         )
 

@@ -35,7 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
-from cia_assets.apps.service import AssistantService
+from cia_assets.lib.answering.service import AssistantService
 from cia_assets.config import CiaConfig, load_config
 from cia_assets.lib.answering.answer import (
     Answer,

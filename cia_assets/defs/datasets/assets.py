@@ -10,6 +10,7 @@ from cia_assets.defs.indexing.assets import code_chunks
 from cia_assets.defs.repos.partitions import OWNERS
 from cia_assets.defs.resources import CiaConfigResource
 from cia_assets.lib.core import artifacts
+from cia_assets.lib.core.layout import EVAL_FILE, PAIRS_FILE, TRAIN_FILE
 
 SYNTHETIC_FORMAT_VERSION = "1"
 TRAINING_FORMAT_VERSION = "1"
@@ -66,14 +67,14 @@ def synthetic_qa_dataset(
     ]
     if not chunks:
         raise dg.Failure(description="no code chunks yet: materialize code_chunks for the repos first")
-    root = layout.datasets / "synthetic"
+    root = layout.synthetic_datasets
     previous = artifacts.current(root)
     kept: list[SyntheticPair] = []
     recorded: dict[str, str] = {}
     if previous is not None and config.repos:
         kept = [
             pair
-            for pair in map(SyntheticPair.from_json, artifacts.read_jsonl(previous.path / "pairs.jsonl"))
+            for pair in map(SyntheticPair.from_json, artifacts.read_jsonl(previous.path / PAIRS_FILE))
             if pair.source.repo not in selected and pair.source.repo in project.repo_ids
         ]
         recorded = dict(previous.summary.get("indexed_commits", {}))
@@ -104,7 +105,7 @@ def synthetic_qa_dataset(
     commits = indexed_commits(project)
     recorded.update({repo: commits[repo] for repo in selected if repo in commits})
     version, folder = artifacts.new_version(root)
-    artifacts.write_jsonl(folder / "pairs.jsonl", [pair.to_json() for pair in pairs])
+    artifacts.write_jsonl(folder / PAIRS_FILE, [pair.to_json() for pair in pairs])
     strata = strata_counts(pairs)
     summary: dict[str, Any] = {
         **counts,
@@ -124,7 +125,7 @@ def synthetic_qa_dataset(
         metadata={
             **counts,
             "version": version,
-            "path": dg.MetadataValue.path(str(folder / "pairs.jsonl")),
+            "path": dg.MetadataValue.path(str(folder / PAIRS_FILE)),
             "total_pairs": len(pairs),
             "repos_refreshed": dg.MetadataValue.json(selected),
             "teacher": teacher.label,
@@ -160,10 +161,10 @@ def training_dataset(context: dg.AssetExecutionContext, cia: CiaConfigResource) 
     config = cia.load()
     layout = cia.layout()
     try:
-        synthetic = artifacts.require_current(layout.datasets / "synthetic", "synthetic_qa_dataset")
+        synthetic = artifacts.require_current(layout.synthetic_datasets, "synthetic_qa_dataset")
     except FileNotFoundError as error:
         raise dg.Failure(description=str(error)) from error
-    pairs = [SyntheticPair.from_json(row) for row in artifacts.read_jsonl(synthetic.path / "pairs.jsonl")]
+    pairs = [SyntheticPair.from_json(row) for row in artifacts.read_jsonl(synthetic.path / PAIRS_FILE)]
     golden_rows = read_golden_examples(layout)
     mirrors = MirrorPool(config)
     try:
@@ -187,10 +188,10 @@ def training_dataset(context: dg.AssetExecutionContext, cia: CiaConfigResource) 
             )
         )
     prompt = load_prompt(config, PromptCache())
-    root = layout.datasets / "training"
+    root = layout.training_datasets
     version, folder = artifacts.new_version(root)
-    artifacts.write_jsonl(folder / "train.jsonl", [e.to_json(prompt) for e in split.train])
-    artifacts.write_jsonl(folder / "eval.jsonl", [e.to_json(prompt) for e in split.eval])
+    artifacts.write_jsonl(folder / TRAIN_FILE, [e.to_json(prompt) for e in split.train])
+    artifacts.write_jsonl(folder / EVAL_FILE, [e.to_json(prompt) for e in split.eval])
     summary: dict[str, Any] = {
         "train_examples": len(split.train),
         "eval_examples": len(split.eval),

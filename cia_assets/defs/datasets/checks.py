@@ -6,11 +6,12 @@ import dagster as dg
 from cia_assets.defs.datasets.assets import synthetic_qa_dataset
 from cia_assets.defs.resources import CiaConfigResource
 from cia_assets.lib.core import artifacts
+from cia_assets.lib.core.layout import PAIRS_FILE
 
 
 def _rows(cia: CiaConfigResource) -> list[dict[str, object]] | None:
-    current = artifacts.current(cia.layout().datasets / "synthetic")
-    return None if current is None else artifacts.read_jsonl(current.path / "pairs.jsonl")
+    current = artifacts.current(cia.layout().synthetic_datasets)
+    return None if current is None else artifacts.read_jsonl(current.path / PAIRS_FILE)
 
 
 @dg.asset_check(asset=synthetic_qa_dataset, blocking=True)

@@ -62,6 +62,7 @@ from cia_assets.lib.answering.grounding import (
 )
 from cia_assets.lib.answering.prompts import PromptTemplate, load_prompt
 from cia_assets.lib.core.access import AccessDenied
+from cia_assets.lib.core.project import Project
 from cia_assets.lib.observability.langfuse.prompts import PromptCache
 from cia_assets.lib.retrieval.search import search_code
 from cia_assets.lib.serving.endpoint import EndpointRecord
@@ -84,8 +85,13 @@ class Answerer:
         *,
         trace_sink: Callable[[AskRequest, Answer, dict[str, Any]], None] | None = None,
         endpoint: EndpointRecord | None = None,
+        project: Project | None = None,
     ) -> None:
         self.config = config
+        # The store and embedding model this answerer searches with: the caller's when it
+        # shares them (the MCP server's search tool), else its own, closed with it.
+        self._owns_project = project is None
+        self.project = project or Project(config)
         self.trace_sink = trace_sink
         self.endpoint = endpoint
         # Managed prompts from Langfuse, reused for their TTL across this answerer's questions.
@@ -122,7 +128,7 @@ class Answerer:
 
         history = conversation(request.history, settings.history_messages)
         query = retrieval_query(question, history)
-        hits = search_code(self.config, query, repos=repos, k=settings.top_k)
+        hits = search_code(self.project, query, repos=repos, k=settings.top_k)
         if settings.prefer_source_files:
             hits = explanation_order(hits, question)
         prompt = load_prompt(self.config, self._prompts)
@@ -347,3 +353,5 @@ class Answerer:
 
     def close(self) -> None:
         self.mirrors.close()
+        if self._owns_project:
+            self.project.close()

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# The files inside a dataset version (see `synthetic_datasets`, `training_datasets`).
+PAIRS_FILE = "pairs.jsonl"
+TRAIN_FILE = "train.jsonl"
+EVAL_FILE = "eval.jsonl"
+
 
 @dataclass(frozen=True)
 class DataLayout:
@@ -49,6 +54,16 @@ class DataLayout:
     def datasets(self) -> Path:
         """Synthetic Q&A, training and eval splits, one folder per materialization."""
         return self.data_dir / "datasets"
+
+    @property
+    def synthetic_datasets(self) -> Path:
+        """Versions of `synthetic_qa_dataset` (`artifacts`), each with its `PAIRS_FILE`."""
+        return self.datasets / "synthetic"
+
+    @property
+    def training_datasets(self) -> Path:
+        """Versions of `training_dataset`, each with its `TRAIN_FILE` and `EVAL_FILE`."""
+        return self.datasets / "training"
 
     @property
     def adapters(self) -> Path:

@@ -1,14 +1,19 @@
-"""Builds the project's long-lived objects from the config, once per process.
+"""The long-lived handles of one cia.yaml in one process: the vector store, the embedding model
+and the embedding cache.
 
-The CLI, the Dagster resources and (later) the chat app all open the vector store and the
-embedder through here, so one process never holds two handles on the same embedded store
-and never loads the same model twice.
+Whoever owns a process's lifetime makes one `Project` and passes it down: a CLI command, the chat
+app and the MCP server (through `AssistantService`'s answerer), a Dagster run (the resources in
+`defs/resources.py` own one each, opened in `setup_for_execution` and closed in teardown). So a
+process holds one handle on its embedded store and loads the model once, with no module-level
+state to reach around.
 """
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 from cia_assets.config import CiaConfig
 from cia_assets.lib.core.layout import DataLayout
@@ -17,41 +22,76 @@ from cia_assets.lib.indexing.embeddings import (
     Embedder,
     EmbeddingCache,
     EmbeddingModelError,
-    load_embedder,
     packaged_model_dir,
 )
-from cia_assets.lib.vectorstore.base import VectorStore
 
-_STORES: dict[tuple[str, str], VectorStore] = {}
-_STORES_LOCK = threading.Lock()
+if TYPE_CHECKING:
+    from cia_assets.lib.vectorstore.base import VectorStore
+
+
+class Project:
+    """Opens each handle on first use (a command that only reads chunk files never loads the
+    model) and closes the store in `close`; usable as a context manager."""
+
+    def __init__(self, config: CiaConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._store: VectorStore | None = None
+        self._embedder: Embedder | None = None
+        self._embedding_cache: EmbeddingCache | None = None
+
+    @property
+    def store(self) -> VectorStore:
+        with self._lock:
+            if self._store is None:
+                self._store = open_vector_store(self.config)
+            return self._store
+
+    @property
+    def embedder(self) -> Embedder:
+        """Loading costs about a second and 100+ MB: once per project."""
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = open_embedder(self.config)
+            return self._embedder
+
+    @property
+    def embedding_cache(self) -> EmbeddingCache:
+        with self._lock:
+            if self._embedding_cache is None:
+                self._embedding_cache = EmbeddingCache(DataLayout(self.config.data_dir).embedding_cache)
+            return self._embedding_cache
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def open_vector_store(config: CiaConfig) -> VectorStore:
+    """A new handle on the configured store; a process keeps one, through its `Project`."""
     settings = config.vector_store
-    key = (settings.backend, settings.url or str(config.vector_store_path))
-    with _STORES_LOCK:
-        if key not in _STORES:
-            if settings.backend == "embedded":
-                from cia_assets.lib.vectorstore.embedded import EmbeddedVectorStore
+    if settings.backend == "embedded":
+        from cia_assets.lib.vectorstore.embedded import EmbeddedVectorStore
 
-                _STORES[key] = EmbeddedVectorStore(config.vector_store_path)
-            else:
-                from qdrant_client import QdrantClient
+        return EmbeddedVectorStore(config.vector_store_path)
+    from qdrant_client import QdrantClient
 
-                from cia_assets.lib.vectorstore.server import ServerVectorStore
+    from cia_assets.lib.vectorstore.server import ServerVectorStore
 
-                # `location` takes a server URL, or ":memory:" for qdrant-client's in-process
-                # engine, which speaks the same API (used by the tests of this backend).
-                client = QdrantClient(location=settings.url, api_key=settings.api_key, timeout=60)
-                _STORES[key] = ServerVectorStore(client)
-        return _STORES[key]
-
-
-def close_vector_stores() -> None:
-    with _STORES_LOCK:
-        for store in _STORES.values():
-            store.close()
-        _STORES.clear()
+    # `location` takes a server URL, or ":memory:" for qdrant-client's in-process engine, which
+    # speaks the same API (used by the tests of this backend).
+    client = QdrantClient(location=settings.url, api_key=settings.api_key, timeout=60)
+    return ServerVectorStore(client)
 
 
 def embedding_model_dir(config: CiaConfig) -> Path:
@@ -67,13 +107,10 @@ def embedding_model_dir(config: CiaConfig) -> Path:
 
 
 def open_embedder(config: CiaConfig) -> Embedder:
-    return load_embedder(
+    """A newly loaded embedding model; a process keeps one, through its `Project`."""
+    return Embedder(
         config.embedding.model,
         embedding_model_dir(config),
         batch_size=config.embedding.batch_size,
         threads=config.embedding.threads,
     )
-
-
-def open_embedding_cache(config: CiaConfig) -> EmbeddingCache:
-    return EmbeddingCache(DataLayout(config.data_dir).embedding_cache)

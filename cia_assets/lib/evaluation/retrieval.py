@@ -30,10 +30,8 @@ import git
 from cia_assets.config import CiaConfig, CodebaseConfig
 from cia_assets.lib.core.layout import DataLayout, collection_alias
 from cia_assets.lib.core.project import (
+    Project,
     embedding_model_dir,
-    open_embedder,
-    open_embedding_cache,
-    open_vector_store,
 )
 from cia_assets.lib.indexing import lexical
 from cia_assets.lib.indexing import pipeline as indexing
@@ -411,15 +409,16 @@ class RetrievalHarness:
             raise RetrievalEvalError(f"no source given for repo(s) {', '.join(unknown)}")
         config = self.config_for([sources[repo] for repo in dict.fromkeys(c.repo for c in cases)])
         report = Report()
-        for repo in dict.fromkeys(c.repo for c in cases):
-            source = sources[repo]
-            repo_cases = [c for c in cases if c.repo == repo]
-            self._run_repo(config, source, repo_cases, retrievers, bm25, report, progress)
+        with Project(config) as project:
+            for repo in dict.fromkeys(c.repo for c in cases):
+                source = sources[repo]
+                repo_cases = [c for c in cases if c.repo == repo]
+                self._run_repo(project, source, repo_cases, retrievers, bm25, report, progress)
         return report
 
     def _run_repo(
         self,
-        config: CiaConfig,
+        project: Project,
         source: RepoSource,
         cases: Sequence[RetrievalCase],
         retrievers: Mapping[str, SearchOptions],
@@ -428,7 +427,7 @@ class RetrievalHarness:
         progress: Callable[[str], None],
     ) -> None:
         repo_id = source.repo_id
-        mirror = self._mirror(config, source)
+        mirror = self._mirror(project.config, source)
         started = time.perf_counter()
         head = mirror.sync()
         report.time("git_sync", time.perf_counter() - started)
@@ -439,18 +438,18 @@ class RetrievalHarness:
         baseline = FileBm25() if bm25 else None
         try:
             for position, case in enumerate(ordered, start=1):
-                meta = self.index_at(config, source, mirror, case.base_commit, report)
+                meta = self.index_at(project, source, mirror, case.base_commit, report)
                 ranks: dict[str, int | None] = {}
                 tops: dict[str, list[str]] = {}
                 # The first search after an update opens the new collection (tens of ms):
                 # an untimed one keeps that out of every retriever's latency.
-                search_files(config, case.query, repos=[repo_id], k=1)
+                search_files(project, case.query, repos=[repo_id], k=1)
                 for name, options in retrievers.items():
                     started = time.perf_counter()
                     files = [
                         f.path
                         for f in search_files(
-                            config, case.query, repos=[repo_id], k=RANK_DEPTH, options=options
+                            project, case.query, repos=[repo_id], k=RANK_DEPTH, options=options
                         )
                     ]
                     report.time(f"search[{name}]", time.perf_counter() - started)
@@ -476,11 +475,12 @@ class RetrievalHarness:
             mirror.close()
 
     def index_at(
-        self, config: CiaConfig, source: RepoSource, mirror: RepoMirror, commit: str, report: Report
+        self, project: Project, source: RepoSource, mirror: RepoMirror, commit: str, report: Report
     ) -> indexing.ChunkSetMeta:
         """The indexing steps of `code_chunks`, `chunk_embeddings` and `qdrant_collection`,
         with the snapshot pinned to `commit` instead of the branch head. Returns what was
         chunked; the step's figures go to `report.index`."""
+        config = project.config
         repo_id = source.repo_id
         codebase = config.codebase(repo_id)
         snapshot = snapshot_at(mirror, commit, codebase, config.clone_url(codebase))
@@ -489,11 +489,11 @@ class RetrievalHarness:
         meta = indexing.chunk_snapshot(self.layout, snapshot, mirror, codebase, config.chunking)
         report.time("chunk", time.perf_counter() - started)
         chunks = indexing.read_chunks(self.layout.chunks(repo_id))
-        embedder = open_embedder(config)
-        cache = open_embedding_cache(config)
+        embedder = project.embedder
+        cache = project.embedding_cache
         embedded = indexing.ensure_embeddings(chunks, embedder, cache)
         report.time("embed", embedded.seconds)
-        store = open_vector_store(config)
+        store = project.store
         update = indexing.update_collection(
             store,
             alias=collection_alias(config.vector_store.collection_prefix, repo_id),

@@ -123,7 +123,7 @@ def _fuse_attention(raw: Path, fused: Path, model_config: Any) -> None:
 
 
 class Embedder:
-    """A loaded fastembed model. Thread-safe; load once per process (see `load_embedder`)."""
+    """A loaded fastembed model. Thread-safe; a process loads one (see `core.project.Project`)."""
 
     def __init__(
         self,
@@ -164,21 +164,6 @@ class Embedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
-
-
-_EMBEDDERS: dict[tuple[str, str, int, int | None], Embedder] = {}
-_EMBEDDERS_LOCK = threading.Lock()
-
-
-def load_embedder(
-    model_name: str, model_dir: Path, *, batch_size: int = 32, threads: int | None = None
-) -> Embedder:
-    """One Embedder per process and model: loading costs about a second and 100+ MB."""
-    key = (model_name, str(model_dir), batch_size, threads)
-    with _EMBEDDERS_LOCK:
-        if key not in _EMBEDDERS:
-            _EMBEDDERS[key] = Embedder(model_name, model_dir, batch_size=batch_size, threads=threads)
-        return _EMBEDDERS[key]
 
 
 class EmbeddingCache:

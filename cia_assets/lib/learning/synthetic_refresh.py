@@ -21,6 +21,6 @@ def indexed_commits(config: CiaConfig) -> dict[str, str]:
 
 
 def changed_repos(config: CiaConfig) -> list[str]:
-    current = artifacts.current(DataLayout(config.data_dir).datasets / "synthetic")
+    current = artifacts.current(DataLayout(config.data_dir).synthetic_datasets)
     recorded = current.summary.get("indexed_commits", {}) if current else {}
     return [repo for repo, sha in indexed_commits(config).items() if recorded.get(repo) != sha]

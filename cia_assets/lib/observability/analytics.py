@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -45,3 +46,15 @@ def read_golden_examples(layout: DataLayout) -> list[dict[str, Any]]:
 def read_failed_questions(layout: DataLayout) -> list[dict[str, Any]]:
     """Questions answered with an error, "not found", or rated down (the `failed_questions` model)."""
     return _rows(layout, "failed_questions")
+
+
+def analytics_profile(database: Path, traces_snapshot: Path) -> dict[str, Any]:
+    """The dbt profile of the analytics project for one data dir (the packaged
+    `dbt_project/profiles.yml` only serves `dbt parse`, which opens no database)."""
+    local = {
+        "type": "duckdb",
+        "path": str(database),
+        "threads": 1,
+        "attach": [{"path": str(traces_snapshot), "alias": "traces_snapshot", "read_only": True}],
+    }
+    return {"cia_analytics": {"target": "local", "outputs": {"local": local}}}

@@ -12,7 +12,7 @@ import numpy as np
 
 from cia_assets.config import CiaConfig
 from cia_assets.lib.core.layout import DataLayout, collection_alias
-from cia_assets.lib.core.project import open_embedder, open_embedding_cache, open_vector_store
+from cia_assets.lib.core.project import Project
 from cia_assets.lib.core.records import SourceSpan, sha256_text, source_url
 from cia_assets.lib.indexing import lexical
 from cia_assets.lib.indexing.embeddings import Embedder
@@ -249,7 +249,7 @@ def _defines(hit: SearchHit, names: set[str]) -> bool:
 
 
 def search_code(
-    config: CiaConfig,
+    project: Project,
     query: str,
     *,
     repos: Sequence[str] | None = None,
@@ -264,12 +264,12 @@ def search_code(
     mass and the chunks defining symbols it names are fused by reciprocal rank; across
     repos the union is fused again (`merge_across_repos`).
     """
-    hits = _search(config, query, repos=repos, limit=k, options=options)
+    hits = _search(project, query, repos=repos, limit=k, options=options)
     return hits[:k]
 
 
 def search_files(
-    config: CiaConfig,
+    project: Project,
     query: str,
     *,
     repos: Sequence[str] | None = None,
@@ -278,7 +278,7 @@ def search_files(
 ) -> list[FileHit]:
     """The files most relevant to `query`, from the chunks of `options.candidates` (see
     `rank_files`)."""
-    hits = _search(config, query, repos=repos, limit=options.candidates, options=options)
+    hits = _search(project, query, repos=repos, limit=options.candidates, options=options)
     return rank_files(hits)[:k]
 
 
@@ -297,15 +297,16 @@ def rank_files(hits: Sequence[CodeHit]) -> list[FileHit]:
 
 
 def _search(
-    config: CiaConfig, query: str, *, repos: Sequence[str] | None, limit: int, options: SearchOptions
+    project: Project, query: str, *, repos: Sequence[str] | None, limit: int, options: SearchOptions
 ) -> list[CodeHit]:
+    config = project.config
     if not query.strip():
         raise SearchError("the query is empty")
     if limit < 1:
         raise SearchError(f"k must be at least 1, got {limit}")
     for repo in repos or ():
         config.codebase(repo)  # raises KeyError naming an unknown repo
-    store = open_vector_store(config)
+    store = project.store
     wanted = list(repos) if repos else config.repo_ids
     aliases = {repo: collection_alias(config.vector_store.collection_prefix, repo) for repo in wanted}
     indexed = {repo: alias for repo, alias in aliases.items() if store.resolve_alias(alias)}
@@ -313,17 +314,17 @@ def _search(
         raise SearchError(f"nothing indexed yet for {', '.join(wanted) or 'any repo'}; run `cia index` first")
     plan = QueryPlan.of(query, repeated_terms_count=options.query_tf)
     hybrid = HybridQuery(
-        dense=open_embedder(config).embed_query(query).tolist(), sparse=plan.sparse, exact=plan.exact
+        dense=project.embedder.embed_query(query).tolist(), sparse=plan.sparse, exact=plan.exact
     )
     hits: list[CodeHit] = []
     for repo, alias in indexed.items():
         hits.extend(_search_repo(config, store, alias, repo, plan, hybrid, limit, options))
     if len(indexed) > 1:
-        return merge_across_repos(config, hybrid, hits)
+        return merge_across_repos(project, hybrid, hits)
     return hits
 
 
-def merge_across_repos(config: CiaConfig, encoded: HybridQuery, hits: list[CodeHit]) -> list[CodeHit]:
+def merge_across_repos(project: Project, encoded: HybridQuery, hits: list[CodeHit]) -> list[CodeHit]:
     """One ranking for the hits of several repos' collections.
 
     RRF scores are built from ranks, so every collection's first hit scores the same: merged
@@ -339,7 +340,7 @@ def merge_across_repos(config: CiaConfig, encoded: HybridQuery, hits: list[CodeH
 
     texts = [embedding_text(hit) for hit in hits]
     keys = [sha256_text(text) for text in texts]
-    vectors = open_embedding_cache(config).get_many(open_embedder(config).model_id, keys)
+    vectors = project.embedding_cache.get_many(project.embedder.model_id, keys)
     query_vector = np.asarray(encoded.dense, dtype=np.float32)
     query_vector /= float(np.linalg.norm(query_vector)) or 1.0
 

@@ -12,6 +12,7 @@ from cia_assets.config import CiaConfig
 from cia_assets.lib.answering.answer import Answer, AskRequest
 from cia_assets.lib.answering.answerer import Answerer
 from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.core.project import Project
 from cia_assets.lib.observability.metrics import AnswerMetrics
 from cia_assets.lib.observability.traces import TraceRecord, TraceStore
 
@@ -22,7 +23,12 @@ class AssistantService:
     """The answering service with its trace store and (optional) Langfuse forwarder."""
 
     def __init__(
-        self, config: CiaConfig, *, forward_in_background: bool = False, metrics: AnswerMetrics | None = None
+        self,
+        config: CiaConfig,
+        *,
+        forward_in_background: bool = False,
+        metrics: AnswerMetrics | None = None,
+        project: Project | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -34,7 +40,7 @@ class AssistantService:
             self.forwarder = LangfuseForwarder(config.langfuse, self.store)
             if forward_in_background:
                 self.forwarder.start()
-        self.answerer = Answerer(config, trace_sink=self._record)
+        self.answerer = Answerer(config, trace_sink=self._record, project=project)
         self._lock = threading.Lock()
 
     def _record(self, request: AskRequest, answer: Answer, details: dict[str, Any]) -> None:
