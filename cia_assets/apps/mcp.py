@@ -56,9 +56,9 @@ from typing_extensions import TypedDict
 from cia_assets.lib.core.records import SourceSpanJson
 
 if TYPE_CHECKING:
-    from cia_assets.lib.answering.service import AssistantService
     from cia_assets.config import CiaConfig
     from cia_assets.lib.answering.answer import AnswerSources, AskRequest
+    from cia_assets.lib.answering.service import AssistantService
     from cia_assets.lib.core.access import Grant
     from cia_assets.lib.core.project import Project
 

@@ -35,7 +35,6 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 
-from cia_assets.lib.answering.service import AssistantService
 from cia_assets.config import CiaConfig, load_config
 from cia_assets.lib.answering.answer import (
     Answer,
@@ -45,10 +44,12 @@ from cia_assets.lib.answering.answer import (
     AskRequest,
     closing_text,
 )
+from cia_assets.lib.answering.service import AssistantService
 from cia_assets.lib.core.access import AccessDenied, Grant, authorize
 from cia_assets.lib.observability.metrics import AnswerMetrics, IndexCollector
 from cia_assets.lib.observability.traces import UnknownTrace
 from cia_assets.lib.retrieval.search import SearchError
+from cia_assets.lib.serving.endpoint import HealthCache
 from cia_assets.lib.sources.git_sync import path_selected
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
     registry = CollectorRegistry()
     metrics = AnswerMetrics(registry)
     registry.register(IndexCollector(str(config_path) if config_path else None))
+    # /healthz's memo of the endpoint's last good check (probes come every few seconds).
+    endpoint_checks = HealthCache()
 
     def current_config() -> CiaConfig:
         return load_config(config_path)
@@ -164,7 +167,7 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
     def healthz() -> JSONResponse:
         from cia_assets.lib.serving.endpoint import endpoint_health
 
-        health = endpoint_health(current_config())
+        health = endpoint_health(current_config(), endpoint_checks)
         record = health.record
         body: dict[str, Any] = {
             "status": "ok" if health.ok else "degraded",

@@ -65,7 +65,7 @@ from cia_assets.lib.core.access import AccessDenied
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.observability.langfuse.prompts import PromptCache
 from cia_assets.lib.retrieval.search import search_code
-from cia_assets.lib.serving.endpoint import EndpointRecord
+from cia_assets.lib.serving.endpoint import EndpointRecord, HealthCache
 from cia_assets.lib.sources.mirrors import MirrorPool
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,8 @@ class Answerer:
         # shares them (the MCP server's search tool), else its own, closed with it.
         self._owns_project = project is None
         self.project = project or Project(config)
+        # When the live endpoint last answered a health check: not probed on every question.
+        self.health = HealthCache()
         self.trace_sink = trace_sink
         self.endpoint = endpoint
         # Managed prompts from Langfuse, reused for their TTL across this answerer's questions.
@@ -157,7 +159,7 @@ class Answerer:
 
         from cia_assets.lib.serving.endpoint import chat_client, choose_endpoint
 
-        endpoint = self.endpoint or choose_endpoint(self.config)
+        endpoint = self.endpoint or choose_endpoint(self.config, health=self.health)
         details["endpoint"] = endpoint.base_url
         model_name = endpoint.model if not endpoint.adapter else f"{endpoint.model}+{endpoint.adapter}"
         usage: dict[str, int | None] = {"prompt_tokens": None, "completion_tokens": None}

@@ -194,34 +194,46 @@ def _make_live(config: CiaConfig, record: EndpointRecord) -> None:
     with history.open("a") as out:
         out.write(json.dumps(record.to_json()) + "\n")
     write_json_atomic(live, record.to_json())  # the switch: one atomic rename
-    _HEALTHY.pop(record.base_url, None)
 
 
 # ---------------------------------------------------------------------------------------------
 # Health
 # ---------------------------------------------------------------------------------------------
 
-_HEALTHY: dict[str, float] = {}
-_HEALTHY_LOCK = threading.Lock()
 
+class HealthCache:
+    """When each endpoint last passed a health check, so that a question does not probe the
+    model server every time (for HEALTH_CACHE_S). Each long-lived caller owns one (an
+    `Answerer`, so the chat app and MCP server); a caller without one probes every time."""
 
-def _healthy(record: EndpointRecord, config: CiaConfig, *, cached: bool = True) -> bool:
-    if record.is_local and not process_alive(record.pid):
-        return False
-    now = time.monotonic()
-    with _HEALTHY_LOCK:
-        if cached and now - _HEALTHY.get(record.base_url, -1e9) < HEALTH_CACHE_S:
-            return True
-    if record.is_local:
-        # Its process runs and its port listens: alive, even while a long answer keeps its
-        # API busy (the model itself was checked when the server started).
-        ok = is_listening(record.base_url)
-    else:
-        ok = is_healthy(record.base_url, timeout_s=5.0, api_key=config.llm.api_key)
-    if ok:
-        with _HEALTHY_LOCK:
-            _HEALTHY[record.base_url] = now
-    return ok
+    def __init__(self) -> None:
+        self._passed_at: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def healthy(self, record: EndpointRecord, config: CiaConfig, *, cached: bool = True) -> bool:
+        if record.is_local and not process_alive(record.pid):
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if cached and now - self._passed_at.get(record.base_url, -1e9) < HEALTH_CACHE_S:
+                return True
+        if record.is_local:
+            # Its process runs and its port listens: alive, even while a long answer keeps its
+            # API busy (the model itself was checked when the server started).
+            ok = is_listening(record.base_url)
+        else:
+            ok = is_healthy(record.base_url, timeout_s=5.0, api_key=config.llm.api_key)
+        if ok:
+            with self._lock:
+                self._passed_at[record.base_url] = now
+        return ok
+
+    def forget(self, record: EndpointRecord) -> None:
+        """Check `record` (and its canary) again next time: it was just replaced or stopped."""
+        with self._lock:
+            self._passed_at.pop(record.base_url, None)
+            if record.canary is not None:
+                self._passed_at.pop(record.canary.base_url, None)
 
 
 @dataclass(frozen=True)
@@ -236,15 +248,16 @@ class EndpointHealth:
         return self.problem is None
 
 
-def endpoint_health(config: CiaConfig) -> EndpointHealth:
-    """Check the live endpoint as a question would (`_healthy`), without starting or
+def endpoint_health(config: CiaConfig, health: HealthCache | None = None) -> EndpointHealth:
+    """Check the live endpoint as a question would (`HealthCache.healthy`), without starting or
     restarting anything: for readiness probes, which must not act."""
+    health = health or HealthCache()
     record = current_endpoint(config)
     if record is None:
         return EndpointHealth(
             None, "no model endpoint is live yet (`cia serve` or the first question starts one)"
         )
-    if _healthy(record, config):
+    if health.healthy(record, config):
         return EndpointHealth(record, None)
     what = f"model server {record.model} ({record.engine}, endpoint v{record.version}) at {record.base_url}"
     if record.is_local and not process_alive(record.pid):
@@ -343,33 +356,39 @@ def _load_vllm_adapter(base_url: str, name: str, path: str, api_key: str | None)
         )
 
 
-def choose_endpoint(config: CiaConfig, *, draw: Callable[[], float] = random.random) -> EndpointRecord:
+def choose_endpoint(
+    config: CiaConfig, *, draw: Callable[[], float] = random.random, health: HealthCache | None = None
+) -> EndpointRecord:
     """The endpoint for one question: the live one, or its canary for `canary_share` of the
     questions (a canary whose server is down is skipped, never a failed question)."""
-    record = ensure_endpoint(config)
+    health = health or HealthCache()
+    record = ensure_endpoint(config, health=health)
     canary = record.canary
     if canary is not None and record.canary_share > 0 and draw() < record.canary_share:
-        if _healthy(canary, config):
+        if health.healthy(canary, config):
             return canary
         log.warning("canary %s of endpoint v%d is down; answering with the live model",
                     canary.spec.adapter, record.version)  # fmt: skip
     return record
 
 
-def ensure_endpoint(config: CiaConfig, *, idle_stop_s: float | None = None) -> EndpointRecord:
+def ensure_endpoint(
+    config: CiaConfig, *, idle_stop_s: float | None = None, health: HealthCache | None = None
+) -> EndpointRecord:
     """A healthy live endpoint, started or restarted if needed (see the module docstring).
 
     A local server started here stops itself after `idle_stop_s` without a request (default
     `llm.idle_stop_s`): the command that started it does not stay to stop it. `cia serve`
     passes 0 and stops its server when it stops."""
     idle = config.llm.idle_stop_s if idle_stop_s is None else idle_stop_s
+    health = health or HealthCache()
     record = current_endpoint(config)
     wanted = EndpointSpec.from_config(config)
-    if record is not None and _healthy(record, config) and _keeps(record, wanted):
+    if record is not None and health.healthy(record, config) and _keeps(record, wanted):
         return record
     with _locked(config):
         record = current_endpoint(config)  # another process may have fixed it meanwhile
-        if record is not None and _healthy(record, config, cached=False):
+        if record is not None and health.healthy(record, config, cached=False):
             if _keeps(record, wanted):
                 return record
             # An on-demand record whose settings changed in cia.yaml: replace it.
@@ -485,7 +504,7 @@ def temporary_endpoint(config: CiaConfig, spec: EndpointSpec, *, note: str) -> I
             stop_process(record.pid)
 
 
-def stop_local_endpoint(config: CiaConfig) -> None:
+def stop_local_endpoint(config: CiaConfig, health: HealthCache | None = None) -> None:
     """Stop the live local server (the record stays: the next question restarts it)."""
     record = current_endpoint(config)
     if record is None:
@@ -493,9 +512,8 @@ def stop_local_endpoint(config: CiaConfig) -> None:
     for pid in record.pids():
         if process_alive(pid):
             stop_process(pid)
-    _HEALTHY.pop(record.base_url, None)
-    if record.canary is not None:
-        _HEALTHY.pop(record.canary.base_url, None)
+    if health is not None:
+        health.forget(record)
 
 
 def chat_client(record: EndpointRecord, config: CiaConfig) -> Any:
