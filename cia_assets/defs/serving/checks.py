@@ -12,8 +12,8 @@ def answers_smoke_question_with_citation(cia: CiaConfigResource) -> dg.AssetChec
     """Asks the live endpoint about a definition that appears in exactly one indexed chunk;
     passes when the answer keeps at least one valid citation (a chunk of its context whose
     lines exist at the indexed commit)."""
-    from cia_assets.lib.answering.service import AssistantService
     from cia_assets.lib.answering.answer import AnswerError
+    from cia_assets.lib.answering.service import AssistantService
     from cia_assets.lib.answering.smoke import smoke_test
 
     config = cia.load()
