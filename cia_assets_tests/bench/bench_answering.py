@@ -56,7 +56,7 @@ def main() -> None:
     from cia_assets.lib.core.access import Grant
     from cia_assets.lib.indexing.embeddings import packaged_model_dir
     from cia_assets.lib.serving.endpoint import ensure_endpoint, stop_local_endpoint
-    from cia_assets_tests.conftest import materialize_repo
+    from cia_assets_tests.support.materialize import materialize_repo
 
     root = Path(tempfile.mkdtemp(prefix="cia-bench-answer-"))
     repo = Path(args.repo).resolve()

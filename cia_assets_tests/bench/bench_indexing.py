@@ -32,12 +32,13 @@ import yaml
 
 from cia_assets.config import load_config
 from cia_assets.lib.core.layout import DataLayout
-from cia_assets.lib.core.project import open_embedder, open_embedding_cache
+from cia_assets.lib.core.project import Project
 from cia_assets.lib.indexing import lexical
 from cia_assets.lib.indexing import pipeline as indexing
 from cia_assets.lib.indexing.embeddings import packaged_model_dir
 from cia_assets.lib.vectorstore.base import IndexedPoint
-from cia_assets_tests.conftest import GIT_ENV, asset_metadata, materialize_repo
+from cia_assets_tests.support.materialize import asset_metadata, materialize_repo
+from cia_assets_tests.support.repos import GIT_ENV
 
 QUERIES = [
     "parse a requirement specifier with extras and markers",
@@ -116,7 +117,7 @@ def main() -> None:
         )
 
         chunks = indexing.read_chunks(DataLayout(config.data_dir).chunks(args.package))
-        embedder = open_embedder(config)
+        embedder = Project(config).embedder
         texts = sorted({c.embedding_text for c in chunks}, key=len)
         started = time.perf_counter()
         for start in range(0, len(texts), 256):
@@ -153,8 +154,8 @@ def bench_search(config: Any, chunks: list[Any], sizes: list[int]) -> dict[str, 
     """Replicate the real chunks into N points of synthetic repos and time hybrid search."""
     from cia_assets.lib.vectorstore.embedded import EmbeddedVectorStore
 
-    embedder = open_embedder(config)
-    cache = open_embedding_cache(config)
+    project = Project(config)
+    embedder, cache = project.embedder, project.embedding_cache
     vectors = cache.get_many(embedder.model_id, (c.embedding_key for c in chunks))
     base = [
         (vectors[c.embedding_key], lexical.encode_document(c.embedding_text), indexing.point_payload(c))

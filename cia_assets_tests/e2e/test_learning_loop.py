@@ -1,0 +1,187 @@
+"""The whole learning loop on the embedded default, at a tiny size, with real components:
+a git repo indexed for real, the packaged SmolLM2 as teacher and served model (llama.cpp),
+real answers and feedback in the trace store, the feedback sensor, the `learning_loop` job of
+the real definitions (analytics with dbt on DuckDB, training set, a CPU LoRA adapter trained
+for a few steps and registered in a local MLflow, evaluation, the blocking promotion check,
+serving as a canary), then promotion, and a question answered by the new adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.errors import DagsterAssetCheckFailedError
+
+from cia_assets.config import CiaConfig
+from cia_assets_tests.support.fakes import fake_openai, ragas_judge_reply
+from cia_assets_tests.support.materialize import materialize_repo
+from cia_assets_tests.support.repos import SAMPLE_FILES, GitRepo
+
+BILLING_RULES: dict[str, str | bytes | None] = {
+    f"billing/rule_{index}.py": (
+        f"def apply_rule_{index}(invoice):\n"
+        f'    """Billing rule {index}: adds a fee of {index} cents to the invoice."""\n'
+        f"    invoice.total += {index}\n"
+        "    return invoice\n"
+    )
+    for index in range(6)
+}
+
+
+@pytest.fixture
+def judge_url() -> Iterator[str]:
+    """A stand-in for the judge endpoint (an LLM judge cannot run here; the packaged 135M model
+    cannot follow ragas' schemas)."""
+    with fake_openai(ragas_judge_reply, model="judge") as judge:
+        yield judge.base_url
+
+
+@pytest.fixture
+def loop_config(
+    write_config: Callable[..., CiaConfig],
+    make_repo: Callable[..., GitRepo],
+    monkeypatch: pytest.MonkeyPatch,
+    judge_url: str,
+) -> CiaConfig:
+    repo = make_repo("payments", {**SAMPLE_FILES, **BILLING_RULES})
+    config = write_config(
+        [{"url": repo.url, "id": "payments", "web_url": "https://git.example.com/acme/payments"}],
+        llm={"port": 8650, "drain_s": 0, "context_tokens": 2048, "max_answer_tokens": 48},
+        datasets={"synthetic_pairs": 12, "min_chunk_lines": 1, "eval_share": 0.3},
+        training={"max_steps": 4, "batch_size": 2, "max_seq_tokens": 1024, "learning_rate": 0.0005},
+        evaluation={"max_questions": 3, "judge": {"base_url": judge_url, "model": "judge"}},
+        promotion={"canary_share": 0.5},
+        feedback={"min_new_feedback": 2},
+    )
+    # The real definitions bind their resources to $CIA_CONFIG, as a deployment does.
+    monkeypatch.setenv("CIA_CONFIG", str(config.config_path))
+    return config
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object]:
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    assert events, f"{asset} was not materialized"
+    materialization = events[-1].event_specific_data.materialization  # type: ignore[union-attr]
+    return {k: v.value for k, v in materialization.metadata.items()}
+
+
+@pytest.mark.xfail(
+    raises=DagsterAssetCheckFailedError,
+    strict=True,
+    reason="a 4-step adapter on the tiny SmolLM2 invents code: the grounding check turns its answers "
+    "into 'not found', and the blocking checks rightly refuse it (citation validity 1.0 -> 0.0, then "
+    "the canary's smoke question). A student that can pass the gates is the learning-loop issue's.",
+)
+def test_feedback_to_promoted_adapter(loop_config: CiaConfig, tmp_path: Path) -> None:
+    from cia_assets.definitions import defs as load_defs
+    from cia_assets.defs.datasets.assets import synthetic_qa_dataset
+    from cia_assets.defs.resources import build_resources
+    from cia_assets.defs.training.automation import feedback_sensor
+    from cia_assets.lib.answering.answer import AskRequest
+    from cia_assets.lib.answering.service import AssistantService
+    from cia_assets.lib.core.access import Grant
+    from cia_assets.lib.learning.registry import AdapterRegistry
+    from cia_assets.lib.serving.endpoint import choose_endpoint, current_endpoint, stop_local_endpoint
+
+    config = loop_config
+    instance = dg.DagsterInstance.ephemeral()
+    resources = build_resources(str(config.config_path))
+    try:
+        materialize_repo(config, instance, "payments")
+        synthetic = dg.materialize([synthetic_qa_dataset], instance=instance, resources=resources)
+        pairs = _metadata(synthetic, "synthetic_qa_dataset")
+        assert (
+            pairs["pairs"]
+            and pairs["teacher"] == f"SmolLM2-135M-Instruct@{current_endpoint(config).base_url}"
+        )  # type: ignore[union-attr]
+
+        # Users ask and vote, through the same service the chat app runs.
+        service = AssistantService(config)
+        try:
+            grant = Grant(name="local", repos=("payments",))
+            # The tiny model answers some questions from the code and invents code for others,
+            # which the grounding check turns into "not found": the user likes the first cited one.
+            for question in (
+                "How does TokenValidator validate a token?",
+                "What does check_permission return for an admin?",
+                "How is a payment permission checked?",
+                "What does TokenValidator.validate compare?",
+            ):
+                liked = service.answerer.ask(AskRequest(question=question, grant=grant))
+                if liked.citations:
+                    break
+            disliked = service.answerer.ask(AskRequest(question="How are refunds computed?", grant=grant))
+            service.store.add_feedback(liked.trace_id, "up")
+            service.store.add_feedback(disliked.trace_id, "down")
+        finally:
+            service.close()
+        assert liked.citations, "the liked answer must cite code to become a golden example"
+
+        # Two votes reach the threshold: the sensor requests the learning loop.
+        sensor_resources = {"cia": resources["cia"]}
+        tick = feedback_sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources))
+        assert isinstance(tick, dg.SensorResult) and tick.run_requests and len(tick.run_requests) == 1
+        assert tick.cursor and '"local_seq": 2' in tick.cursor
+        again = feedback_sensor(
+            dg.build_sensor_context(instance=instance, resources=sensor_resources, cursor=tick.cursor)
+        )
+        assert isinstance(again, dg.SensorResult) and not again.run_requests  # no new votes since
+
+        definitions = load_defs()
+        job = definitions.resolve_job_def("learning_loop")
+        run = job.execute_in_process(instance=instance, tags=dict(tick.run_requests[0].tags))
+        assert run.success
+
+        training = _metadata(run, "training_dataset")
+        assert training["golden_examples"] == 1 and training["files_in_both_splits"] == 0
+        adapter = _metadata(run, "lora_adapter")
+        assert adapter["model_version"] == "1" and adapter["alias"] == "challenger"
+        assert adapter["backend"] == "cpu" and len(adapter["loss_curve"]) == 4  # type: ignore[arg-type]
+        assert Path(str(adapter["gguf_path"])).is_file()
+        evaluation = _metadata(run, "rag_eval_results")
+        assert evaluation["verdict"] == "passed", evaluation["verdict_reasons"]
+        assert "base/citation_validity" in evaluation and "challenger/citation_validity" in evaluation
+        # Faithfulness from the judge is measured for both and gates the promotion.
+        assert "base/faithfulness" in evaluation and "challenger/faithfulness" in evaluation
+        assert any(r.startswith("faithfulness:") for r in evaluation["verdict_reasons"])  # type: ignore[union-attr]
+        assert "retrieval/file_recall@5" in evaluation
+        checks = {c.check_name: c.passed for c in run.get_asset_check_evaluations()}
+        assert checks["challenger_no_worse_than_champion"] is True
+        served = _metadata(run, "served_endpoint")
+        assert served["rollout"] == "canary" and served["canary_adapter_version"] == "1"
+        assert served["adapter"] == "none"  # the base model keeps the other half
+
+        registry = AdapterRegistry(config)
+        version = registry.get("1")
+        assert version.run_id and version.tags["evaluation"] == "passed"
+        mlflow_run = registry.client.get_run(version.run_id)
+        assert mlflow_run.data.params["max_steps"] == "4"
+        assert len(registry.client.get_metric_history(version.run_id, "train_loss")) == 4
+        assert "eval_citation_validity" in mlflow_run.data.metrics
+
+        live = current_endpoint(config)
+        assert live is not None and live.canary is not None and live.canary_share == 0.5
+        assert choose_endpoint(config, draw=lambda: 0.1).adapter_version == "1"
+        assert choose_endpoint(config, draw=lambda: 0.9).adapter is None
+
+        # The next materialization promotes the canary: the champion alias moves, the adapter serves alone.
+        from cia_assets.defs.serving.assets import served_endpoint
+
+        promoted = dg.materialize([served_endpoint], instance=instance, resources=resources)
+        served = _metadata(promoted, "served_endpoint")
+        assert served["rollout"] == "promoted" and served["adapter_version"] == "1"
+        assert registry.by_alias("champion").version == "1"  # type: ignore[union-attr]
+        assert registry.by_alias("challenger") is None
+        live = current_endpoint(config)
+        assert live is not None and live.canary is None and live.adapter == version.gguf_path
+
+        service = AssistantService(config)
+        try:
+            answer = service.answerer.ask(AskRequest(question="What does apply_rule_3 do?", grant=grant))
+        finally:
+            service.close()
+        assert answer.model == f"SmolLM2-135M-Instruct+{version.gguf_path}"
+    finally:
+        stop_local_endpoint(config)

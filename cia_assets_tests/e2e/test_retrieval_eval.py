@@ -1,0 +1,410 @@
+"""The retrieval harness and the query handling it measures, on real repos, the packaged
+embedding model and the embedded vector store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cia_assets.config import CiaConfig
+from cia_assets.lib.core.project import Project
+from cia_assets.lib.evaluation.retrieval import (
+    RepoSource,
+    RetrievalCase,
+    RetrievalEvalError,
+    RetrievalHarness,
+    first_gold_rank,
+    is_test_path,
+    load_cases,
+    mine_commit_cases,
+    score,
+)
+from cia_assets.lib.retrieval.query_plan import QueryPlan, RepoPaths, path_mentions
+from cia_assets.lib.retrieval.search import SearchOptions, rank_files, search_code, search_files
+from cia_assets.lib.sources.git_sync import RepoMirror
+from cia_assets_tests.support.repos import GitRepo
+
+TRACEBACK_REPORT = """URLField throws ValueError instead of ValidationError on clean
+forms.URLField( ).clean('////]@N.AN') results in:
+    Traceback (most recent call last):
+     File "basic_fuzzer.py", line 22, in TestOneInput
+     File "/usr/lib/python3/site-packages/django/forms/fields.py", line 151, in clean
+     File "django/core/validators.py", line 130, in __call__
+Maybe astropy.modeling.separable is also involved, see utils.py and np.array.
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            TRACEBACK_REPORT,
+            [
+                "basic_fuzzer.py",
+                "usr/lib/python3/site-packages/django/forms/fields.py",
+                "django/core/validators.py",
+                "astropy/modeling/separable",
+                "utils.py",
+                "np/array",
+            ],
+        ),
+        ("How is a refund authorized?", []),
+        ("see src/app/main.ts and the `app.config` module", ["src/app/main.ts", "app/config"]),
+    ],
+)
+def test_path_mentions(text: str, expected: list[str]) -> None:
+    assert list(path_mentions(text)) == expected
+
+
+def test_mentions_match_repo_files_by_suffix() -> None:
+    files = [
+        "django/forms/fields.py",
+        "django/db/models/fields/__init__.py",
+        "django/core/validators.py",
+        "astropy/modeling/separable.py",
+        "a/utils.py",
+        "b/utils.py",
+        "c/utils.py",
+        "d/utils.py",
+    ]
+    paths = RepoPaths(files)
+    assert paths.named_by(path_mentions(TRACEBACK_REPORT)) == [
+        "django/forms/fields.py",
+        "django/core/validators.py",
+        "astropy/modeling/separable.py",
+        # utils.py names four files: too vague to trust; np/array and the user's own
+        # basic_fuzzer.py name none.
+    ]
+    assert paths.named_by(["db/models/fields"]) == ["django/db/models/fields/__init__.py"]
+    assert paths.named_by(["fields"]) == []  # one segment, no extension: too vague
+    assert paths.named_by(["ascii.rst"]) == []  # no such file, and no ascii/rst module here
+    assert RepoPaths(["astropy/io/ascii/rst.py"]).named_by(["ascii.rst"]) == ["astropy/io/ascii/rst.py"]
+
+
+def test_repeated_query_words_weigh_more_and_definitions_are_named() -> None:
+    import math
+
+    from cia_assets.lib.indexing import lexical
+
+    weighted = lexical.encode_query("rst header rst rst", repeated_terms_count=True)
+    weights = dict(zip(weighted.indices, weighted.values, strict=True))
+    assert weights[lexical.token_index("rst")] == pytest.approx(1 + math.log(3))
+    assert weights[lexical.token_index("header")] == 1.0
+    assert set(lexical.encode_query("rst header rst").values) == {1.0}
+    plan = QueryPlan.of("TypeError: RST.__init__() got header_rows; see separability_matrix")
+    assert {"rst.__init__", "header_rows", "separability_matrix", "typeerror"} <= set(plan.identifiers)
+
+
+def test_scores_and_ranks() -> None:
+    assert first_gold_rank(["a.py", "a.py", "b.py", "c.py"], ["c.py", "x.py"]) == 3
+    assert first_gold_rank(["a.py"], ["c.py"]) is None
+    s = score([1, 3, None, 12])
+    assert s.acc == {1: 0.25, 5: 0.5, 10: 0.5}
+    assert s.mrr == round((1 + 1 / 3 + 1 / 12) / 4, 4)
+    assert is_test_path("pkg/tests/test_x.py") and is_test_path("test_x.py") and is_test_path("x/conftest.py")
+    assert not is_test_path("pkg/testing_utils.py") and not is_test_path("pkg/contest.py")
+
+
+def test_bad_case_files_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "cases.jsonl"
+    path.write_text('{"instance_id": "a", "repo": "o/r", "base_commit": "abc", "problem_statement": "x"}\n')
+    with pytest.raises(RetrievalEvalError, match=r"cases.jsonl:1: not a retrieval case"):
+        load_cases(path)
+    path.write_text("{not json\n")
+    with pytest.raises(RetrievalEvalError, match=r"cases.jsonl:1: not JSON"):
+        load_cases(path)
+
+
+PAYMENTS_V1: dict[str, str | bytes | None] = {
+    "payments/auth.py": (
+        "def check_permission(user, action):\n"
+        '    """Return True when the user may perform the action."""\n'
+        "    return user.role == 'admin' or action in user.grants\n"
+    ),
+    "payments/ledger.py": (
+        "class Ledger:\n"
+        '    """Balances of every account."""\n'
+        "\n"
+        "    def transfer(self, source, target, amount):\n"
+        "        self.balances[source] -= amount\n"
+        "        self.balances[target] += amount\n"
+    ),
+    "payments/refunds.py": (
+        "REFUND_DEADLINE_DAYS = 30\n"
+        "\n"
+        "def refund_allowed(order, today):\n"
+        '    """A refund is allowed within the deadline after delivery."""\n'
+        "    return (today - order.delivered_on).days <= REFUND_DEADLINE_DAYS\n"
+    ),
+    "tests/test_refunds.py": "def test_refund_allowed():\n    assert refund_allowed\n",
+    "README.md": "# Payments\n",
+}
+
+
+def _history(make_repo: Callable[..., GitRepo]) -> tuple[GitRepo, list[str]]:
+    repo = make_repo("payments", PAYMENTS_V1)
+    first = repo.git("rev-parse", "HEAD")
+    second = repo.commit(
+        {
+            "payments/refunds.py": PAYMENTS_V1["payments/refunds.py"].replace("30", "14")  # type: ignore[union-attr]
+            + "\n\ndef refund_amount(order):\n    return order.total - order.fee\n",
+            "tests/test_refunds.py": "def test_refund_amount():\n    assert refund_amount\n",
+        },
+        "Shorten the refund deadline to two weeks and compute partial refund amounts",
+    )
+    third = repo.commit(
+        {"payments/ledger.py": PAYMENTS_V1["payments/ledger.py"] + "\n    def close(self):\n        pass\n"},  # type: ignore[operator]
+        "typo",
+    )
+    fourth = repo.commit(
+        {
+            "payments/auth.py": PAYMENTS_V1["payments/auth.py"]
+            + "\n\ndef is_admin(user):\n    return user.role == 'admin'\n"
+        },  # type: ignore[operator]
+        "Let administrators bypass the permission check for every payment action\n\nSigned-off-by: A <a@b>",
+    )
+    return repo, [first, second, third, fourth]
+
+
+def test_cases_are_mined_from_history(make_repo: Callable[..., GitRepo], tmp_path: Path) -> None:
+    repo, commits = _history(make_repo)
+    mirror = RepoMirror(tmp_path / "mirror.git", repo.url, "main")
+    head = mirror.sync()
+    cases = mine_commit_cases(mirror, head, repo="payments", exclude=("*.md",))
+    mirror.close()
+    # Newest first; the "typo" commit is not descriptive; test files are never gold; the
+    # initial commit added files, so there was nothing to find before it.
+    assert [(c.base_commit, c.gold_files) for c in cases] == [
+        (commits[2], ("payments/auth.py",)),
+        (commits[0], ("payments/refunds.py",)),
+    ]
+    assert cases[0].query == "Let administrators bypass the permission check for every payment action"
+    assert cases[0].case_id == f"payments@{commits[3][:12]}"
+    assert json.loads(json.dumps(cases[1].to_json()))["gold_files"] == ["payments/refunds.py"]
+
+
+def test_harness_steps_a_repo_through_its_cases_and_scores_every_retriever(
+    make_repo: Callable[..., GitRepo], write_config: Callable[..., object], tmp_path: Path
+) -> None:
+    repo, commits = _history(make_repo)
+    live = write_config([{"url": repo.url, "id": "live"}])
+    source = RepoSource(
+        repo="acme/payments", url=str(repo.path), branch="main", include=("*.py",), exclude=("tests/*",)
+    )
+    cases = [
+        # Listed newest first: the harness must still index in commit order.
+        RetrievalCase(
+            "admins",
+            "acme/payments",
+            commits[2],
+            "Let administrators bypass the permission check",
+            ("payments/auth.py",),
+        ),
+        RetrievalCase(
+            "deadline",
+            "acme/payments",
+            commits[0],
+            "how many days after delivery can a customer get a refund",
+            ("payments/refunds.py",),
+        ),
+        RetrievalCase(
+            "traceback",
+            "acme/payments",
+            commits[1],
+            'Crash:\n  File "/srv/app/payments/ledger.py", line 5, in transfer\nKeyError: balances',
+            ("payments/ledger.py",),
+        ),
+    ]
+    retrievers = {
+        "chunks": SearchOptions(query_tf=False, mentions=False, definitions=False, file_lexical=False),
+        "default": SearchOptions(),
+    }
+    report = RetrievalHarness(live, tmp_path / "eval").run(cases, {"acme/payments": source}, retrievers)  # type: ignore[arg-type]
+
+    assert [r.case_id for r in report.results] == ["deadline", "traceback", "admins"]
+    ranks = {result.case_id: result.ranks for result in report.results}
+    assert ranks["traceback"]["default"] == 1  # the file the traceback names
+    for result in report.results:
+        assert set(result.ranks) == {"chunks", "default", "bm25"}
+        assert all(rank is not None and rank <= 2 for rank in result.ranks.values()), result
+        assert all("tests/" not in path for path in result.top_files["default"])
+    scores = report.scores()
+    assert scores["default"]["acme/payments"].cases == 3 and scores["default"]["all"].acc[5] == 1.0
+    assert scores["default"]["all"].mrr == round(sum(1 / r["default"] for r in ranks.values()) / 3, 4)
+    # The third commit changed one of three files: only it was chunked again.
+    assert report.index["acme/payments"]["reused_files"] == 2
+    assert report.index["acme/payments"]["chunked_files"] == 1
+    timings = report.timing_summary()
+    assert {"chunk", "embed", "collection_update", "search[default]", "bm25_build", "bm25_query"} <= set(
+        timings
+    )
+    summary = report.to_json()
+    assert summary["scores"]["bm25"]["all"]["cases"] == 3
+
+    # The live index was never touched: its data dir holds no index of the harness's repo.
+    assert not (live.data_dir / "index").exists()  # type: ignore[attr-defined]
+
+
+def test_harness_skips_a_commit_the_branch_does_not_have(
+    make_repo: Callable[..., GitRepo], write_config: Callable[..., object], tmp_path: Path
+) -> None:
+    repo, commits = _history(make_repo)
+    live = write_config([{"url": repo.url, "id": "live"}])
+    source = RepoSource(repo="acme/payments", url=str(repo.path), branch="main")
+    bad = RetrievalCase("bad", "acme/payments", "0" * 40, "anything at all", ("payments/auth.py",))
+    harness = RetrievalHarness(live, tmp_path / "eval")  # type: ignore[arg-type]
+    good = RetrievalCase("good", "acme/payments", commits[0], "refund deadline", ("payments/refunds.py",))
+    report = harness.run([bad, good], {"acme/payments": source}, {"default": SearchOptions()})
+    assert [r.case_id for r in report.results] == ["good"]
+    assert report.skipped == {"bad": f"base_commit {'0' * 40} is not on branch 'main' of {repo.path}"}
+    assert report.to_json()["skipped"] == report.skipped
+    with pytest.raises(RetrievalEvalError, match="no source given for repo"):
+        harness.run([bad], {}, {"default": SearchOptions()})
+
+
+def test_named_files_are_searched_and_files_aggregate_their_chunks(
+    make_repo: Callable[..., GitRepo],
+    write_config: Callable[..., object],
+    project_of: Callable[[CiaConfig], Project],
+) -> None:
+    import dagster as dg
+
+    from cia_assets_tests.support.materialize import materialize_repo
+
+    repo = make_repo("payments", PAYMENTS_V1)
+    config = write_config([{"url": repo.url, "id": "payments"}])
+    materialize_repo(config, dg.DagsterInstance.ephemeral(), "payments")  # type: ignore[arg-type]
+    question = 'Traceback:\n  File "/opt/venv/payments/ledger.py", line 5, in transfer\nwhy does it fail?'
+    plain = search_files(project_of(config), question, options=SearchOptions(mentions=False))  # type: ignore[arg-type]
+    named = search_files(project_of(config), question)  # type: ignore[arg-type]
+    assert named[0].path == "payments/ledger.py"
+    assert named[0].score > next(f.score for f in plain if f.path == "payments/ledger.py")
+    assert search_code(project_of(config), question, k=1)[0].path == "payments/ledger.py"  # type: ignore[arg-type]
+
+    hits = search_code(project_of(config), "refund deadline days", k=5)  # type: ignore[arg-type]
+    files = rank_files(hits)
+    assert len({f.path for f in files}) == len(files)
+    assert [f.score for f in files] == sorted((f.score for f in files), reverse=True)
+    assert all(f.score == f.chunks[0].score == max(c.score for c in f.chunks) for f in files)
+    assert sum(len(f.chunks) for f in files) == len(hits)
+
+    def scores(question: str, **switches: bool) -> dict[tuple[str, str | None], float]:
+        found = search_code(project_of(config), question, k=20, options=SearchOptions(**switches))  # type: ignore[arg-type]
+        return {(hit.path, hit.symbol): hit.score for hit in found}
+
+    # The chunk defining the named function gains a list; a test that merely calls it does not.
+    question = "refund_allowed says no although the order was delivered yesterday"
+    with_definitions, without = scores(question), scores(question, definitions=False)
+    defining = ("payments/refunds.py", "refund_allowed")
+    caller = ("tests/test_refunds.py", "test_refund_allowed")
+    assert with_definitions[defining] > without[defining]
+    assert with_definitions[caller] == without[caller]
+
+    # The file holding most of the question's words gains a list, through one of its chunks.
+    question = "refund deadline days delivered order today"
+    with_mass, without = scores(question), scores(question, file_lexical=False)
+    gains = {key: score - without.get(key, 0.0) for key, score in with_mass.items()}
+    assert max(gains, key=lambda key: gains[key])[0] == "payments/refunds.py"
+    assert len([key for key, gain in gains.items() if gain > 0 and key[0] == "payments/refunds.py"]) == 1
+
+
+def test_eval_retrieval_command_measures_a_configured_repo_on_its_own_history(
+    make_repo: Callable[..., GitRepo], write_config: Callable[..., object], tmp_path: Path
+) -> None:
+    from cia_assets_tests.support.cli import cia
+
+    repo, commits = _history(make_repo)
+    config = write_config([{"url": repo.url, "id": "payments", "exclude": ["*.md"]}])
+    out = cia("eval-retrieval", "--config", str(config.config_path), "--json")  # type: ignore[attr-defined]
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert [case["case_id"] for case in report["cases"]] == [
+        f"payments@{commits[1][:12]}",
+        f"payments@{commits[3][:12]}",
+    ]
+    assert set(report["scores"]) == {"cia", "bm25"}
+    assert report["scores"]["cia"]["payments"]["cases"] == 2
+    assert report["timings"]["search[cia]"]["calls"] == 2
+    # The live data dir gained only the harness's own folder: no live index was made or moved.
+    assert not (config.data_dir / "index").exists()  # type: ignore[attr-defined]
+    assert (config.data_dir / "retrieval-eval" / "index" / "payments.json").exists()  # type: ignore[attr-defined]
+
+    plain = cia("eval-retrieval", "--config", str(config.config_path))  # type: ignore[attr-defined]
+    assert plain.returncode == 0, plain.stderr
+    assert "cia   payments" in plain.stdout and "bm25  payments" in plain.stdout
+
+    empty = make_repo("empty", {"a.py": "x = 1\n"})
+    none = write_config([{"url": empty.url, "id": "empty"}])
+    refused = cia("eval-retrieval", "--config", str(none.config_path))  # type: ignore[attr-defined]
+    assert refused.returncode == 1 and "no descriptive commits" in refused.stderr
+
+
+def test_harness_runs_against_the_server_backend_in_its_own_collections(
+    make_repo: Callable[..., GitRepo],
+    write_config: Callable[..., object],
+    tmp_path: Path,
+    project_of: Callable[[CiaConfig], Project],
+) -> None:
+
+    repo, commits = _history(make_repo)
+    # qdrant-client's in-memory engine stands in for a Qdrant server, as in the cluster tests.
+    live = write_config(
+        [{"url": repo.url, "id": "live"}], vector_store={"backend": "server", "url": ":memory:"}
+    )
+    source = RepoSource(repo="acme/payments", url=str(repo.path), branch="main", include=("*.py",))
+    cases = [
+        RetrievalCase(
+            "deadline",
+            "acme/payments",
+            commits[0],
+            "refund deadline after delivery",
+            ("payments/refunds.py",),
+        ),
+        RetrievalCase(
+            "admins",
+            "acme/payments",
+            commits[2],
+            "administrators bypass the permission check",
+            ("payments/auth.py",),
+        ),
+    ]
+    harness = RetrievalHarness(live, tmp_path / "eval")  # type: ignore[arg-type]
+    report = harness.run(cases, {"acme/payments": source}, {"default": SearchOptions()})
+    assert [r.ranks["default"] for r in report.results] == [1, 1]
+    store = project_of(harness.config_for([source])).store
+    assert store.resolve_alias("cia-eval-acme__payments") is not None
+    assert store.resolve_alias("cia-live") is None  # the live prefix was never written
+
+
+def test_history_benchmark_asset_reports_per_repo_and_to_mlflow(
+    make_repo: Callable[..., GitRepo], write_config: Callable[..., object]
+) -> None:
+    import dagster as dg
+
+    from cia_assets.defs.evaluation.assets import retrieval_history_benchmark
+    from cia_assets.defs.resources import build_resources
+    from cia_assets.lib.learning.registry import AdapterRegistry
+    from cia_assets_tests.support.materialize import materialize_repo
+
+    repo, _ = _history(make_repo)
+    config = write_config([{"url": repo.url, "id": "payments"}], evaluation={"history_cases": 5})
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_repo(config, instance, "payments")  # type: ignore[arg-type]
+    result = dg.materialize(
+        [retrieval_history_benchmark],
+        instance=instance,
+        resources=build_resources(str(config.config_path)),  # type: ignore[attr-defined]
+    )
+    metadata = {
+        k: v.value
+        for k, v in result.asset_materializations_for_node("retrieval_history_benchmark")[0].metadata.items()
+    }
+    assert metadata["cases"] == 2 and metadata["skipped"] == 0  # "typo" is not descriptive
+    assert metadata["cia/payments/acc@5"] == 1.0
+    assert {"bm25/payments/acc@1", "cia/all/mrr", "bm25/all/mrr"} <= set(metadata)
+    registry = AdapterRegistry(config)  # type: ignore[arg-type]
+    run = registry.client.get_run(str(metadata["mlflow_run_id"]))
+    assert run.data.metrics["history_cia_payments_acc_at_5"] == 1.0

@@ -1,0 +1,374 @@
+"""The learning loop's pure parts, table-driven: secret redaction, teacher replies, sampling,
+the train/eval split, retrieval metrics, the promotion verdict and the rollout plan (with a
+real MLflow registry in SQLite)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cia_assets.config import CiaConfig
+from cia_assets.lib.core import artifacts
+from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.core.records import Chunk, SourceSpan, sha256_text
+from cia_assets.lib.evaluation.heldout import EvalCase, Verdict, promotion_verdict, retrieval_metrics
+from cia_assets.lib.learning.redaction import PLACEHOLDER, redact, shannon_entropy
+from cia_assets.lib.learning.synthetic import cites_only_its_source, parse_pair, sample_chunks
+from cia_assets.lib.learning.training_data import eval_files, golden_example, renumber
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ('AWS_KEY = "AKIAIOSFODNN7EXAMPLE"', "AKIAIOSFODNN7EXAMPLE"),
+        ('token = "ghp_R7b2Xk9QmV4tL1sN8wE3yU6iO0pA5zD2cF7h"', "ghp_R7b2Xk9QmV4tL1sN8wE3yU6iO0pA5zD2cF7h"),
+        ('slack = "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"', "AbCdEfGhIjKlMnOpQrStUvWx"),
+        ('password = "hunter2-is-not-a-password"', "hunter2-is-not-a-password"),
+        ('url = "postgres://admin:S3cr3tP4ss@db:5432/x"', "S3cr3tP4ss"),
+        (
+            "salt = q8ZtV3mK1xR7pW2sL9nB4cF6hJ0dG5yA  # unquoted, unknown format",
+            "q8ZtV3mK1xR7pW2sL9nB4cF6hJ0dG5yA",
+        ),
+        ('digest = "5f2b8c9d0e1a3b4c6d7e8f90a1b2c3d4e5f60718"', "5f2b8c9d0e1a3b4c6d7e8f90a1b2c3d4e5f60718"),
+    ],
+)
+def test_redaction_removes_known_formats_keywords_and_high_entropy(line: str, secret: str) -> None:
+    result = redact(f"import os\n{line}\nprint(1)")
+    assert secret not in result.text
+    assert PLACEHOLDER in result.text.splitlines()[1]
+    assert result.text.splitlines()[0] == "import os" and result.count >= 1
+    assert {f.line for f in result.findings} == {2}
+
+
+def test_redaction_keeps_code_and_line_numbers() -> None:
+    code = (
+        "def test_embedding_cache_reuses_vectors_between_runs(self):\n"
+        "    return self.cache.get_or_compute_embeddings_for_chunk_texts(chunks)\n"
+        'URL = "https://github.com/pallets/flask/blob/main/src/flask/app.py"\n'
+        "KEY = '''-----BEGIN OPENSSH PRIVATE KEY-----\n"
+        "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n"
+        "-----END OPENSSH PRIVATE KEY-----'''\n"
+        "after = 1\n"
+    )
+    result = redact(code)
+    lines = result.text.split("\n")
+    assert len(lines) == len(code.split("\n"))  # citations to later lines stay right
+    assert lines[:3] == code.split("\n")[:3]  # identifiers and URLs are not secrets
+    assert "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ" not in result.text
+    assert lines[6] == "after = 1"
+    assert [f.kind for f in result.findings] == ["Private Key"]
+
+
+def test_shannon_entropy() -> None:
+    assert shannon_entropy("aaaa") == 0.0
+    assert shannon_entropy("abcd") == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (
+            '{"question": "What is X?", "answer": "According to [1], X."}',
+            ("What is X?", "According to [1], X."),
+        ),
+        ('Here:\n```json\n{"question": " What  is X?", "answer": "A [1]"}\n```', ("What is X?", "A [1]")),
+        ('{"question": "", "answer": "A [1]"}', None),
+        ('{"q": "x"}', None),
+        ("not json", None),
+    ],
+)
+def test_parse_teacher_replies(reply: str, expected: tuple[str, str] | None) -> None:
+    assert parse_pair(reply) == expected
+
+
+@pytest.mark.parametrize(
+    ("answer", "ok"),
+    [
+        ("According to [1], it adds.", True),
+        ("It adds [ 1 ].", True),
+        ("It adds.", False),
+        ("See [1] and [2].", False),
+    ],
+)
+def test_answers_must_cite_only_their_source(answer: str, ok: bool) -> None:
+    assert cites_only_its_source(answer) is ok
+
+
+def _chunk(repo: str, path: str, language: str, kind: str, lines: int = 10) -> Chunk:
+    text = "\n".join(f"line {i} of {path}" for i in range(lines))
+    return Chunk(repo, path, 1, lines, language, kind, None, "a" * 40, sha256_text(text), text)
+
+
+def test_sampling_spreads_over_repos_languages_and_kinds() -> None:
+    chunks = [_chunk("big", f"src/m{i}.py", "python", "function") for i in range(50)]
+    chunks += [
+        _chunk("big", "cmd/main.go", "go", "function"),
+        _chunk("small", "web/a.ts", "typescript", "class"),
+    ]
+    chunks += [_chunk("small", "tiny.py", "python", "function", lines=2)]
+    picked = sample_chunks(chunks, 4, seed=1, min_lines=4, max_lines=5)
+    assert {(c.repo_id, c.language) for c in picked} >= {
+        ("big", "go"),
+        ("small", "typescript"),
+        ("big", "python"),
+    }
+    assert all(c.line_end - c.line_start + 1 <= 5 and len(c.text.split("\n")) <= 5 for c in picked)
+    assert "tiny.py" not in {c.path for c in picked}
+    assert picked == sample_chunks(chunks, 4, seed=1, min_lines=4, max_lines=5)  # reproducible
+
+
+def test_eval_files_are_stable_and_both_sides_are_used() -> None:
+    keys = [f"r:f{i}.py" for i in range(40)]
+    held = eval_files(keys, 0.25, seed=7)
+    assert 4 <= len(held) <= 18
+    assert held == eval_files(list(reversed(keys)), 0.25, seed=7)
+    # A file keeps its side when the set grows.
+    assert held <= eval_files([*keys, "r:new.py"], 0.25, seed=7) | {"r:new.py"}
+    assert len(eval_files(["r:a.py", "r:b.py"], 0.01, seed=7)) == 1
+    assert len(eval_files(["r:a.py", "r:b.py"], 0.99, seed=7)) == 1
+
+
+def test_renumber_and_golden_examples_reread_their_sources() -> None:
+    assert renumber("According to [2], x [3]. Also [9].", {2: 1, 3: 2}) == "According to [1], x [2]. Also ."
+    sha = "b" * 40
+    files = {("pay", sha, "auth.py"): [f"line {i}" for i in range(1, 21)]}
+
+    def read(repo: str, commit: str | None, path: str) -> list[str] | None:
+        return files.get((repo, commit or sha, path))
+
+    row = {
+        "question": "How are tokens checked?",
+        "answer": "According to [3], tokens are signed.",
+        "citations": [
+            {"n": 3, "repo": "pay", "path": "auth.py", "line_start": 5, "line_end": 7,
+             "url": f"https://git.example.com/pay/blob/{sha}/auth.py#L5-L7"},
+        ],
+    }  # fmt: skip
+    example = golden_example(row, read)
+    assert example is not None
+    assert example.answer == "According to [1], tokens are signed."
+    assert example.sources[0].text == "line 5\nline 6\nline 7" and example.sources[0].language == "python"
+    gone = {**row, "citations": [{**row["citations"][0], "line_end": 99}]}  # type: ignore[dict-item]
+    assert golden_example(gone, read) is None
+    # A repo without a web UI links to the chat app's source page: its commit is read too.
+    older = "c" * 40
+    files[("pay", older, "auth.py")] = [f"old {i}" for i in range(1, 21)]
+    link = f"http://127.0.0.1:8600/source/pay/{older}/auth.py#L5-L7"
+    local = {**row, "citations": [{**row["citations"][0], "url": link}]}  # type: ignore[dict-item]
+    at_older = golden_example(local, read)
+    assert at_older is not None and at_older.sources[0].text == "old 5\nold 6\nold 7"
+
+
+def _hit(repo: str, path: str, line_start: int, line_end: int) -> SourceSpan:
+    return SourceSpan(repo=repo, path=path, line_start=line_start, line_end=line_end)
+
+
+def test_retrieval_metrics_score_the_source_file_and_chunk() -> None:
+    cases = [
+        EvalCase(
+            question="q1",
+            reference="a",
+            repo="r",
+            path="a.py",
+            line_start=10,
+            line_end=20,
+            chunk_id=None,
+            origin="synthetic",
+        ),
+        EvalCase(
+            question="q2",
+            reference="a",
+            repo="r",
+            path="b.py",
+            line_start=1,
+            line_end=5,
+            chunk_id=None,
+            origin="synthetic",
+        ),
+        EvalCase(
+            question="q3",
+            reference="a",
+            repo="r",
+            path="c.py",
+            line_start=1,
+            line_end=5,
+            chunk_id=None,
+            origin="synthetic",
+        ),
+    ]
+    results = {
+        "q1": [_hit("r", "a.py", 15, 30)],  # file and chunk at rank 1
+        "q2": [
+            _hit("r", "x.py", 1, 5),
+            _hit("r", "b.py", 50, 60),
+            _hit("r", "b.py", 3, 4),
+        ],  # file 2, chunk 3
+        "q3": [_hit("r", "x.py", 1, 5)],  # missed
+    }
+    metrics = retrieval_metrics(cases, lambda case: results[case.question])
+    assert metrics["file_recall@1"] == pytest.approx(1 / 3, abs=1e-4)
+    assert metrics["file_recall@5"] == pytest.approx(2 / 3, abs=1e-4)
+    assert metrics["chunk_recall@1"] == pytest.approx(1 / 3, abs=1e-4)
+    assert metrics["file_mrr"] == pytest.approx((1 + 1 / 2) / 3, abs=1e-4)
+    assert metrics["chunk_mrr"] == pytest.approx((1 + 1 / 3) / 3, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("challenger", "reference", "passed"),
+    [
+        (
+            {"citation_validity": 0.9, "faithfulness": 0.8},
+            {"citation_validity": 0.9, "faithfulness": 0.8},
+            True,
+        ),
+        (
+            {"citation_validity": 0.86, "faithfulness": 0.8},
+            {"citation_validity": 0.9, "faithfulness": 0.8},
+            True,
+        ),
+        (
+            {"citation_validity": 0.8, "faithfulness": 0.9},
+            {"citation_validity": 0.9, "faithfulness": 0.8},
+            False,
+        ),
+        (
+            {"citation_validity": 0.9, "faithfulness": None},
+            {"citation_validity": 0.9, "faithfulness": 0.8},
+            False,
+        ),
+        (
+            {"citation_validity": 0.9, "faithfulness": 0.1},
+            {"citation_validity": 0.9, "faithfulness": None},
+            True,
+        ),
+    ],
+)
+def test_promotion_verdict(
+    challenger: dict[str, float | None], reference: dict[str, float | None], passed: bool
+) -> None:
+    verdict = promotion_verdict(
+        challenger,
+        reference,
+        challenger_version="3",
+        reference_name="champion",
+        max_drops={"citation_validity": 0.05, "faithfulness": 0.05},
+    )
+    assert verdict.passed is passed
+    assert len(verdict.reasons) == 2
+    assert Verdict.from_json(json.loads(json.dumps(verdict.to_json()))) == verdict
+    assert not promotion_verdict(
+        None, reference, challenger_version=None, reference_name="base", max_drops={}
+    ).passed
+
+
+def test_rollout_plan_follows_registry_aliases_and_the_verdict(
+    write_config: Callable[..., CiaConfig], tmp_path: Path
+) -> None:
+    from cia_assets.lib.learning.registry import AdapterRegistry
+    from cia_assets.lib.serving.promotion import plan_rollout
+
+    config = write_config([], promotion={"canary_share": 0.25})
+    registry = AdapterRegistry(config)
+    assert plan_rollout(config, registry).stage == "base"
+
+    def register(name: str) -> str:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text("{}")
+        run_id, source = registry.log_training(
+            run_name=name, params={"r": 8}, losses=[(1, 2.0), (2, 1.5)], metrics={"x": 1.0},
+            adapter_dir=folder, tags={},
+        )  # fmt: skip
+        return registry.register(
+            run_id=run_id, source=source, tags={"gguf_path": str(folder / "adapter.gguf")}, description=name
+        ).version
+
+    first = register("first")
+    assert registry.by_alias("challenger").version == first  # type: ignore[union-attr]
+    assert plan_rollout(config, registry).stage == "awaiting-evaluation"
+
+    def publish_verdict(version: str, passed: bool) -> None:
+        root = DataLayout(config.data_dir).evaluation
+        name, _ = artifacts.new_version(root)
+        verdict = Verdict(passed, version, "base", ("because",), {})
+        artifacts.publish(root, name, {"verdict": verdict.to_json()})
+
+    publish_verdict(first, passed=False)
+    refused = plan_rollout(config, registry)
+    assert refused.stage == "refused" and refused.primary.adapter is None and refused.canary is None
+
+    publish_verdict(first, passed=True)
+    canary = plan_rollout(config, registry)
+    assert canary.stage == "canary" and canary.canary_share == 0.25
+    assert canary.canary is not None and canary.canary.adapter_version == first
+    assert canary.primary.adapter is None  # the base model keeps 75 %
+
+    promoted = plan_rollout(config.model_copy(update={"promotion": config.promotion.model_copy(
+        update={"canary_share": 0.0})}), registry)  # fmt: skip
+    assert promoted.stage == "promoted" and promoted.primary.adapter_version == first
+    promoted.commit(registry)
+    assert registry.by_alias("champion").version == first  # type: ignore[union-attr]
+    assert registry.by_alias("challenger") is None
+    assert plan_rollout(config, registry).stage == "champion"
+
+
+def test_citation_metrics_count_failed_answers_against_the_model() -> None:
+    from cia_assets.lib.answering.answer import Answer
+    from cia_assets.lib.answering.citations import Citation
+    from cia_assets.lib.evaluation.heldout import ModelResult
+
+    first = EvalCase(
+        question="q1",
+        reference="a",
+        repo="r",
+        path="a.py",
+        line_start=1,
+        line_end=5,
+        chunk_id=None,
+        origin="synthetic",
+    )
+    second = EvalCase(
+        question="q2",
+        reference="a",
+        repo="r",
+        path="b.py",
+        line_start=1,
+        line_end=5,
+        chunk_id=None,
+        origin="synthetic",
+    )
+    cited_b = Citation(n=1, repo="r", path="b.py", line_start=1, line_end=5, url=None, commit_sha="c" * 40)
+    result = ModelResult(name="challenger v2", model="m")
+    result.errors.append("q1: the endpoint failed")  # the first question got no answer
+    result.answers.append((second, Answer("According to [1], b.", [cited_b], "m", "t" * 32, False)))
+    metrics = result.citation_metrics()
+    assert metrics["citation_validity"] == 0.5 and metrics["error_rate"] == 0.5
+    assert metrics["cites_source_file"] == 0.5  # the answer is matched to its own question
+    assert first.path not in {c.path for _, a in result.answers for c in a.citations}
+
+
+def test_vllm_loads_a_registered_adapter_by_name_and_answers_under_it(
+    write_config: Callable[..., CiaConfig], tmp_path: Path
+) -> None:
+    from cia_assets.lib.learning.registry import AdapterVersion, spec_for_adapter
+    from cia_assets.lib.serving.endpoint import EndpointSpec, choose_endpoint, deploy_endpoint
+    from cia_assets_tests.support.fakes import fake_openai
+
+    with fake_openai(lambda request: f"model={request['model']}", model="qwen") as vllm:
+        config = write_config([], llm={"engine": "vllm", "base_url": vllm.base_url, "model": "qwen"})
+        adapter = AdapterVersion(
+            name="cia-code-assistant", version="4", run_id=None, source="file:///x",
+            tags={"peft_dir": str(tmp_path / "adapters" / "v4" / "peft")},
+        )  # fmt: skip
+        spec = spec_for_adapter(EndpointSpec.from_config(config), adapter)
+        deploy_endpoint(config, spec=spec)
+        assert vllm.adapters == [
+            {"lora_name": "cia-code-assistant-v4", "lora_path": str(tmp_path / "adapters" / "v4" / "peft")}
+        ]
+        record = choose_endpoint(config)
+        assert record.request_model == "cia-code-assistant-v4" and record.adapter_version == "4"
+        reply = vllm.requests[-1]  # deploy's test completion names the adapter, not the base
+        assert reply["model"] == "cia-code-assistant-v4"

@@ -1,0 +1,174 @@
+"""Local HTTP stand-ins for systems that cannot run here, speaking their real protocol to the
+real client libraries: an OpenAI-compatible endpoint (a hosted teacher or judge API), a
+deterministic judge for ragas' prompts and a deterministic teacher for the synthetic Q&A."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Reply = Callable[[dict[str, Any]], str]
+"""The request's JSON body -> the assistant message's text."""
+
+
+@dataclass
+class FakeOpenAI:
+    """`/v1/models` and non-streaming `/v1/chat/completions`; every request body is kept."""
+
+    reply: Reply
+    model: str = "teacher-large"
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    raw_bodies: list[bytes] = field(default_factory=list)
+    adapters: list[dict[str, Any]] = field(default_factory=list)  # vLLM load_lora_adapter calls
+    base_url: str = ""
+
+    def received_text(self) -> str:
+        """Everything that reached this server, as one string (to search for leaks)."""
+        return "\n".join(body.decode("utf-8", "replace") for body in self.raw_bodies)
+
+
+@contextmanager
+def fake_openai(reply: Reply, model: str = "teacher-large") -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI(reply=reply, model=model)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _send(self, status: int, payload: dict[str, Any]) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if self.path.rstrip("/").endswith("/models"):
+                self._send(200, {"object": "list", "data": [{"id": fake.model, "object": "model"}]})
+            else:
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
+
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            fake.raw_bodies.append(raw)
+            if self.path.endswith("/load_lora_adapter"):  # vLLM's runtime LoRA loading
+                fake.adapters.append(json.loads(raw))
+                body = b"Success: LoRA adapter loaded"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            if not self.path.endswith("/chat/completions"):
+                self._send(404, {"error": {"message": f"no route {self.path}"}})
+                return
+            request = json.loads(raw)
+            fake.requests.append(request)
+            text = fake.reply(request)
+            self._send(
+                200,
+                {
+                    "id": f"chatcmpl-{len(fake.requests)}",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": request.get("model", fake.model),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": text},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+                },
+            )
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def source_of(request: dict[str, Any]) -> str:
+    """The user message of a teacher request (the redacted source block)."""
+    return next(m["content"] for m in request["messages"] if m["role"] == "user")
+
+
+def _words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z_][a-z0-9_]+", text.lower()) if len(w) >= 4}
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s.strip()]
+
+
+def supported(statement: str, context: str) -> bool:
+    """The fake judge's rule: at least half the statement's words (4+ letters) are in the context."""
+    words = _words(statement)
+    return bool(words) and len(words & _words(context)) * 2 >= len(words)
+
+
+def ragas_judge_reply(request: dict[str, Any]) -> str:
+    """A deterministic LLM judge for ragas' prompts (JSON mode): it reads the prompt's last
+    `input: {...}` block and answers with the output schema the prompt asks for."""
+    prompt = request["messages"][-1]["content"]
+    data = json.loads(prompt[prompt.rindex("input: {") + len("input: ") : prompt.rindex("Output:")].strip())
+    if set(data) == {"question", "answer"}:  # faithfulness: split the answer into statements
+        return json.dumps({"statements": _sentences(data["answer"])})
+    if "statements" in data:  # faithfulness: a verdict per statement
+        return json.dumps(
+            {
+                "statements": [
+                    {"statement": s, "reason": "word overlap", "verdict": int(supported(s, data["context"]))}
+                    for s in data["statements"]
+                ]
+            }
+        )
+    if set(data) == {"response"}:  # answer relevancy: the question the response answers
+        return json.dumps({"question": _sentences(data["response"])[0], "noncommittal": 0})
+    if "attributed" in prompt:  # context recall: each reference sentence attributed or not
+        return json.dumps(
+            {
+                "classifications": [
+                    {
+                        "statement": s,
+                        "reason": "word overlap",
+                        "attributed": int(supported(s, data["context"])),
+                    }
+                    for s in _sentences(data["answer"])
+                ]
+            }
+        )
+    # context precision: was this context useful for the reference answer?
+    return json.dumps({"reason": "word overlap", "verdict": int(supported(data["answer"], data["context"]))})
+
+
+def teacher_reply(request: dict[str, Any]) -> str:
+    """A deterministic teacher: a question about the source's symbol (or file) and an answer
+    citing it; Go sources get an uncited answer and README sections prose, to be dropped."""
+    source = source_of(request)
+    header = re.search(r"\[1\] (\S+) lines (\d+)-(\d+)(?: \(([^)]*)\))?", source)
+    assert header, source
+    path, symbol = header.group(1), header.group(4) or header.group(1)
+    if path.endswith(".go"):
+        return json.dumps({"question": f"What does {symbol} do?", "answer": f"{symbol} moves money."})
+    if path.endswith(".md"):
+        return "Sure! Here is a question about the readme."
+    return json.dumps(
+        {
+            "question": f"What does {symbol} in {path} do?",
+            "answer": f"According to [1], {symbol} is defined in {path} and does what its code shows.",
+        }
+    )

@@ -1,0 +1,1 @@
+"""Unit tests: library code alone (no Dagster run, model server, CLI subprocess or browser)."""

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cia_assets.lib.sources.git_sync import GitSyncError, RepoMirror, path_selected, remote_head
+from cia_assets_tests.support.repos import GitRepo
+
+
+def test_clone_then_fetch_follows_the_branch(make_repo: Callable[..., GitRepo], tmp_path: Path) -> None:
+    remote = make_repo("svc", {"a.py": "x = 1\n"})
+    mirror = RepoMirror(tmp_path / "m.git", remote.url, "main")
+    first = mirror.sync()
+    assert first == remote.git("rev-parse", "HEAD")
+    second_commit = remote.commit({"b.py": "y = 2\n"})
+    assert remote_head(remote.url, "main") == second_commit
+    assert mirror.sync() == second_commit
+    assert [f.path for f in mirror.tracked_files(second_commit)] == ["a.py", "b.py"]
+    assert mirror.read_file(first, "b.py") is None
+    assert mirror.read_file(second_commit, "b.py") == b"y = 2\n"
+
+
+def test_only_tracked_regular_files_and_no_symlinks(
+    make_repo: Callable[..., GitRepo], tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside-secret.txt"
+    outside.write_text("do not index me\n")
+    remote = make_repo("svc", {"src/app.py": "print(1)\n", ".gitignore": "build/\n"})
+    (remote.path / "build").mkdir()
+    (remote.path / "build" / "out.py").write_text("ignored = True\n")
+    os.symlink(outside, remote.path / "src" / "leak.txt")
+    os.symlink("app.py", remote.path / "src" / "alias.py")
+    sha = remote.commit({})
+    mirror = RepoMirror(tmp_path / "m.git", remote.url, "main")
+    mirror.sync()
+    paths = [f.path for f in mirror.tracked_files(sha)]
+    assert paths == [".gitignore", "src/app.py"]
+
+
+@pytest.mark.parametrize(
+    ("path", "include", "exclude", "selected"),
+    [
+        ("src/a.py", ("**",), (), True),
+        ("src/a.py", ("src/**",), (), True),
+        ("docs/a.md", ("src/**",), (), False),
+        ("src/vendor/x.py", ("**",), ("**/vendor/**",), False),
+        ("poetry.lock", ("**",), ("*.lock",), False),
+        ("pkg/poetry.lock", ("**",), ("*.lock",), False),
+        ("src/a.py", ("*.md",), (), False),
+    ],
+)
+def test_path_globs(path: str, include: tuple[str, ...], exclude: tuple[str, ...], selected: bool) -> None:
+    assert path_selected(path, include, exclude) is selected
+
+
+def test_unreachable_remote_keeps_the_previous_mirror(
+    make_repo: Callable[..., GitRepo], tmp_path: Path
+) -> None:
+    remote = make_repo("svc", {"a.py": "x = 1\n"})
+    mirror = RepoMirror(tmp_path / "m.git", remote.url, "main")
+    sha = mirror.sync()
+    moved = remote.path.with_name("gone")
+    remote.path.rename(moved)
+    with pytest.raises(GitSyncError, match=r"svc: could not fetch branch 'main'"):
+        mirror.sync()
+    assert mirror.read_file(sha, "a.py") == b"x = 1\n"
+    with pytest.raises(GitSyncError, match="svc"):
+        remote_head(remote.url, "main")
+
+
+def test_missing_branch_and_failed_first_clone(make_repo: Callable[..., GitRepo], tmp_path: Path) -> None:
+    remote = make_repo("svc", {"a.py": "x = 1\n"})
+    with pytest.raises(GitSyncError, match="branch 'develop' not found"):
+        remote_head(remote.url, "develop")
+    target = tmp_path / "m.git"
+    with pytest.raises(GitSyncError, match="develop"):
+        RepoMirror(target, remote.url, "develop").sync()
+    assert not target.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.git")] == []
