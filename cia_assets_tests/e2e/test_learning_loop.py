@@ -69,10 +69,13 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object
 
 @pytest.mark.xfail(
     raises=DagsterAssetCheckFailedError,
-    strict=True,
-    reason="a 4-step adapter on the tiny SmolLM2 invents code: the grounding check turns its answers "
-    "into 'not found', and the blocking checks rightly refuse it (citation validity 1.0 -> 0.0, then "
-    "the canary's smoke question). A student that can pass the gates is the learning-loop issue's.",
+    # Not strict: whether a 4-step adapter on the tiny SmolLM2 passes the gates is a coin flip
+    # (measured both ways on one machine). Any other error still fails the test, and when the
+    # adapter passes, every assertion of the promotion path below runs.
+    strict=False,
+    reason="a 4-step adapter on the tiny SmolLM2 often invents code: the grounding check turns its "
+    "answers into 'not found', and the blocking checks rightly refuse it (citation validity 1.0 -> 0.0, "
+    "or the canary's smoke question). A student that reliably passes the gates is the learning-loop issue's.",
 )
 def test_feedback_to_promoted_adapter(loop_config: CiaConfig, tmp_path: Path) -> None:
     from cia_assets.definitions import defs as load_defs
