@@ -9,7 +9,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, dbt_assets
 
 from cia_assets.defs.analytics.project import analytics_project
-from cia_assets.defs.repos.partitions import OWNERS
+from cia_assets.defs.owners import OWNERS
 from cia_assets.defs.resources import AnalyticsDbtResource, CiaConfigResource
 from cia_assets.lib.observability.analytics import TRACES_SNAPSHOT
 

@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from cia_assets.defs.indexing.assets import code_chunks
-from cia_assets.defs.repos.partitions import OWNERS
+from cia_assets.defs.owners import OWNERS
 from cia_assets.defs.resources import CiaConfigResource
 from cia_assets.lib.core import artifacts
 from cia_assets.lib.core.layout import EVAL_FILE, PAIRS_FILE, TRAIN_FILE

@@ -1,7 +1,8 @@
 import dagster as dg
 
+from cia_assets.defs.owners import OWNERS
 from cia_assets.defs.repos.assets import git_repo_snapshots
-from cia_assets.defs.repos.partitions import OWNERS, repos_partitions
+from cia_assets.defs.repos.partitions import repos_partitions
 from cia_assets.defs.resources import CiaConfigResource, EmbedderResource, VectorStoreResource
 from cia_assets.lib.core.layout import collection_alias
 from cia_assets.lib.indexing import pipeline as indexing

@@ -1,6 +1,7 @@
 import dagster as dg
 
-from cia_assets.defs.repos.partitions import OWNERS, repos_partitions
+from cia_assets.defs.owners import OWNERS
+from cia_assets.defs.repos.partitions import repos_partitions
 from cia_assets.defs.resources import CiaConfigResource
 from cia_assets.lib.sources.git_sync import GitSyncError, RepoMirror, snapshot_at, write_snapshot
 

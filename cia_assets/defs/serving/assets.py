@@ -3,7 +3,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from cia_assets.defs.evaluation.assets import rag_eval_results
-from cia_assets.defs.repos.partitions import OWNERS
+from cia_assets.defs.owners import OWNERS
 from cia_assets.defs.resources import CiaConfigResource, MlflowResource
 
 if TYPE_CHECKING:

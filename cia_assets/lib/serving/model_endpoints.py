@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cia_assets.config import CiaConfig, ModelEndpointConfig
+
+if TYPE_CHECKING:
+    from cia_assets.lib.serving.endpoint import EndpointRecord
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,23 @@ def resolve_endpoint(config: CiaConfig, settings: ModelEndpointConfig) -> Resolv
         engine=record.engine,
         timeout_s=settings.request_timeout_s,
         max_tokens=settings.max_tokens,
+    )
+
+
+def remote_endpoint_record(
+    config: CiaConfig, settings: ModelEndpointConfig, *, origin: str
+) -> EndpointRecord:
+    """An `EndpointRecord` for the remote endpoint at `settings.base_url`, so the answering path
+    can ask it questions (evaluation answers with the teacher this way). It is never made live,
+    and nothing is started or health-checked; unset `model` means `llm.model`."""
+    from cia_assets.lib.core.records import utc_now
+    from cia_assets.lib.serving.endpoint import EndpointRecord, EndpointSpec
+
+    assert settings.base_url
+    model = settings.model or config.llm.model
+    spec = EndpointSpec(engine="openai", model=model, base_url=settings.base_url.rstrip("/"))
+    return EndpointRecord(
+        version=0, spec=spec, base_url=spec.base_url or "", started_at=utc_now(), origin=origin
     )
 
 
