@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cia_assets.config import CiaConfig, load_config
-from cia_assets.lib.core.project import Project
+from cia_assets.lib.core.project import Project, drop_in_process_engine
 from cia_assets.lib.indexing.embeddings import packaged_model_dir
 from cia_assets_tests.support.models import TINY_MODEL
 from cia_assets_tests.support.repos import GitRepo
@@ -74,9 +74,11 @@ def write_config(tmp_path: Path, model_dir: Path) -> Callable[..., CiaConfig]:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_instance(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def _isolated_stores(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield
+    drop_in_process_engine()  # the server backend's tests each start with an empty engine
 
 
 @pytest.fixture

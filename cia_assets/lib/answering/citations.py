@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cia_assets.lib.core.records import SourceSpan, source_url
+from cia_assets.lib.core.records import LinkedSpan, SourceSpan
 
 # `[3]`, `[1, 2]`, `[1;2]`: one or more block numbers in brackets.
 CITATION_MARKER = re.compile(r"\[\s*(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\s*\]")
@@ -54,29 +54,14 @@ def tidy_answer(text: str) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ContextBlock(SourceSpan):
-    """Lines of one file at one commit, shown to the model as source `n`. Its link is on the
-    repo's `web_url`, else on the chat app at `chat_url` (see `records.source_url`)."""
+class ContextBlock(LinkedSpan):
+    """Lines of one file at one commit, shown to the model as source `n`, linked to those lines
+    (see `LinkedSpan`)."""
 
     n: int
-    commit_sha: str
-    web_url: str | None
     language: str
     symbol: str | None
     text: str
-    chat_url: str | None = None
-
-    @property
-    def url(self) -> str | None:
-        return source_url(
-            self.web_url,
-            self.commit_sha,
-            self.path,
-            self.line_start,
-            self.line_end,
-            repo=self.repo,
-            chat_url=self.chat_url,
-        )
 
     def preview(self) -> SourcePreview:
         return SourcePreview(

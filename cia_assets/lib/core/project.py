@@ -26,7 +26,18 @@ from cia_assets.lib.indexing.embeddings import (
 )
 
 if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
+
     from cia_assets.lib.vectorstore.base import VectorStore
+
+# `vector_store.url: ":memory:"` is qdrant-client's in-process engine, which speaks the server's
+# API (the tests of the server backend use it). The location names one engine per process, as
+# SQLite's ":memory:" would if it were shared: every Project of the process must see the same
+# collections, so it is the one handle kept here, and never closed. A server URL gets a client
+# per Project.
+IN_PROCESS_ENGINE = ":memory:"
+_IN_PROCESS: list[QdrantClient | None] = [None]
+_IN_PROCESS_LOCK = threading.Lock()
 
 
 class Project:
@@ -88,10 +99,22 @@ def open_vector_store(config: CiaConfig) -> VectorStore:
 
     from cia_assets.lib.vectorstore.server import ServerVectorStore
 
-    # `location` takes a server URL, or ":memory:" for qdrant-client's in-process engine, which
-    # speaks the same API (used by the tests of this backend).
+    if settings.url == IN_PROCESS_ENGINE:
+        with _IN_PROCESS_LOCK:
+            engine = _IN_PROCESS[0]
+            if engine is None:
+                engine = _IN_PROCESS[0] = QdrantClient(location=IN_PROCESS_ENGINE)
+            return ServerVectorStore(engine, owns_client=False)
     client = QdrantClient(location=settings.url, api_key=settings.api_key, timeout=60)
     return ServerVectorStore(client)
+
+
+def drop_in_process_engine() -> None:
+    """Forget the process's in-memory engine and its collections (each test starts empty)."""
+    with _IN_PROCESS_LOCK:
+        engine, _IN_PROCESS[0] = _IN_PROCESS[0], None
+    if engine is not None:
+        engine.close()
 
 
 def embedding_model_dir(config: CiaConfig) -> Path:

@@ -94,6 +94,28 @@ class SourceSpan:
         }
 
 
+@dataclass(frozen=True, kw_only=True)
+class LinkedSpan(SourceSpan):
+    """A span at a commit, with where it opens: the repo's web UI when it has one (`web_url`),
+    else the chat app's source page (`chat_url`); `url` is the link (see `source_url`)."""
+
+    commit_sha: str
+    web_url: str | None
+    chat_url: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        return source_url(
+            self.web_url,
+            self.commit_sha,
+            self.path,
+            self.line_start,
+            self.line_end,
+            repo=self.repo,
+            chat_url=self.chat_url,
+        )
+
+
 @dataclass(frozen=True)
 class ChunkDraft:
     """A chunk as the chunker cuts it from one file, before repo/commit are attached.

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from cia_assets.config import CiaConfig
 from cia_assets.lib.core import artifacts
+from cia_assets.lib.core.layout import EVAL_FILE
 from cia_assets.lib.evaluation.heldout import EvalCase, ModelResult, Verdict
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ class HeldoutRunError(RuntimeError):
 
 def load_eval_cases(dataset: artifacts.ArtifactVersion, max_questions: int) -> list[EvalCase]:
     """The first `max_questions` questions of a training set's eval split."""
-    rows = artifacts.read_jsonl(dataset.path / "eval.jsonl")
+    rows = artifacts.read_jsonl(dataset.path / EVAL_FILE)
     return [EvalCase.from_example(row) for row in rows][:max_questions]
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from cia_assets.config import CiaConfig
 from cia_assets.lib.core.layout import DataLayout, collection_alias
 from cia_assets.lib.core.project import Project
-from cia_assets.lib.core.records import SourceSpan, sha256_text, source_url
+from cia_assets.lib.core.records import LinkedSpan, sha256_text
 from cia_assets.lib.indexing import lexical
 from cia_assets.lib.indexing.embeddings import Embedder
 from cia_assets.lib.indexing.pipeline import read_index_state
@@ -63,31 +63,15 @@ def search_collection(
 
 
 @dataclass(frozen=True, kw_only=True)
-class CodeHit(SourceSpan):
-    """One retrieved chunk. `web_url` is its repo's (None without one) and `chat_url` the chat
-    app's public address: together they make `url`, the link to the hit's lines."""
+class CodeHit(LinkedSpan):
+    """One retrieved chunk, linked to its lines (see `LinkedSpan`)."""
 
     symbol: str | None
     language: str
     score: float
-    web_url: str | None
     kind: str
-    commit_sha: str
     text: str
     context: str = ""
-    chat_url: str | None = None
-
-    @property
-    def url(self) -> str | None:
-        return source_url(
-            self.web_url,
-            self.commit_sha,
-            self.path,
-            self.line_start,
-            self.line_end,
-            repo=self.repo,
-            chat_url=self.chat_url,
-        )
 
     def to_json(self, with_text: bool = False) -> dict[str, Any]:
         hidden = ("context", "web_url", "chat_url", "kind", "commit_sha", "text")

@@ -37,9 +37,11 @@ class ServerVectorStore:
     not yet) for the seconds it takes, which is acceptable for a code index.
     """
 
-    def __init__(self, client: QdrantClient, *, hnsw_ef: int | None = None) -> None:
+    def __init__(self, client: QdrantClient, *, hnsw_ef: int | None = None, owns_client: bool = True) -> None:
         self.client = client
         self.hnsw_ef = hnsw_ef
+        # A shared client (the process's in-memory engine) outlives this handle.
+        self.owns_client = owns_client
 
     def resolve_alias(self, alias: str) -> str | None:
         """The collection the alias points at now, or None when it does not exist."""
@@ -221,8 +223,9 @@ class ServerVectorStore:
         ]
 
     def close(self) -> None:
-        """Close the client's connections."""
-        self.client.close()
+        """Close the client's connections (unless the client is shared)."""
+        if self.owns_client:
+            self.client.close()
 
 
 def _point_struct(point: IndexedPoint) -> models.PointStruct:

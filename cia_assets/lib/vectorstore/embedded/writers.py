@@ -7,6 +7,7 @@ count or search of it in this process goes through that handle.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 
@@ -87,9 +88,15 @@ class WriterPool:
     def close(self) -> None:
         """Flush and close every writer (an unsealed collection can be reopened later)."""
         with self._lock:
-            writers = list(self._writers.values())
+            writers = list(self._writers.items())
             self._writers.clear()
-        for writer in writers:
+        for name, writer in writers:
             with writer.lock:
+                if not self._layout.collection_dir(name).is_dir():
+                    # Dropped by another store instance meanwhile (a build it took for
+                    # abandoned): there is nothing left to flush, only the handle to let go.
+                    with contextlib.suppress(Exception):
+                        writer.shard.close()
+                    continue
                 writer.shard.flush()
                 writer.shard.close()
