@@ -12,7 +12,7 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
@@ -23,6 +23,10 @@ DEFAULT_CONFIG_NAME = "cia.yaml"
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # ${VAR} or ${VAR:-default}: the default keeps the embedded config usable with nothing set.
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+if TYPE_CHECKING:
+    from cia_assets.lib.core.layout import DataLayout
 
 
 class ConfigError(ValueError):
@@ -432,6 +436,13 @@ class CiaConfig(_Strict):
                 return codebase
         known = ", ".join(c.repo_id for c in self.codebases) or "none"
         raise KeyError(f"unknown repo {repo_id!r} in {self.config_path} (configured: {known})")
+
+    @property
+    def layout(self) -> DataLayout:
+        """Where each stage keeps its state under `data_dir`: the one way to reach a path."""
+        from cia_assets.lib.core.layout import DataLayout
+
+        return DataLayout(self.data_dir)
 
     @property
     def repo_ids(self) -> list[str]:

@@ -29,7 +29,7 @@ class CiaConfigResource(dg.ConfigurableResource):
         return load_config(self.config_path)
 
     def layout(self) -> DataLayout:
-        return DataLayout(self.load().data_dir)
+        return self.load().layout
 
 
 class _ProjectOwner(dg.ConfigurableResource):

@@ -33,13 +33,12 @@ examples:
 
 def _eval_retrieval(args: argparse.Namespace) -> int:
     config = _load(args)
-    from cia_assets.lib.core.layout import DataLayout
     from cia_assets.lib.evaluation.retrieval import RepoSource, RetrievalHarness
     from cia_assets.lib.retrieval.search import SearchOptions
 
     repos = list(args.repos) or config.repo_ids
     sources = {repo: RepoSource.of_codebase(config, config.codebase(repo)) for repo in repos}
-    harness = RetrievalHarness(config, DataLayout(config.data_dir).retrieval_eval)
+    harness = RetrievalHarness(config, config.layout.retrieval_eval)
     cases = [case for source in sources.values() for case in harness.mine(source, args.cases)]
     if not cases:
         print(

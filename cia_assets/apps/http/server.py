@@ -19,7 +19,6 @@ def serve(config: CiaConfig, *, host: str | None = None, port: int | None = None
 
     from cia_assets.apps.http.app import create_app
     from cia_assets.lib.core.access import accepted_tokens
-    from cia_assets.lib.core.layout import DataLayout
     from cia_assets.lib.serving.endpoint import ensure_endpoint, stop_local_endpoint
 
     host = host or config.chat.host
@@ -31,7 +30,7 @@ def serve(config: CiaConfig, *, host: str | None = None, port: int | None = None
     if len(tokens) == 1:
         link += f"#token={tokens[0].token}"
     if not config.chat.tokens:
-        where = DataLayout(config.data_dir).local_token
+        where = config.layout.local_token
         print(f"cia: cia.yaml lists no chat.tokens: the app takes the token in {where}", file=sys.stderr)
     print(f"cia: chat app on {link}", file=sys.stderr, flush=True)
 

@@ -57,10 +57,9 @@ def feedback_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResource)
             {"langfuse_since": max(stamps).isoformat() if stamps else state.get("langfuse_since")},
         )
     else:
-        from cia_assets.lib.core.layout import DataLayout
         from cia_assets.lib.observability.traces import TraceStore
 
-        store = TraceStore(DataLayout(config.data_dir).traces)
+        store = TraceStore(config.layout.traces)
         rows = store.feedback_after(int(state.get("local_seq", 0)), limit=100_000)
         new, mark = (
             len(rows),

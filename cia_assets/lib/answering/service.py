@@ -11,7 +11,6 @@ from typing import Any
 from cia_assets.config import CiaConfig
 from cia_assets.lib.answering.answer import Answer, AskRequest
 from cia_assets.lib.answering.answerer import Answerer
-from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.observability.metrics import AnswerMetrics
 from cia_assets.lib.observability.traces import TraceRecord, TraceStore
@@ -32,7 +31,7 @@ class AssistantService:
     ) -> None:
         self.config = config
         self.metrics = metrics
-        self.store = TraceStore(DataLayout(config.data_dir).traces)
+        self.store = TraceStore(config.layout.traces)
         self.forwarder: Any = None
         if config.langfuse.enabled:
             from cia_assets.lib.observability.langfuse import LangfuseForwarder

@@ -9,7 +9,6 @@ from cia_assets.config import CiaConfig
 from cia_assets.lib.answering.answer import Answer, AnswerError, AskRequest
 from cia_assets.lib.answering.answerer import Answerer
 from cia_assets.lib.core.access import Grant
-from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.core.records import SourceSpan
 
 
@@ -32,7 +31,7 @@ def smoke_test(config: CiaConfig, answerer: Answerer) -> SmokeResult:
     survives is a chunk of the context whose lines exist at its sha)."""
     from cia_assets.lib.indexing.pipeline import pick_smoke_chunk, read_chunks
 
-    layout = DataLayout(config.data_dir)
+    layout = config.layout
     for repo in config.repo_ids:
         chunk = pick_smoke_chunk(read_chunks(layout.chunks(repo)))
         if chunk is None or not chunk.symbol:

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cia_assets.config import AccessToken, CiaConfig
-from cia_assets.lib.core.layout import DataLayout
 
 
 class AccessDenied(PermissionError):
@@ -60,7 +59,7 @@ def accepted_tokens(config: CiaConfig) -> tuple[AccessToken, ...]:
     still closed: whoever can read the data dir can read every indexed chunk anyway."""
     if config.chat.tokens:
         return config.chat.tokens
-    path = DataLayout(config.data_dir).local_token
+    path = config.layout.local_token
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         draft = path.with_name(f".{path.name}.{os.getpid()}")

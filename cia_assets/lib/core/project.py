@@ -16,7 +16,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.indexing.embeddings import (
     PACKAGED_MODEL,
     Embedder,
@@ -70,7 +69,7 @@ class Project:
     def embedding_cache(self) -> EmbeddingCache:
         with self._lock:
             if self._embedding_cache is None:
-                self._embedding_cache = EmbeddingCache(DataLayout(self.config.data_dir).embedding_cache)
+                self._embedding_cache = EmbeddingCache(self.config.layout.embedding_cache)
             return self._embedding_cache
 
     def close(self) -> None:
@@ -126,7 +125,7 @@ def embedding_model_dir(config: CiaConfig) -> Path:
             "(a local folder with model.onnx); only the packaged "
             f"{PACKAGED_MODEL!r} works without one, since no model hub is contacted"
         )
-    return packaged_model_dir(DataLayout(config.data_dir).models)
+    return packaged_model_dir(config.layout.models)
 
 
 def open_embedder(config: CiaConfig) -> Embedder:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.evaluation.retrieval import Report, RepoSource, RetrievalHarness
 from cia_assets.lib.retrieval.search import SearchOptions
 
@@ -43,7 +42,7 @@ def run_history_benchmark(config: CiaConfig, *, progress: Callable[[str], None])
     cases_per_repo = config.evaluation.history_cases
     if cases_per_repo == 0:
         return HistoryBenchmark(cases=0, note="evaluation.history_cases is 0")
-    layout = DataLayout(config.data_dir)
+    layout = config.layout
     sources = {repo: RepoSource.of_codebase(config, config.codebase(repo)) for repo in config.repo_ids}
     harness = RetrievalHarness(config, layout.retrieval_eval)
     cases = [case for source in sources.values() for case in harness.mine(source, cases_per_repo)]

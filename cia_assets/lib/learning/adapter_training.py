@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cia_assets.config import CiaConfig, TrainingConfig
 from cia_assets.lib.core import artifacts
-from cia_assets.lib.core.layout import EVAL_FILE, TRAIN_FILE, DataLayout
+from cia_assets.lib.core.layout import EVAL_FILE, TRAIN_FILE
 from cia_assets.lib.learning.lora_cpu import LoraParams
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def train_adapter(
     written; the GPU path raises what `train_on_gpu` raises."""
     settings = config.training
     params = lora_params(settings)
-    version, folder = artifacts.new_version(DataLayout(config.data_dir).adapters)
+    version, folder = artifacts.new_version(config.layout.adapters)
     train_path, eval_path = dataset.path / TRAIN_FILE, dataset.path / EVAL_FILE
     if settings.backend == "cpu":
         return _train_on_cpu(config, params, version, folder, train_path, eval_path, log)

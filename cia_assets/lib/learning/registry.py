@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.serving.endpoint import EndpointSpec
 
 CHAMPION = "champion"
@@ -53,7 +52,7 @@ class AdapterVersion:
 def tracking_uri(config: CiaConfig) -> str:
     if config.mlflow.tracking_uri:
         return config.mlflow.tracking_uri
-    root = DataLayout(config.data_dir).mlflow
+    root = config.layout.mlflow
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
 
@@ -76,7 +75,7 @@ class AdapterRegistry:
         artifact_location = None
         if self.uri.startswith("sqlite:"):
             # Artifacts beside the SQLite store, not in the working directory.
-            artifact_location = (DataLayout(self.config.data_dir).mlflow / "artifacts").as_uri()
+            artifact_location = (self.config.layout.mlflow / "artifacts").as_uri()
         return str(
             self.client.create_experiment(self.config.mlflow.experiment, artifact_location=artifact_location)
         )

@@ -18,7 +18,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cia_assets.config import CiaConfig, load_config
-from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.indexing.pipeline import read_chunks_meta
 from cia_assets.lib.sources.git_sync import read_snapshot
 
@@ -98,7 +97,7 @@ class IndexCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         config: CiaConfig = load_config(self.config_path)
-        layout = DataLayout(config.data_dir)
+        layout = config.layout
         chunks = GaugeMetricFamily("cia_index_chunks", "Chunks in the repo's index.", labels=["repo"])
         files = GaugeMetricFamily("cia_index_files", "Files chunked in the repo's index.", labels=["repo"])
         commit_time = GaugeMetricFamily(

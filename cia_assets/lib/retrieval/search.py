@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib.core.layout import DataLayout, collection_alias
+from cia_assets.lib.core.layout import collection_alias
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.core.records import LinkedSpan, sha256_text
 from cia_assets.lib.indexing import lexical
@@ -163,7 +163,7 @@ def _search_repo(
     depth = max(limit, options.candidates)
     lists: list[tuple[list[SearchHit], float]] = [(hybrid.run(store, alias, depth), 1.0)]
     if options.mentions and plan.path_mentions:
-        paths = _repo_paths(DataLayout(config.data_dir).index_state(repo))
+        paths = _repo_paths(config.layout.index_state(repo))
         named_files = paths.named_by(plan.path_mentions) if paths else []
         if named_files:
             # One chunk per named file: a traceback names the call chain, and the fix is

@@ -34,7 +34,6 @@ from typing import Any
 
 from cia_assets.config import CiaConfig
 from cia_assets.lib.core.fsio import file_lock, write_json_atomic
-from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.core.records import utc_now
 from cia_assets.lib.serving.llm_server import (
     LlmServerError,
@@ -164,7 +163,7 @@ class EndpointRecord:
 
 
 def _paths(config: CiaConfig) -> tuple[Path, Path, Path]:
-    serving = DataLayout(config.data_dir).serving
+    serving = config.layout.serving
     return serving / "endpoint.json", serving / "history.jsonl", serving / ".lock"
 
 
@@ -309,7 +308,7 @@ def _launch(
         )
         server = start_llama_server(
             local_config,
-            log_dir=DataLayout(config.data_dir).serving / "servers",
+            log_dir=config.layout.serving / "servers",
             adapter=spec.adapter,
             alias=spec.model,
             idle_stop_s=idle_stop_s,

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from cia_assets.config import CiaConfig
 from cia_assets.lib.core import artifacts
-from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.evaluation.heldout import Verdict
 from cia_assets.lib.learning.registry import CHALLENGER, CHAMPION, AdapterRegistry, spec_for_adapter
 from cia_assets.lib.serving.endpoint import EndpointSpec, current_endpoint
@@ -31,7 +30,7 @@ class RolloutPlan:
 
 
 def latest_verdict(config: CiaConfig) -> Verdict | None:
-    evaluation = artifacts.current(DataLayout(config.data_dir).evaluation)
+    evaluation = artifacts.current(config.layout.evaluation)
     if evaluation is None or "verdict" not in evaluation.summary:
         return None
     return Verdict.from_json(evaluation.summary["verdict"])

@@ -11,7 +11,6 @@ import logging
 import threading
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.indexing.chunking import decode_source, split_lines
 from cia_assets.lib.sources.git_sync import RepoMirror, read_snapshot
 
@@ -24,7 +23,7 @@ class MirrorPool:
 
     def __init__(self, config: CiaConfig) -> None:
         self.config = config
-        self.layout = DataLayout(config.data_dir)
+        self.layout = config.layout
         self._mirrors: dict[str, RepoMirror] = {}
         # A mirror's cat-file process answers one request at a time.
         self._lock = threading.Lock()
