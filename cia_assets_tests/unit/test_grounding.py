@@ -109,6 +109,9 @@ def test_evidence_is_the_share_of_the_questions_terms_in_the_retrieved_code() ->
 def test_file_roles_and_what_a_question_wants() -> None:
     assert file_role("cia_assets/lib/answering/answerer.py") == "source"
     assert file_role("cia_assets_tests/test_answering.py") == "test"
+    assert file_role("cia_assets_tests/support/repos.py") == "test"  # a test package's helpers
+    assert file_role("tests_unit/helpers.py") == "test"
+    assert file_role("contest/scoring.py") == "source" and file_role("latest/app.py") == "source"
     assert file_role("src/app/auth_test.go") == "test"
     assert file_role("tests/conftest.py") == "test"
     assert file_role("docs/user/quickstart.rst") == "doc"

@@ -13,6 +13,9 @@ from typing import Literal
 Role = Literal["source", "test", "doc", "vendored"]
 
 _TEST_DIRS = frozenset({"test", "tests", "testing", "__tests__", "spec", "specs", "e2e", "fixtures"})
+# A test package named after its project (`cia_assets_tests/`, `tests_unit/`): its helpers and
+# fakes are test code too, not only its test_*.py files.
+_TEST_DIR_NAME = re.compile(r"^(.+_tests?|tests?_.+)$")
 _TEST_NAME = re.compile(r"^(test_.*|conftest\.py|.*(_test|_tests|\.test|\.spec|_spec|Test|Tests)\.\w+)$")
 _DOC_DIRS = frozenset({"doc", "docs", "documentation", "examples", "changelog", "changes", "news"})
 _DOC_SUFFIXES = (".md", ".rst", ".txt", ".adoc", ".markdown")
@@ -33,7 +36,7 @@ def file_role(path: str) -> Role:
     # (requests/packages/urllib3).
     if folders & _VENDOR_DIRS or "packages" in (part.lower() for part in parts[1:-1]):
         return "vendored"
-    if folders & _TEST_DIRS or _TEST_NAME.match(name):
+    if folders & _TEST_DIRS or any(_TEST_DIR_NAME.match(f) for f in folders) or _TEST_NAME.match(name):
         return "test"
     if name.lower().endswith(_DOC_SUFFIXES) or folders & _DOC_DIRS:
         return "doc"
