@@ -29,7 +29,6 @@ from cia_assets.config import CiaConfig
 from cia_assets.lib.answering.answer import (
     NOT_FOUND_MARKER,
     Answer,
-    AnswerDelta,
     AnswerError,
     AnswerEvent,
     AnswerSources,
@@ -51,6 +50,7 @@ from cia_assets.lib.answering.context import (
     only_tests_or_vendored,
     retrieval_query,
 )
+from cia_assets.lib.answering.generation import Generation
 from cia_assets.lib.answering.grounding import (
     Evidence,
     Grounding,
@@ -181,67 +181,33 @@ class Answerer:
 
         messages = prompt.render(format_sources(blocks), question, history)
         checker = CitationFilter({b.n for b in blocks})
-        raw_parts: list[str] = []
-        released = 0  # characters of the (left-stripped) raw answer fed to the checker
-        streamed_chunks = 0
-        first_token_at: float | None = None
-        client = chat_client(endpoint, self.config)
-        try:
-            stream = client.chat.completions.create(
-                model=endpoint.request_model,
-                messages=messages,  # type: ignore[arg-type]
-                max_tokens=self.config.llm.max_answer_tokens,
-                temperature=self.config.llm.temperature,
-                stream=True,
-                # vLLM and hosted APIs report usage at the end of a stream when asked.
-                stream_options={"include_usage": True},
-            )
-            for chunk in stream:
-                if chunk.usage is not None:
-                    usage = {
-                        "prompt_tokens": chunk.usage.prompt_tokens,
-                        "completion_tokens": chunk.usage.completion_tokens,
-                    }
-                if not chunk.choices:
-                    continue
-                piece = chunk.choices[0].delta.content or ""
-                if not piece:
-                    continue
-                streamed_chunks += 1
-                if first_token_at is None:
-                    first_token_at = time.perf_counter()
-                raw_parts.append(piece)
-                raw = "".join(raw_parts).lstrip()
-                if NOT_FOUND_MARKER.startswith(raw) or raw.startswith(NOT_FOUND_MARKER):
-                    continue  # the model's "not found" reply is replaced, never streamed
-                visible = checker.feed(raw[released:])
-                released = len(raw)
-                if visible:
-                    yield AnswerDelta(visible)
-        except Exception as error:
-            import openai
-
-            if isinstance(error, openai.OpenAIError):
-                raise AnswerError(f"the model endpoint {endpoint.base_url} failed: {error}") from error
-            raise
-        finished = time.perf_counter()
-        if usage["completion_tokens"] is None:
-            # llama.cpp's server sends no usage when streaming; it streams one token per chunk.
-            usage = {
-                "prompt_tokens": self._count_prompt_tokens(endpoint, messages),
-                "completion_tokens": streamed_chunks,
-            }
-        tail = checker.finish()
-        if tail:
-            yield AnswerDelta(tail)
-        timings["generation_ms"] = round((finished - retrieved) * 1000, 1)
-        if first_token_at is not None:
-            timings["first_token_ms"] = round((first_token_at - started) * 1000, 1)
+        generation = Generation()
+        yield from generation.run(
+            chat_client(endpoint, self.config),
+            endpoint,
+            messages,
+            checker,
+            max_tokens=self.config.llm.max_answer_tokens,
+            temperature=self.config.llm.temperature,
+        )
+        assert generation.finished_at is not None
+        timings["generation_ms"] = round((generation.finished_at - retrieved) * 1000, 1)
+        if generation.first_token_at is not None:
+            timings["first_token_ms"] = round((generation.first_token_at - started) * 1000, 1)
         answer = self._finish(
-            request, trace_id, model_name, blocks, repos, "".join(raw_parts), checker, timings, usage, found
+            request,
+            trace_id,
+            model_name,
+            blocks,
+            repos,
+            generation.raw,
+            checker,
+            timings,
+            generation.usage,
+            found,
         )
         details["timings_ms"] = timings
-        details["raw_answer"] = "".join(raw_parts)
+        details["raw_answer"] = generation.raw
         details["grounding"] = {"checked": answer.grounding_checked, "ungrounded": answer.ungrounded}
         self._emit_trace(request, answer, details)
         yield answer
@@ -324,20 +290,6 @@ class Answerer:
         room = llm.context_tokens - llm.max_answer_tokens - fixed - 32  # chat-template overhead
         share = int(llm.context_tokens * self.config.answering.context_share)
         return max(0, min(room, share, self.config.answering.code_tokens))
-
-    def _count_prompt_tokens(self, endpoint: Any, messages: list[dict[str, str]]) -> int | None:
-        if endpoint.engine != "llama_cpp":
-            return None
-        import httpx
-
-        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-        try:
-            server = endpoint.base_url.removesuffix("/v1")
-            response = httpx.post(f"{server}/extras/tokenize/count", json={"input": text}, timeout=5)
-            response.raise_for_status()
-            return int(response.json()["count"])
-        except (httpx.HTTPError, KeyError, ValueError):
-            return None
 
     def read_lines(self, repo: str, commit_sha: str, path: str) -> list[str] | None:
         """The lines of `path` at `commit_sha` in the repo's local git mirror, as chunking

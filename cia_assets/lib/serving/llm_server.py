@@ -245,3 +245,20 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return f"(no log at {path})"
+
+
+def count_prompt_tokens(base_url: str, messages: list[dict[str, str]]) -> int | None:
+    """How many tokens llama.cpp's server reads for `messages` (its streams report no usage),
+    or None when it cannot say. The messages are laid out in ChatML, the chat template of every
+    model this server runs by default (Qwen2.5-Coder and SmolLM2 both ship it in their GGUF); for
+    another model's template the count is close, and it only feeds the usage figures."""
+    import httpx
+
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    try:
+        server = base_url.removesuffix("/v1")
+        response = httpx.post(f"{server}/extras/tokenize/count", json={"input": text}, timeout=5)
+        response.raise_for_status()
+        return int(response.json()["count"])
+    except (httpx.HTTPError, KeyError, ValueError):
+        return None

@@ -1,0 +1,90 @@
+"""One streamed completion of an answer: the model's text as it arrives, passed through the
+citation check as deltas, with when it started and what it cost."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from cia_assets.lib.answering.answer import NOT_FOUND_MARKER, AnswerDelta, AnswerError
+from cia_assets.lib.answering.citations import CitationFilter
+
+
+@dataclass
+class Generation:
+    raw_parts: list[str] = field(default_factory=list)
+    chunks: int = 0
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    usage: dict[str, int | None] = field(
+        default_factory=lambda: {"prompt_tokens": None, "completion_tokens": None}
+    )
+
+    @property
+    def raw(self) -> str:
+        return "".join(self.raw_parts)
+
+    def run(
+        self,
+        client: Any,
+        endpoint: Any,
+        messages: list[dict[str, str]],
+        checker: CitationFilter,
+        *,
+        max_tokens: int,
+        temperature: float,
+    ) -> Iterator[AnswerDelta]:
+        """Stream the completion; yield what the checker lets through as it comes."""
+        released = 0  # characters of the (left-stripped) raw answer fed to the checker
+        try:
+            stream = client.chat.completions.create(
+                model=endpoint.request_model,
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=True,
+                # vLLM and hosted APIs report usage at the end of a stream when asked.
+                stream_options={"include_usage": True},
+            )
+            for chunk in stream:
+                if chunk.usage is not None:
+                    self.usage = {
+                        "prompt_tokens": chunk.usage.prompt_tokens,
+                        "completion_tokens": chunk.usage.completion_tokens,
+                    }
+                if not chunk.choices:
+                    continue
+                piece = chunk.choices[0].delta.content or ""
+                if not piece:
+                    continue
+                self.chunks += 1
+                if self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
+                self.raw_parts.append(piece)
+                raw = self.raw.lstrip()
+                if NOT_FOUND_MARKER.startswith(raw) or raw.startswith(NOT_FOUND_MARKER):
+                    continue  # the model's "not found" reply is replaced, never streamed
+                visible = checker.feed(raw[released:])
+                released = len(raw)
+                if visible:
+                    yield AnswerDelta(visible)
+        except Exception as error:
+            import openai
+
+            if isinstance(error, openai.OpenAIError):
+                raise AnswerError(f"the model endpoint {endpoint.base_url} failed: {error}") from error
+            raise
+        self.finished_at = time.perf_counter()
+        if self.usage["completion_tokens"] is None:
+            from cia_assets.lib.serving.llm_server import count_prompt_tokens
+
+            # llama.cpp's server sends no usage when streaming; it streams one token per chunk.
+            prompt_tokens = (
+                count_prompt_tokens(endpoint.base_url, messages) if endpoint.engine == "llama_cpp" else None
+            )
+            self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": self.chunks}
+        tail = checker.finish()
+        if tail:
+            yield AnswerDelta(tail)
