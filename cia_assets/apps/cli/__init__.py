@@ -19,7 +19,7 @@ from cia_assets.apps.cli.models import _models_install, _models_list
 from cia_assets.apps.cli.serving import MCP_HELP, _ask, _dev, _mcp, _serve, cli_grant, dev_workspace
 from cia_assets.config import CONFIG_ENV_VAR, ConfigError
 
-# What the single cli.py module offered, still importable from cia_assets.apps.cli.
+# What the single `cia` module offered, still importable from cia_assets.apps.cli.
 __all__ = [
     "EVAL_ANSWERS_HELP",
     "EXAMPLES",

@@ -2,7 +2,7 @@
 
 Every answer and every feedback event is written here first, so nothing is lost while
 Langfuse is down or not configured (like a local write-ahead log before replication); the
-forwarder (`langfuse_client.LangfuseForwarder`) then sends pending rows and marks them. The
+forwarder (`observability.langfuse.LangfuseForwarder`) then sends pending rows and marks them. The
 analytics models (dbt on DuckDB) and the feedback sensor read these tables:
 
 - `traces`: one row per question. Scalars are plain columns; the list columns `repos`,
