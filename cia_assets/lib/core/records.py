@@ -9,7 +9,6 @@ spans (they subclass it), `label` is the one way to write one (`repo:path#L10-L4
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -42,9 +41,6 @@ class SourceSpanJson(TypedDict):
     line_end: int
 
 
-_LABEL = re.compile(r"(?P<repo>[^:]+):(?P<path>.+)#L(?P<start>\d+)-L(?P<end>\d+)")
-
-
 @dataclass(frozen=True, kw_only=True)
 class SourceSpan:
     """Lines `line_start`..`line_end` (1-based, inclusive) of `path` in the repo `repo`.
@@ -67,15 +63,6 @@ class SourceSpan:
     def file_key(self) -> str:
         """`repo:path`: the file a span is in (the train/eval split is by file)."""
         return f"{self.repo}:{self.path}"
-
-    @classmethod
-    def from_label(cls, label: str) -> SourceSpan:
-        match = _LABEL.fullmatch(label)
-        if match is None:
-            raise ValueError(f"not a source span label (repo:path#Lx-Ly): {label!r}")
-        return SourceSpan(
-            repo=match["repo"], path=match["path"], line_start=int(match["start"]), line_end=int(match["end"])
-        )
 
     def overlaps(self, other: SourceSpan) -> bool:
         return (

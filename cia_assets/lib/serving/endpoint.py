@@ -227,13 +227,6 @@ class HealthCache:
                 self._passed_at[record.base_url] = now
         return ok
 
-    def forget(self, record: EndpointRecord) -> None:
-        """Check `record` (and its canary) again next time: it was just replaced or stopped."""
-        with self._lock:
-            self._passed_at.pop(record.base_url, None)
-            if record.canary is not None:
-                self._passed_at.pop(record.canary.base_url, None)
-
 
 @dataclass(frozen=True)
 class EndpointHealth:
@@ -503,7 +496,7 @@ def temporary_endpoint(config: CiaConfig, spec: EndpointSpec, *, note: str) -> I
             stop_process(record.pid)
 
 
-def stop_local_endpoint(config: CiaConfig, health: HealthCache | None = None) -> None:
+def stop_local_endpoint(config: CiaConfig) -> None:
     """Stop the live local server (the record stays: the next question restarts it)."""
     record = current_endpoint(config)
     if record is None:
@@ -511,8 +504,6 @@ def stop_local_endpoint(config: CiaConfig, health: HealthCache | None = None) ->
     for pid in record.pids():
         if process_alive(pid):
             stop_process(pid)
-    if health is not None:
-        health.forget(record)
 
 
 def chat_client(record: EndpointRecord, config: CiaConfig) -> Any:
