@@ -70,6 +70,7 @@ lint: install
 	$(BIN)/lint-imports
 
 bench: install
+	$(BIN)/pip install -q --disable-pip-version-check -c requirements.lock -e ".[bench]"
 	$(BIN)/python -m cia_assets_tests.bench.bench_indexing
 	$(BIN)/python -m cia_assets_tests.bench.bench_answering
 	$(BIN)/python -m cia_assets_tests.bench.bench_learning

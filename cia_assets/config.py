@@ -103,10 +103,13 @@ def derive_web_url(url: str) -> str | None:
 
 class EmbeddingConfig(_Strict):
     """Which model embeds chunks. `path` is a local folder with model.onnx and tokenizer
-    files; unset means the packaged all-MiniLM-L6-v2, exported to ONNX once into data_dir."""
+    files (and the sentence-transformers files for bf16); unset means the packaged
+    all-MiniLM-L6-v2, exported to ONNX once into data_dir. `precision`: `auto` is bf16 on a CPU
+    with bf16 units (AMX, AVX512-BF16), fp32 otherwise (see `lib/indexing/embeddings.py`)."""
 
     model: str = "sentence-transformers/all-MiniLM-L6-v2"
     path: Path | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     max_tokens: int = Field(default=256, gt=0)
     batch_size: int = Field(default=32, gt=0)
     threads: int | None = Field(default=None, gt=0)

@@ -5,6 +5,10 @@ retriever variant beside BM25 over whole files, plus per-stage timings.
     .venv/bin/python -m cia_assets_tests.bench.bench_retrieval --set swebench --repos astropy/astropy
     python -m cia_assets_tests.bench.bench_retrieval --cases mine.jsonl --source org/app=/srv/app.git
 
+Each repo is indexed as the default cia.yaml indexes it (the whole tree: tests, docs,
+changelogs, vendored packages); `--non-test-py` indexes non-test `.py` files only. BM25, the
+baseline, ranks the indexed `.py` files (whole files) in the same run.
+
 Sets (../shared/devsets): `commits` (commit localization on flask, requests, click: easy, a
 regression guard), `swebench` (SWE-bench Lite issues: the real difficulty), `quick` (a fixed
 small subset of both). Repositories are read from `--repos-dir` (a folder of bare git repos
@@ -27,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from cia_assets.config import load_config
+from cia_assets.config import CodebaseConfig, load_config
 from cia_assets.lib.evaluation.retrieval import (
     TEST_PATH_GLOBS,
     RepoSource,
@@ -104,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", action="append", default=[], help="owner/name=PATH_OR_URL")
     parser.add_argument("--retrievers", nargs="*", default=list(RETRIEVERS), choices=list(RETRIEVERS))
     parser.add_argument("--no-bm25", action="store_true")
-    parser.add_argument("--all-files", action="store_true", help="index every file, not only non-test .py")
+    parser.add_argument(
+        "--non-test-py",
+        action="store_true",
+        help="index only non-test .py files (how the retriever was first tuned), not the whole tree",
+    )
     parser.add_argument("--workdir", type=Path, default=Path(".cia-bench/retrieval"))
     parser.add_argument("--config", help="cia.yaml whose embedding and store settings are used")
     parser.add_argument("--out", type=Path, help="write the full report (every case) as JSON")
@@ -125,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         cases = kept
 
     explicit = dict(item.split("=", 1) for item in args.source)
-    include, exclude = (("**",), ()) if args.all_files else (("*.py",), TEST_PATH_GLOBS)
+    # By default the whole tree, as the default cia.yaml indexes a repo: tests, docs, vendored code.
+    defaults = CodebaseConfig.model_fields
+    include, exclude = (
+        (("*.py",), TEST_PATH_GLOBS)
+        if args.non_test_py
+        else (defaults["include"].default, defaults["exclude"].default)
+    )
     sources: dict[str, RepoSource] = {}
     for repo in dict.fromkeys(c.repo for c in cases):
         location = explicit.get(repo) or str(args.repos_dir / repo.replace("/", "+") / "repo")

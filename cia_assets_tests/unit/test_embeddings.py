@@ -7,10 +7,13 @@ import pytest
 
 from cia_assets.lib.core.records import Chunk
 from cia_assets.lib.indexing.embeddings import (
+    BULK_MIN_TEXTS,
     PACKAGED_MODEL,
     Embedder,
     EmbeddingCache,
     EmbeddingModelError,
+    choose_precision,
+    cpu_has_bf16_units,
 )
 from cia_assets.lib.indexing.pipeline import ensure_embeddings
 
@@ -55,6 +58,67 @@ def test_truncates_at_256_tokens(embedder: Embedder) -> None:
 def test_model_folder_without_onnx_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(EmbeddingModelError, match=f"{tmp_path} has no model.onnx"):
         Embedder(PACKAGED_MODEL, tmp_path)
+
+
+def _code_chunks(count: int) -> list[str]:
+    """Real code of this package, cut as the indexer cuts it (function and class chunks)."""
+    from cia_assets.lib.indexing.chunking.dispatch import chunk_file
+
+    root = Path(__file__).resolve().parents[2] / "cia_assets" / "lib"
+    texts: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        texts += [f"{path.name}\n{draft.text}" for draft in chunk_file(path.name, path.read_bytes())]
+    return texts[:count]
+
+
+@pytest.fixture(scope="module")
+def bf16_embedder(model_dir: Path) -> Embedder:
+    return Embedder(PACKAGED_MODEL, model_dir, threads=2, precision="bf16")
+
+
+def test_bf16_bulk_engine_gives_the_fp32_vectors(embedder: Embedder, bf16_embedder: Embedder) -> None:
+    """Indexing batches run in bf16 (sentence-transformers), queries in fp32 (ONNX): the two
+    must be the same vectors for a collection to answer queries, whichever engine built it."""
+    texts = _code_chunks(48)
+    assert len(texts) >= BULK_MIN_TEXTS
+    fp32, bf16 = embedder.embed(texts), bf16_embedder.embed(texts)
+    np.testing.assert_allclose(np.linalg.norm(bf16, axis=1), 1.0, atol=1e-5)
+    cosine = (fp32 * bf16).sum(axis=1)
+    assert cosine.min() >= 0.999, cosine.min()
+    # ... and the batch really ran in bf16: the low bits differ from fp32's.
+    assert float(np.abs(fp32 - bf16).max()) > 1e-4
+    # Long chunks are truncated at 256 tokens by both engines.
+    long_texts = [" ".join(["token"] * 254), " ".join(["token"] * 600)] * (BULK_MIN_TEXTS // 2)
+    long = bf16_embedder.embed(long_texts)
+    assert float(long[0] @ long[1]) > 0.9999
+
+
+def test_queries_run_in_fp32_whatever_the_bulk_precision(embedder: Embedder, bf16_embedder: Embedder) -> None:
+    question = "How does a chat token decide which repos a caller can see?"
+    np.testing.assert_allclose(bf16_embedder.embed_query(question), embedder.embed_query(question), atol=1e-6)
+
+
+def test_precision_auto_follows_the_cpu_and_the_model_folder(model_dir: Path, tmp_path: Path) -> None:
+    assert choose_precision("auto", model_dir, cpu_has_bf16=True) == "bf16"
+    assert choose_precision("auto", model_dir, cpu_has_bf16=False) == "fp32"
+    assert choose_precision("fp32", model_dir, cpu_has_bf16=True) == "fp32"
+    onnx_only = tmp_path / "onnx-only"
+    onnx_only.mkdir()
+    (onnx_only / "model.onnx").write_bytes(b"")
+    assert choose_precision("auto", onnx_only, cpu_has_bf16=True) == "fp32"
+    with pytest.raises(
+        EmbeddingModelError, match=f"bf16 needs a sentence-transformers model folder.*{onnx_only}"
+    ):
+        choose_precision("bf16", onnx_only)
+
+
+def test_bf16_units_are_read_from_the_cpu_flags() -> None:
+    sapphire_rapids = "processor : 0\nflags : fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    zen3 = "processor : 0\nflags : fpu sse4_2 avx avx2 fma\n"
+    assert cpu_has_bf16_units(sapphire_rapids)
+    assert cpu_has_bf16_units("flags : avx2 avx512_bf16\n")
+    assert not cpu_has_bf16_units(zen3)
+    assert not cpu_has_bf16_units("")
 
 
 def _chunk(text: str, path: str = "a.py") -> Chunk:

@@ -85,6 +85,7 @@ def chunk_embeddings(
     return dg.MaterializeResult(
         metadata={
             "model": model.model_id,
+            "precision": model.precision,
             "dimensions": model.dim,
             "chunks": len(chunks),
             "embedded": stats.embedded,

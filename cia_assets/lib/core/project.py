@@ -21,6 +21,7 @@ from cia_assets.lib.indexing.embeddings import (
     Embedder,
     EmbeddingCache,
     EmbeddingModelError,
+    choose_precision,
     packaged_model_dir,
 )
 
@@ -130,9 +131,13 @@ def embedding_model_dir(config: CiaConfig) -> Path:
 
 def open_embedder(config: CiaConfig) -> Embedder:
     """A newly loaded embedding model; a process keeps one, through its `Project`."""
+    settings = config.embedding
+    model_dir = embedding_model_dir(config)
+    precision = choose_precision(settings.precision, model_dir)
     return Embedder(
-        config.embedding.model,
-        embedding_model_dir(config),
-        batch_size=config.embedding.batch_size,
-        threads=config.embedding.threads,
+        settings.model,
+        model_dir,
+        batch_size=settings.batch_size,
+        threads=settings.threads,
+        precision=precision,
     )

