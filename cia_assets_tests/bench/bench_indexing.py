@@ -9,11 +9,13 @@ the same ONNX model files, peak RSS per process):
      Dagster materializations, with `embedding.precision` fp32, then the default (auto: bf16
      on a CPU with bf16 units), reporting files/s and chunks/s and the ratio to the seed stack;
   3. a one-file commit re-indexed incrementally, against the full build;
-  4. hybrid search latency p50/p95 at 10k and 100k chunks (the real chunks' vectors and
-     lexical vectors replicated across synthetic repos), store-only and end to end.
+  4. at 1k, 10k and 100k chunks (the real chunks' vectors and lexical vectors replicated
+     across synthetic repos): a one-file update of the collection (copy, delete, write,
+     publish, drop the old: what an incremental update does to the store) and hybrid
+     search latency p50/p95, store-only and end to end.
 Only `.py` files are indexed, as the seed stack reads them.
 
-    .venv/bin/python -m cia_assets_tests.bench.bench_indexing [--package pip] [--sizes 10000,100000]
+    .venv/bin/python -m cia_assets_tests.bench.bench_indexing [--package pip] [--sizes 1000,10000,100000]
 """
 
 from __future__ import annotations
@@ -209,7 +211,7 @@ def child(stack: str, repo: Path, model_dir: Path, workdir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--package", default="pip")
-    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     parser.add_argument("--run-stack", choices=STACKS, help=argparse.SUPPRESS)
     parser.add_argument("--repo", type=Path, help=argparse.SUPPRESS)
@@ -288,6 +290,7 @@ def bench_search(config: Any, chunks: list[Any], sizes: list[int]) -> dict[str, 
             started = time.perf_counter()
             store.publish("bench-alias", "bench")
             publish_seconds = time.perf_counter() - started
+            one_file_update = time_one_file_updates(store, "bench-alias", base[0][2]["path"], base)
             for dense, sparse in query_vectors:  # warm the view
                 store.search("bench-alias", dense, sparse, 10)
             latencies: list[float] = []
@@ -309,6 +312,8 @@ def bench_search(config: Any, chunks: list[Any], sizes: list[int]) -> dict[str, 
             results[str(size)] = {
                 "upsert_s": round(upsert_seconds, 1),
                 "publish_incl_index_build_s": round(publish_seconds, 1),
+                "one_file_update_p50_s": round(statistics.median(one_file_update), 3),
+                "one_file_update_max_s": round(max(one_file_update), 3),
                 "hybrid_p50_ms": round(statistics.median(latencies), 2),
                 "hybrid_p95_ms": round(percentile(latencies, 95), 2),
                 "hybrid_repo_filter_p50_ms": round(statistics.median(filtered), 2),
@@ -320,6 +325,31 @@ def bench_search(config: Any, chunks: list[Any], sizes: list[int]) -> dict[str, 
         finally:
             shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+def time_one_file_updates(
+    store: Any, alias: str, path: str, base: list[tuple[Any, Any, dict[str, Any]]], rounds: int = 5
+) -> list[float]:
+    """What `update_collection` does to the store for a commit touching one file: copy the
+    live collection, delete the file's points, write its new ones, publish, drop the old."""
+    file_points = [(dense, sparse, payload) for dense, sparse, payload in base if payload["path"] == path]
+    seconds = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        target = store.open_for_update(alias)
+        store.delete_where(target, "path", [path])
+        store.upsert(
+            target,
+            [
+                IndexedPoint(id=str(uuid.uuid4()), dense=dense.tolist(), sparse=sparse, payload=payload)
+                for dense, sparse, payload in file_points
+            ],
+        )
+        previous = store.publish(alias, target)
+        if previous and previous != target:
+            store.drop_collection(previous)
+        seconds.append(time.perf_counter() - started)
+    return seconds
 
 
 if __name__ == "__main__":

@@ -119,9 +119,35 @@ def test_one_file_commit_reembeds_only_that_file(
 
     hit = search_code(project_of(config), "refundDeadlineDays", k=1)[0]
     assert (hit.path, hit.line_start, hit.line_end, hit.commit_sha) == ("web/refund.ts", 5, 7, new_sha)
-    # Unchanged files now cite the new commit too (their lines are identical there).
+    # An unchanged file's points are left alone (not rewritten): they cite the commit they
+    # were read at, where the file is the very blob it is at the new commit.
+    first_sha = asset_metadata(first, "code_chunks")["commit_sha"]
     auth = search_code(project_of(config), "TokenValidator validate", k=1)[0]
-    assert auth.commit_sha == new_sha
+    assert auth.path != "web/refund.ts" and auth.commit_sha == first_sha != new_sha
+    assert payments.git("rev-parse", f"{first_sha}:{auth.path}") == payments.git(
+        "rev-parse", f"{new_sha}:{auth.path}"
+    )
+
+
+def test_rewritten_history_rebuilds_so_no_point_cites_a_dropped_commit(
+    payments: GitRepo, config: CiaConfig, project_of: Callable[[CiaConfig], Project]
+) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    first = materialize_repo(config, instance, "payments")
+    first_sha = asset_metadata(first, "code_chunks")["commit_sha"]
+    # A force push: the indexed commit is amended away, so git may garbage-collect it.
+    payments.write({"web/refund.ts": "export const REFUND_WINDOW_DAYS = 30;\n"})
+    payments.git("add", "-A")
+    payments.git("commit", "--amend", "-m", "Refund window as a constant")
+    new_sha = payments.git("rev-parse", "HEAD")
+
+    second = materialize_repo(config, instance, "payments")
+    collection = asset_metadata(second, "qdrant_collection")
+    assert collection["mode"] == "full"
+    store = project_of(config).store
+    cited = {payload["commit_sha"] for _, payload in store.scroll(collection_alias("cia", "payments"))}
+    assert cited == {new_sha} and first_sha not in cited
+    assert check_results(second) == dict.fromkeys(ALL_CHECKS, True)
 
 
 def test_deleted_file_points_disappear(
@@ -229,6 +255,7 @@ def test_failure_halfway_through_rebuild_keeps_old_alias(
             cache=project_of(config).embedding_cache,
             state_path=layout.index_state("payments"),
             verify=lambda _: {},
+            in_branch_history=lambda _commit: True,
             force_full=True,
             fail_after_points=len(chunks) // 2 or 1,
         )

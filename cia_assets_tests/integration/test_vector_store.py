@@ -176,17 +176,15 @@ def test_lexical_list_alone_scores_by_bm25(published: VectorStore) -> None:
         published.search_lexical("nope", lexical.encode_query("widget"), 10)
 
 
-def test_delete_where_and_set_payload_all(store: VectorStore) -> None:
+def test_delete_where(store: VectorStore) -> None:
     store.create_collection("c1", DIM)
     store.upsert("c1", doc_points())
     store.delete_where("c1", "path", ["src/config.py", "lib/users.py", "no/such/file.py"])
     store.delete_where("c1", "path", [])
     assert store.count("c1") == len(DOCS) - 2
-    store.set_payload_all("c1", {"commit_sha": "abc123"})
     payloads = [payload for _, payload in store.scroll("c1")]
-    assert {p["commit_sha"] for p in payloads} == {"abc123"}
-    assert "src/config.py" not in {p["path"] for p in payloads}
-    assert all("text" in p for p in payloads)  # set, not overwrite
+    assert {p["path"] for p in payloads} == {path for _, path, _ in DOCS} - {"src/config.py", "lib/users.py"}
+    assert all("text" in p for p in payloads)
 
 
 def test_publish_switches_alias_and_returns_previous(published: VectorStore) -> None:
@@ -213,7 +211,7 @@ def test_open_for_update_then_publish(published: VectorStore) -> None:
     assert (target == "docs-1") is in_place
 
     store.delete_where(target, "path", ["src/widgets.py"])
-    changed = doc_points(generation=1)[0]  # an existing id with new payload
+    changed = doc_points(generation=2)[0]  # an existing id with new payload
     added = IndexedPoint(
         id=point_id("src/new.py"),
         dense=DENSE[3].tolist(),
@@ -221,7 +219,6 @@ def test_open_for_update_then_publish(published: VectorStore) -> None:
         payload={"repo_id": "beta", "path": "src/new.py", "generation": 1},
     )
     store.upsert(target, [changed, added])
-    store.set_payload_all(target, {"commit_sha": "new"})
     assert store.count(target) == len(DOCS)
 
     before = store.search("docs", DENSE[3].tolist(), lexical.encode_query("frobnicate"), 20)
@@ -231,15 +228,16 @@ def test_open_for_update_then_publish(published: VectorStore) -> None:
         # Readers stay on the published, complete old collection until publish.
         assert paths(before)[0] == "src/widgets.py"
         assert "src/new.py" not in paths(before)
-        assert all("commit_sha" not in h.payload for h in before)
+        assert {h.payload["generation"] for h in before} == {0}
 
     assert store.publish("docs", target) == "docs-1"
     after = store.search("docs", DENSE[3].tolist(), lexical.encode_query("frobnicate"), 20)
     assert paths(after)[0] == "src/new.py"
     assert "src/widgets.py" not in paths(after)
-    assert {h.payload["commit_sha"] for h in after} == {"new"}
-    config_hit = next(h for h in after if h.payload["path"] == "src/config.py")
-    assert config_hit.payload["generation"] == 1
+    by_path = {h.payload["path"]: h.payload["generation"] for h in after}
+    assert by_path[changed.payload["path"]] == 2
+    # Points the update did not touch are left as they were (not rewritten: see pipeline).
+    assert by_path["src/server.py"] == 0
     if not in_place:
         store.drop_collection("docs-1")
         assert store.count("docs") == len(DOCS)
@@ -337,7 +335,7 @@ def test_reader_in_another_process_during_update(embedded: EmbeddedVectorStore, 
     embedded.publish("docs", "docs-1")
     target = embedded.open_for_update("docs")  # this process now holds a writer shard open
     embedded.delete_where(target, "path", ["src/db.py"])
-    embedded.set_payload_all(target, {"generation": 2})
+    embedded.upsert(target, [p for p in doc_points(generation=2) if p.payload["path"] != "src/db.py"])
 
     reader = Reader(tmp_path / "qdrant")
     try:

@@ -158,6 +158,7 @@ def qdrant_collection(
             cache=embedder.cache(),
             state_path=layout.index_state(repo_id),
             verify=verify,
+            in_branch_history=mirror.in_branch_history,
             force_full=config.full_rebuild,
         )
     finally:

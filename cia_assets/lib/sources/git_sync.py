@@ -158,6 +158,15 @@ class RepoMirror:
             return None
         return stream.read()
 
+    def in_branch_history(self, commit_sha: str) -> bool:
+        """Whether the branch (as last fetched) contains `commit_sha`: false after a force
+        push dropped it, and then git may garbage-collect it."""
+        try:
+            self.repo.git.merge_base("--is-ancestor", commit_sha, f"refs/heads/{self.branch}")
+        except git.GitCommandError:
+            return False  # exit 1: not an ancestor; 128: an unknown commit
+        return True
+
     def close(self) -> None:
         if self._repo is not None:
             self._repo.close()

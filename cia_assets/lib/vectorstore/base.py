@@ -102,9 +102,6 @@ class VectorStore(Protocol):
     def delete_where(self, collection: str, field: str, values: Sequence[str]) -> None:
         """Delete every point whose payload `field` equals one of `values`."""
 
-    def set_payload_all(self, collection: str, payload: dict[str, Any]) -> None:
-        """Set these payload keys on every point (e.g. the commit sha after an update)."""
-
     def count(self, collection: str) -> int:
         """Number of points in the collection (or in the one an alias points at)."""
 

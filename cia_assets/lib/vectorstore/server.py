@@ -98,12 +98,6 @@ class ServerVectorStore:
         )
         self.client.delete(collection, points_selector=models.FilterSelector(filter=condition), wait=True)
 
-    def set_payload_all(self, collection: str, payload: dict[str, Any]) -> None:
-        """Set these payload keys on every point."""
-        self.client.set_payload(
-            collection, payload=dict(payload), points=models.FilterSelector(filter=models.Filter()), wait=True
-        )
-
     def count(self, collection: str) -> int:
         """Exact number of points in the collection (or alias)."""
         return self.client.count(collection, exact=True).count

@@ -189,13 +189,6 @@ class EmbeddedVectorStore:
         with writer.lock:
             writer.shard.update(qe.UpdateOperation.delete_points_by_filter(condition))
 
-    def set_payload_all(self, collection: str, payload: dict[str, Any]) -> None:
-        """Set these payload keys on every point of a collection this process is writing."""
-        self._check_usable()
-        writer = self._writers.get(collection)
-        with writer.lock:
-            writer.shard.update(qe.UpdateOperation.set_payload_by_filter(qe.Filter(), dict(payload)))
-
     # --- reading ----------------------------------------------------------------------
 
     def count(self, collection: str) -> int:
