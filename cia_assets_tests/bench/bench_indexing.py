@@ -192,7 +192,9 @@ def run_stack(stack: str, repo: Path, model_dir: Path, workdir: Path) -> dict[st
         "--workdir",
         str(workdir),
     ]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the {stack} stack failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

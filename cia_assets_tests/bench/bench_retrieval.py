@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from cia_assets.config import CodebaseConfig, load_config
@@ -51,10 +52,11 @@ QUICK_SYMPY = 10
 QUICK_COMMITS_PER_REPO = 5
 
 _SWITCHES = ("query_tf", "mentions", "definitions", "file_lexical")
+_NO_ROLES = {"role_weight": 0.0}
 
 
 def _only(*switches: str) -> SearchOptions:
-    return SearchOptions(**{name: name in switches for name in _SWITCHES})  # type: ignore[arg-type]
+    return SearchOptions(**{name: name in switches for name in _SWITCHES}, **_NO_ROLES)  # type: ignore[arg-type]
 
 
 def _without(*switches: str) -> SearchOptions:
@@ -63,14 +65,17 @@ def _without(*switches: str) -> SearchOptions:
 
 # Ablations: the switches added one at a time from what search did before this harness
 # (the text as one query, files in order of their best chunk), then each removed from the
-# full set.
+# full set; then the file-role prior's settings (`cia` is the default).
 RETRIEVERS: dict[str, SearchOptions] = {
     "chunks": _only(),
     "+query_tf": _only("query_tf"),
     "+mentions": _only("query_tf", "mentions"),
     "+definitions": _only("query_tf", "mentions", "definitions"),
-    "+file_lexical": _without(),
+    "+file_lexical": replace(_without(), **_NO_ROLES),
     **{f"-{name}": _without(name) for name in _SWITCHES},
+    "cia": SearchOptions(),
+    "roles=question": SearchOptions(roles_from_question=True),
+    "roles*3": SearchOptions(role_weight=3.0),
 }
 
 

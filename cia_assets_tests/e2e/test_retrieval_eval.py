@@ -291,7 +291,7 @@ def test_named_files_are_searched_and_files_aggregate_their_chunks(
     assert all(f.score == f.chunks[0].score == max(c.score for c in f.chunks) for f in files)
     assert sum(len(f.chunks) for f in files) == len(hits)
 
-    def scores(question: str, **switches: bool) -> dict[tuple[str, str | None], float]:
+    def scores(question: str, **switches: bool | float) -> dict[tuple[str, str | None], float]:
         found = search_code(project_of(config), question, k=20, options=SearchOptions(**switches))  # type: ignore[arg-type]
         return {(hit.path, hit.symbol): hit.score for hit in found}
 
@@ -309,6 +309,58 @@ def test_named_files_are_searched_and_files_aggregate_their_chunks(
     gains = {key: score - without.get(key, 0.0) for key, score in with_mass.items()}
     assert max(gains, key=lambda key: gains[key])[0] == "payments/refunds.py"
     assert len([key for key, gain in gains.items() if gain > 0 and key[0] == "payments/refunds.py"]) == 1
+
+    # The file-role prior: the code gains a list over a test that shares the words, whatever
+    # the question says; with roles_from_question, the test gains one when it is asked about.
+    question = "where is refund_allowed tested"
+    with_roles, without = scores(question), scores(question, role_weight=0.0)
+    assert with_roles[defining] > without[defining]
+    assert with_roles[caller] == without[caller]
+    asked = scores(question, roles_from_question=True)
+    assert asked[caller] > without[caller] and asked[defining] > without[defining]
+    readme = next(key for key in without if key[0] == "README.md")
+    assert asked[readme] == with_roles[readme] == without[readme]
+
+
+def test_file_role_prior_holds_when_repos_are_merged(
+    make_repo: Callable[..., GitRepo],
+    write_config: Callable[..., object],
+    project_of: Callable[[CiaConfig], Project],
+) -> None:
+    import dagster as dg
+
+    from cia_assets_tests.support.materialize import materialize_repo
+
+    payments = make_repo("payments", PAYMENTS_V1)
+    billing = make_repo(
+        "billing",
+        {
+            "tests/test_refund_window.py": (
+                "def test_refund_allowed_after_delivery():\n"
+                "    # a refund is allowed within the deadline after delivery\n"
+                "    assert refund_allowed(order, today)\n"
+            ),
+            "billing/invoice.py": "def invoice_total(lines):\n    return sum(x.amount for x in lines)\n",
+        },
+    )
+    config = write_config([{"url": payments.url, "id": "payments"}, {"url": billing.url, "id": "billing"}])
+    instance = dg.DagsterInstance.ephemeral()
+    for repo_id in ("payments", "billing"):
+        materialize_repo(config, instance, repo_id)  # type: ignore[arg-type]
+
+    def scores(**switches: float) -> dict[str, float]:
+        found = search_code(
+            project_of(config),  # type: ignore[arg-type]
+            "is a refund allowed after delivery",
+            k=20,
+            options=SearchOptions(**switches),  # type: ignore[arg-type]
+        )
+        assert {hit.repo for hit in found} == {"payments", "billing"}
+        return {hit.path: hit.score for hit in found}
+
+    with_roles, without = scores(), scores(role_weight=0.0)
+    assert with_roles["payments/refunds.py"] > without["payments/refunds.py"]
+    assert with_roles["tests/test_refund_window.py"] == without["tests/test_refund_window.py"]
 
 
 def test_eval_retrieval_command_measures_a_configured_repo_on_its_own_history(
