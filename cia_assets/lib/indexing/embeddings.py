@@ -8,10 +8,11 @@ while a query is always embedded in fp32 when the folder has the ONNX model (see
   (like building an image layer once and reusing it). Any other fastembed model works by
   pointing `embedding.path` at a folder with `model.onnx` and its tokenizer files.
 - `bf16`: sentence-transformers with bf16 weights on the CPU's bf16 units (AMX or AVX512-BF16),
-  which onnxruntime's CPU kernels do not use. On 2 Sapphire Rapids cores it embeds code chunks
-  3.4x faster than the fp32 ONNX model (169 vs 49 texts/s on 1,200 code chunks), with cosine
-  >= 0.9999 to its vectors; onnxruntime's dynamic int8 was 1.5x at cosine >= 0.989 and is not
-  offered (README, "Indexing speed").
+  which onnxruntime's CPU kernels do not use. It embeds code chunks 3.4x faster than the fp32
+  ONNX model on 2 Sapphire Rapids cores (AMX: 169 vs 49 texts/s) and 1.8x on 2 Zen 4 cores
+  (AVX512-BF16: 37.7 vs 21.2), with cosine >= 0.9999 to its vectors. onnxruntime's int8 is
+  not offered: 1.75x at cosine min 0.88, or 1.46x at 0.989 with int8 MatMuls only (README,
+  "Measured").
 - `auto` (the default) is bf16 where the CPU has those units and the model folder has the
   sentence-transformers files (the packaged export does), fp32 otherwise: emulated bf16 on
   plain AVX2 is slower than fp32.
