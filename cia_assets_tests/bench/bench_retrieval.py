@@ -65,7 +65,7 @@ def _without(*switches: str) -> SearchOptions:
 
 # Ablations: the switches added one at a time from what search did before this harness
 # (the text as one query, files in order of their best chunk), then each removed from the
-# full set; then the file-role prior's settings (`cia` is the default).
+# full set; then the file-role prior's settings (`cia` is the default); then the code graph's.
 RETRIEVERS: dict[str, SearchOptions] = {
     "chunks": _only(),
     "+query_tf": _only("query_tf"),
@@ -76,6 +76,9 @@ RETRIEVERS: dict[str, SearchOptions] = {
     "cia": SearchOptions(),
     "roles=question": SearchOptions(roles_from_question=True),
     "roles*3": SearchOptions(role_weight=3.0),
+    "+graph": SearchOptions(graph_weight=1.0),
+    "graph*0.5": SearchOptions(graph_weight=0.5),
+    "graph seeds=5": SearchOptions(graph_weight=1.0, graph_seeds=5),
 }
 
 

@@ -17,6 +17,7 @@ EXPECTED_ASSETS = {
     "lora_adapter",
     "rag_eval_results",
     "retrieval_history_benchmark",
+    "retrieval_adapter",
 }
 EXPECTED_CHECKS = {
     "points_match_chunks",
@@ -27,6 +28,7 @@ EXPECTED_CHECKS = {
     "synthetic_dataset_not_empty",
     "synthetic_dataset_has_no_secrets",
     "challenger_no_worse_than_champion",
+    "retrieval_adapter_beats_packaged_model",
 }
 PER_REPO_ASSETS = {"git_repo_snapshots", "code_chunks", "chunk_embeddings", "qdrant_collection"}
 GATED_ASSET = {
@@ -38,6 +40,7 @@ GATED_ASSET = {
     "synthetic_dataset_not_empty": "synthetic_qa_dataset",
     "synthetic_dataset_has_no_secrets": "synthetic_qa_dataset",
     "challenger_no_worse_than_champion": "rag_eval_results",
+    "retrieval_adapter_beats_packaged_model": "retrieval_adapter",
 }
 GROUPS = {"repos", "indexing", "datasets", "analytics", "training", "evaluation", "serving"}
 
@@ -87,6 +90,7 @@ def test_lineage_runs_repo_to_collection() -> None:
     assert parents["rag_eval_results"] == {"lora_adapter", "training_dataset"}
     assert parents["served_endpoint"] == {"rag_eval_results"}
     assert parents["retrieval_history_benchmark"] == {"qdrant_collection"}
+    assert parents["retrieval_adapter"] == {"git_repo_snapshots"}
 
 
 def test_gpu_work_takes_turns_in_the_gpu_pool() -> None:

@@ -29,6 +29,14 @@ class DataLayout:
     def chunks_meta(self, repo_id: str) -> Path:
         return self.data_dir / "chunks" / f"{repo_id}.meta.json"
 
+    def code_symbols(self, repo_id: str) -> Path:
+        """What each chunked file defines, references and imports (`indexing.code_symbols`)."""
+        return self.data_dir / "graph" / f"{repo_id}.symbols.jsonl"
+
+    def code_graph(self, repo_id: str) -> Path:
+        """The repo's file graph built from those symbols (`indexing.code_graph`)."""
+        return self.data_dir / "graph" / f"{repo_id}.npz"
+
     def index_state(self, repo_id: str) -> Path:
         return self.data_dir / "index" / f"{repo_id}.json"
 

@@ -22,6 +22,7 @@ from cia_assets.lib.indexing.embeddings import (
     EmbeddingCache,
     EmbeddingModelError,
     choose_precision,
+    model_architecture,
     packaged_model_dir,
 )
 
@@ -140,4 +141,5 @@ def open_embedder(config: CiaConfig) -> Embedder:
         batch_size=settings.batch_size,
         threads=settings.threads,
         precision=precision,
+        architecture=model_architecture(model_dir),
     )

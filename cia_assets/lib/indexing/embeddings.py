@@ -81,12 +81,15 @@ def packaged_model_dir(models_dir: Path) -> Path:
     models_dir.mkdir(parents=True, exist_ok=True)
     with file_lock(models_dir / ".export.lock"):
         if not (target / "model.onnx").exists():
-            _export_packaged_model(target)
+            export_model_folder(packaged_model_source(), target)
     return target
 
 
-def _export_packaged_model(target: Path) -> None:
-    source = packaged_model_source()
+def export_model_folder(source: Path, target: Path) -> None:
+    """A sentence-transformers BERT folder (the packaged model, or one fine-tuned from it by
+    `learning.retrieval_adapter`) as a folder both engines load: the fused ONNX export for
+    fastembed beside the safetensors and sentence-transformers files. `target` appears whole
+    or not at all."""
     try:
         import torch
         from transformers import AutoModel
@@ -134,7 +137,8 @@ def _export_packaged_model(target: Path) -> None:
         _fuse_attention(staging / "raw.onnx", staging / "model.onnx", model.config)
         (staging / "raw.onnx").unlink()
         for name in ("tokenizer.json", "special_tokens_map.json", "vocab.txt", "config.json"):
-            shutil.copy(source / name, staging / name)
+            if (source / name).exists():  # a fine-tuned save may hold its special tokens elsewhere
+                shutil.copy(source / name, staging / name)
         # The bf16 engine loads the same weights through sentence-transformers.
         shutil.copy(source / "model.safetensors", staging / "model.safetensors")
         shutil.copytree(source / "1_Pooling", staging / "1_Pooling")
@@ -163,6 +167,17 @@ def _fuse_attention(raw: Path, fused: Path, model_config: Any) -> None:
         optimized.save_model_to_file(str(fused))
     except ImportError:
         shutil.copy(raw, fused)
+
+
+ADAPTER_RECORD = "cia_adapter.json"  # in a fine-tuned model folder: its id and base model
+
+
+def model_architecture(model_dir: Path) -> str | None:
+    """The base model a fine-tuned folder was trained from, None for any other folder."""
+    record = model_dir / ADAPTER_RECORD
+    if not record.exists():
+        return None
+    return str(json.loads(record.read_text())["base_model"])
 
 
 def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
@@ -230,8 +245,12 @@ class Embedder:
         batch_size: int = 32,
         threads: int | None = None,
         precision: Precision = "fp32",
+        architecture: str | None = None,
     ) -> None:
         self.model_name = model_name
+        # The fastembed model whose layout and pooling the folder has: a fine-tuned copy
+        # (`learning.retrieval_adapter`) is named by its own id but loads as its base.
+        self.architecture = architecture or model_name
         self.model_dir = model_dir
         self.batch_size = batch_size
         self.threads = threads
@@ -257,7 +276,7 @@ class Embedder:
             raise EmbeddingModelError(f"embedding model folder {self.model_dir} has no model.onnx")
         try:
             model = TextEmbedding(
-                self.model_name,
+                self.architecture,
                 specific_model_path=str(self.model_dir),
                 threads=self.threads or os.cpu_count(),
             )

@@ -23,7 +23,8 @@ from cia_assets.config import ChunkingConfig, CodebaseConfig
 from cia_assets.lib.core.fsio import write_json_atomic, write_jsonl_atomic
 from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.core.records import Chunk, sha256_text
-from cia_assets.lib.indexing import chunking, lexical
+from cia_assets.lib.indexing import chunking, code_graph, lexical
+from cia_assets.lib.indexing.code_symbols import FileSymbols, file_symbols
 from cia_assets.lib.indexing.embeddings import Embedder, EmbeddingCache
 from cia_assets.lib.sources.git_sync import RepoMirror, Snapshot, read_snapshot
 from cia_assets.lib.vectorstore.base import (
@@ -98,6 +99,8 @@ def chunk_snapshot(
         for chunk in read_chunks(layout.chunks(repo_id)):
             previous_by_path.setdefault(chunk.path, []).append(chunk)
     previous_blobs = previous_meta.files if previous_meta else {}
+    previous_symbols = code_graph.read_symbols(layout.code_symbols(repo_id))
+    symbols: dict[str, FileSymbols] = {}
 
     skipped: Counter[str] = Counter()
     files: dict[str, str] = {}
@@ -115,6 +118,9 @@ def chunk_snapshot(
                 for c in previous_by_path[tracked.path]
             )
             reused_files += 1
+            known = previous_symbols.get(tracked.path)
+            if known is not None and known.blob_sha == tracked.blob_sha:
+                symbols[tracked.path] = known
         else:
             to_read.append((tracked.path, tracked.blob_sha))
 
@@ -132,6 +138,9 @@ def chunk_snapshot(
                 skipped["no_content"] += 1
                 continue
             files[path] = blob_sha
+            symbols[path] = file_symbols(
+                path, blob_sha, data, drafts[0].language, [(d.kind, d.symbol) for d in drafts]
+            )
             chunks.extend(
                 Chunk(
                     repo_id=repo_id,
@@ -151,6 +160,9 @@ def chunk_snapshot(
             )
 
     chunks.sort(key=lambda c: (c.path, c.line_start, c.line_end))
+    _complete_symbols(symbols, files, chunks, mirror)
+    code_graph.write_symbols(layout.code_symbols(repo_id), [symbols[path] for path in sorted(files)])
+    code_graph.write_code_graph(layout.code_graph(repo_id), code_graph.build_code_graph(symbols.values()))
     meta = ChunkSetMeta(
         repo_id=repo_id,
         commit_sha=snapshot.commit_sha,
@@ -164,6 +176,28 @@ def chunk_snapshot(
     write_jsonl_atomic(layout.chunks(repo_id), (c.to_json() for c in chunks))
     write_json_atomic(layout.chunks_meta(repo_id), dataclasses.asdict(meta))
     return meta
+
+
+def _complete_symbols(
+    symbols: dict[str, FileSymbols], files: dict[str, str], chunks: Sequence[Chunk], mirror: RepoMirror
+) -> None:
+    """Symbols for reused files that have none yet (an index from before the code graph)."""
+    missing = {path: blob for path, blob in files.items() if path not in symbols}
+    if not missing:
+        return
+    by_path: dict[str, list[Chunk]] = {}
+    for chunk in chunks:
+        if chunk.path in missing:
+            by_path.setdefault(chunk.path, []).append(chunk)
+    paths_by_blob: dict[str, list[str]] = {}
+    for path, blob in missing.items():
+        paths_by_blob.setdefault(blob, []).append(path)
+    for blob_sha, data in mirror.read_blobs(list(paths_by_blob)):
+        for path in paths_by_blob[blob_sha]:
+            own = by_path[path]
+            symbols[path] = file_symbols(
+                path, blob_sha, data, own[0].language, [(c.kind, c.symbol) for c in own]
+            )
 
 
 # --- embeddings ------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from cia_assets.lib.core.layout import collection_alias
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.core.records import LinkedSpan, sha256_text
 from cia_assets.lib.indexing import lexical
+from cia_assets.lib.indexing.code_graph import CodeGraph, read_code_graph
 from cia_assets.lib.indexing.embeddings import Embedder
 from cia_assets.lib.indexing.file_roles import Role, file_role, wanted_roles
 from cia_assets.lib.indexing.pipeline import read_index_state
@@ -103,6 +104,11 @@ class SearchOptions:
     # Acc@5 and 0.027 MRR, so it is off; the answering context still puts tests first when a
     # question asks about them (`answering.context.explanation_order`).
     roles_from_question: bool = False
+    # The files that personalised PageRank over the code graph ranks from the best
+    # `graph_seeds` files found so far (and the files the text names) get a list of this
+    # weight: candidates expand to the code they use and import (`indexing.code_graph`). 0 = off.
+    graph_weight: float = 0.0
+    graph_seeds: int = 10
 
 
 @dataclass(frozen=True)
@@ -172,6 +178,7 @@ def _search_repo(
 ) -> list[CodeHit]:
     depth = max(limit, options.candidates)
     lists: list[tuple[list[SearchHit], float]] = [(hybrid.run(store, alias, depth), 1.0)]
+    named_files: list[str] = []
     if options.mentions and plan.path_mentions:
         paths = _repo_paths(config.layout.index_state(repo))
         named_files = paths.named_by(plan.path_mentions) if paths else []
@@ -191,6 +198,12 @@ def _search_repo(
         defining = [hit for hit, _ in fused if _defines(hit, names)]
         if defining:
             lists = [*lists, (defining, 1.0)]
+            fused = _fuse(lists)
+    graph = read_code_graph(config.layout.code_graph(repo)) if options.graph_weight else None
+    if graph is not None:
+        by_graph = _files_by_graph(graph, fused, named_files, options.graph_seeds)
+        if by_graph:
+            lists = [*lists, (_represent_files(store, alias, hybrid, lists, by_graph), options.graph_weight)]
             fused = _fuse(lists)
     wanted = _wanted_roles(plan, options)
     if wanted:
@@ -235,6 +248,37 @@ def _files_by_lexical_mass(
         path = hit.payload["path"]
         mass[path] = mass.get(path, 0.0) + hit.score
     ordered = sorted(mass, key=lambda path: (-mass[path], path))[:LEXICAL_FILES]
+    return _represent_files(store, alias, hybrid, lists, ordered)
+
+
+def _files_by_graph(
+    graph: CodeGraph, fused: Sequence[tuple[SearchHit, float]], named_files: Sequence[str], seeds: int
+) -> list[str]:
+    """Files by personalised PageRank from the best `seeds` files so far, each weighted by
+    its fused score, and the named files, each weighted as the best."""
+    weights: dict[str, float] = {}
+    for hit, score in fused:
+        path = hit.payload["path"]
+        if path not in weights:
+            if len(weights) == seeds:
+                break
+            weights[path] = score
+    top = max(weights.values(), default=1.0)
+    for path in named_files:
+        weights[path] = max(weights.get(path, 0.0), top)
+    ranks = graph.rank(weights)
+    return sorted(ranks, key=lambda path: (-ranks[path], path))[:LEXICAL_FILES]
+
+
+def _represent_files(
+    store: VectorStore,
+    alias: str,
+    hybrid: HybridQuery,
+    lists: Sequence[tuple[list[SearchHit], float]],
+    ordered: Sequence[str],
+) -> list[SearchHit]:
+    """One chunk for each of the `ordered` files: its best in `lists`, else its best for the
+    query within the file, so file-level evidence lands on a citable chunk."""
     best = {hit.payload["path"]: hit for hit in _best_per_file(hit for hit, _ in _fuse(lists))}
     missing = [path for path in ordered if path not in best]
     if missing:
