@@ -117,6 +117,26 @@ def file_symbols(
     names = {symbol.rsplit(".", 1)[-1] for kind, symbol in symbols if kind in _SYMBOL_KINDS and symbol}
     references: Counter[str] = Counter()
     imports: list[str] = []
+    try:
+        imports = _read_tree(language, data, path, names, references)
+    except Exception:  # a grammar bug must not stop indexing: the file stays a node, without edges
+        references.clear()
+    defines = sorted(name for name in names if len(name) >= MIN_NAME_LEN)
+    for name in defines:
+        references.pop(name, None)  # a file's own names are not references to another file
+    return FileSymbols(
+        path=path,
+        blob_sha=blob_sha,
+        defines=tuple(defines),
+        references=dict(references.most_common(MAX_REFERENCES)),
+        imports=tuple(dict.fromkeys(imports)),
+    )
+
+
+def _read_tree(language: str, data: bytes, path: str, names: set[str], references: Counter[str]) -> list[str]:
+    """Adds the tree's definitions to `names` and its name uses to `references`; returns the
+    Python imports."""
+    imports: list[str] = []
     parser = cached_parser(language)
     query = _reference_query(language)
     if parser is not None and query is not None:
@@ -136,16 +156,7 @@ def file_symbols(
                 references[name] += 1
         if language == "python":
             imports = _python_imports(root, src, path)
-    defines = sorted(name for name in names if len(name) >= MIN_NAME_LEN)
-    for name in defines:
-        references.pop(name, None)  # a file's own names are not references to another file
-    return FileSymbols(
-        path=path,
-        blob_sha=blob_sha,
-        defines=tuple(defines),
-        references=dict(references.most_common(MAX_REFERENCES)),
-        imports=tuple(dict.fromkeys(imports)),
-    )
+    return imports
 
 
 def _python_imports(root: Node, src: bytes, path: str) -> list[str]:
