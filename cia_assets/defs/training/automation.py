@@ -8,13 +8,18 @@ import dagster as dg
 
 from cia_assets.defs.datasets.assets import synthetic_qa_dataset, training_dataset
 from cia_assets.defs.resources import CiaConfigResource
+from cia_assets.defs.training.retrieval import retrieval_adapter
 
 # Feedback -> analytics (golden and failed answers) -> training set -> adapter -> evaluation
 # -> serving (gated by the blocking evaluation check).
 learning_loop_job = dg.define_asset_job(
     "learning_loop",
-    selection=dg.AssetSelection.groups("analytics", "training", "evaluation", "serving")
-    | dg.AssetSelection.assets(training_dataset),
+    # The retrieval adapter learns from commit history, not feedback: its own job.
+    selection=(
+        dg.AssetSelection.groups("analytics", "training", "evaluation", "serving")
+        | dg.AssetSelection.assets(training_dataset)
+    )
+    - dg.AssetSelection.assets(retrieval_adapter),
     description="Analytics over feedback, a new training set and adapter, its evaluation, and serving.",
 )
 

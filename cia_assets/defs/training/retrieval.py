@@ -63,3 +63,12 @@ def retrieval_adapter_beats_packaged_model(cia: CiaConfigResource) -> dg.AssetCh
             "adapter": dg.MetadataValue.json(verdict.adapter),
         },
     )
+
+
+# Run from the UI or `dagster job launch`: a CPU fine-tune plus two indexings of the history
+# cases takes minutes to an hour, and the history it learns from changes slowly.
+retrieval_adapter_job = dg.define_asset_job(
+    "retrieval_adapter",
+    selection=dg.AssetSelection.assets(retrieval_adapter),
+    description="Fine-tune the embedding model on the repos' history and judge it on newer commits.",
+)
