@@ -92,6 +92,15 @@ def quick_cases(commits: list[RetrievalCase], swebench: list[RetrievalCase]) -> 
     return chosen
 
 
+def indexed_globs(non_test_py: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(include, exclude): by default the whole tree, as the default cia.yaml indexes a repo
+    (tests, docs, vendored code); `--non-test-py`: non-test `.py` files only."""
+    if non_test_py:
+        return ("*.py",), TEST_PATH_GLOBS
+    defaults = CodebaseConfig.model_fields
+    return defaults["include"].default, defaults["exclude"].default
+
+
 def default_branch(git_dir: Path) -> str:
     ref = subprocess.run(
         ["git", "--git-dir", str(git_dir), "symbolic-ref", "--short", "HEAD"],
@@ -141,13 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = kept
 
     explicit = dict(item.split("=", 1) for item in args.source)
-    # By default the whole tree, as the default cia.yaml indexes a repo: tests, docs, vendored code.
-    defaults = CodebaseConfig.model_fields
-    include, exclude = (
-        (("*.py",), TEST_PATH_GLOBS)
-        if args.non_test_py
-        else (defaults["include"].default, defaults["exclude"].default)
-    )
+    include, exclude = indexed_globs(args.non_test_py)
     sources: dict[str, RepoSource] = {}
     for repo in dict.fromkeys(c.repo for c in cases):
         location = explicit.get(repo) or str(args.repos_dir / repo.replace("/", "+") / "repo")

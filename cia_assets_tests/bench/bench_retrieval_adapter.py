@@ -19,11 +19,11 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
-from cia_assets.config import CodebaseConfig, load_config
+from cia_assets.config import load_config
 from cia_assets.lib.evaluation.retrieval import (
-    TEST_PATH_GLOBS,
     RepoSource,
     RetrievalCase,
     RetrievalHarness,
@@ -33,12 +33,11 @@ from cia_assets.lib.indexing.embeddings import packaged_model_source
 from cia_assets.lib.learning.retrieval_adapter import (
     TrainingSettings,
     mine_triples,
-    repos_of,
     train_retrieval_adapter,
 )
 from cia_assets.lib.retrieval.search import SearchOptions
 from cia_assets.lib.sources.git_sync import RepoMirror
-from cia_assets_tests.bench.bench_retrieval import DEVSETS, SETS, default_branch
+from cia_assets_tests.bench.bench_retrieval import DEVSETS, SETS, default_branch, indexed_globs
 
 
 def commit_time(git_dir: Path, sha: str) -> int:
@@ -73,12 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cases = load_cases(DEVSETS / SETS["commits"])
     repos = args.repos or list(dict.fromkeys(c.repo for c in cases))
-    defaults = CodebaseConfig.model_fields
-    include, exclude = (
-        (("*.py",), TEST_PATH_GLOBS)
-        if args.non_test_py
-        else (defaults["include"].default, defaults["exclude"].default)
-    )
+    include, exclude = indexed_globs(args.non_test_py)
     sources: dict[str, RepoSource] = {}
     evaluation: list[RetrievalCase] = []
     triples = []
@@ -139,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         scores.update(report.to_json()["scores"])
     summary = {
         "evaluation_cases": len(evaluation),
-        "triples": repos_of(triples),
+        "triples": dict(Counter(t.repo for t in triples)),
         "trained_on": adapter.triples,
         "mining_s": round(mined_s, 1),
         "training_s": adapter.seconds,

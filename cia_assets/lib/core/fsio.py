@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar, cast
+
+Parsed = TypeVar("Parsed")
 
 
 def write_json_atomic(path: Path, data: object, *, create_folder: bool = True) -> None:
@@ -74,3 +77,19 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_by_version(path: Path, parse: Callable[[Path], Parsed]) -> Parsed | None:
+    """`parse(path)`, computed once per version of the file (its mtime and size) and kept for
+    the process; None when the file does not exist. For what a question reads on every call
+    (the index state, the code graph) but a new commit rewrites."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return cast(Parsed, _parse_version(parse, path, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=128)
+def _parse_version(parse: Callable[[Path], object], path: Path, _mtime_ns: int, _size: int) -> object:
+    return parse(path)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from cia_assets.lib.core.fsio import write_jsonl_atomic
+from cia_assets.lib.core.fsio import read_by_version, write_jsonl_atomic
 from cia_assets.lib.indexing.code_symbols import SYMBOLS_FORMAT, FileSymbols
 
 DAMPING = 0.85
@@ -47,9 +47,9 @@ class CodeGraph:
     transition: sparse.csc_matrix
     dangling: np.ndarray  # bool per file: no out-edges (its rank is spread by personalisation)
 
-    @property
+    @functools.cached_property
     def index(self) -> dict[str, int]:
-        return _file_index(self.files)
+        return {path: i for i, path in enumerate(self.files)}
 
     def rank(self, seeds: Mapping[str, float]) -> dict[str, float]:
         """Personalised PageRank from `seeds` (file -> weight); files not in the graph are
@@ -73,11 +73,6 @@ class CodeGraph:
             if done:
                 break
         return {self.files[i]: float(ranks[i]) for i in np.flatnonzero(ranks > 0)}
-
-
-@functools.lru_cache(maxsize=16)
-def _file_index(files: tuple[str, ...]) -> dict[str, int]:
-    return {path: i for i, path in enumerate(files)}
 
 
 def build_code_graph(symbols: Iterable[FileSymbols]) -> CodeGraph:
@@ -186,15 +181,10 @@ def write_code_graph(path: Path, graph: CodeGraph) -> None:
 
 def read_code_graph(path: Path) -> CodeGraph | None:
     """The graph at `path`, loaded once per version of the file; None when there is none."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return _read_code_graph_at(path, stat.st_mtime_ns, stat.st_size)
+    return read_by_version(path, _load_code_graph)
 
 
-@functools.lru_cache(maxsize=16)
-def _read_code_graph_at(path: Path, _mtime_ns: int, _size: int) -> CodeGraph:
+def _load_code_graph(path: Path) -> CodeGraph:
     with np.load(path, allow_pickle=False) as stored:
         files = tuple(str(name) for name in stored["files"])
         size = len(files)

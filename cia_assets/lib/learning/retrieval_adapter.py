@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -272,10 +272,3 @@ def _weights_digest(path: Path) -> str:
         for block in iter(lambda: weights.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def repos_of(triples: Iterable[Triple]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for triple in triples:
-        counts[triple.repo] = counts.get(triple.repo, 0) + 1
-    return counts

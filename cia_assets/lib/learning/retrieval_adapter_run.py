@@ -10,6 +10,7 @@ commits the adapter never saw. Both models index the cases' commits in their own
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,6 @@ from cia_assets.lib.learning.retrieval_adapter import (
     TrainingSettings,
     Triple,
     mine_triples,
-    repos_of,
     train_retrieval_adapter,
 )
 from cia_assets.lib.retrieval.search import SearchOptions
@@ -145,7 +145,7 @@ def train_and_evaluate(
     run = AdapterRun(
         model_id=adapter.model_id,
         model_dir=adapter.model_dir,
-        triples=repos_of(triples),
+        triples=dict(Counter(t.repo for t in triples)),
         trained_on=adapter.triples,
         training_s=adapter.seconds,
         verdict=AdapterVerdict(cases=len(cases), packaged=scores["packaged"], adapter=scores["adapter"]),

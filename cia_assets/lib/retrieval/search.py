@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from cia_assets.config import CiaConfig
+from cia_assets.lib.core.fsio import read_by_version
 from cia_assets.lib.core.layout import collection_alias
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.core.records import LinkedSpan, sha256_text
@@ -153,15 +153,10 @@ def _code_hit(hit: SearchHit, score: float, chat_url: str) -> CodeHit:
 def _repo_paths(state_path: Path) -> RepoPaths | None:
     """The indexed files of a repo, for matching the files a question names; rebuilt only
     when the index state changes (a new commit), not on every question."""
-    try:
-        stat = state_path.stat()
-    except FileNotFoundError:
-        return None
-    return _repo_paths_at(state_path, stat.st_mtime_ns, stat.st_size)
+    return read_by_version(state_path, _read_repo_paths)
 
 
-@functools.lru_cache(maxsize=64)
-def _repo_paths_at(state_path: Path, _mtime_ns: int, _size: int) -> RepoPaths | None:
+def _read_repo_paths(state_path: Path) -> RepoPaths | None:
     state = read_index_state(state_path)
     return RepoPaths(state.files) if state else None
 
