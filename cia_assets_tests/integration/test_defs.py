@@ -65,7 +65,10 @@ def test_definitions_load_with_expected_graph() -> None:
     assert definitions.resolve_job_def("index_repo") is not None
     loop = definitions.resolve_job_def("learning_loop")
     assert "retrieval_adapter" not in {key.to_user_string() for key in loop.asset_layer.executable_asset_keys}
-    assert definitions.resolve_job_def("retrieval_adapter") is not None
+    assert definitions.resolve_job_def("train_retrieval_adapter") is not None
+    # What the code server does when `cia dev` loads the location: every job, op and graph
+    # built once, so two definitions of one name fail here and not in the UI.
+    definitions.get_repository_def().load_all_definitions()
     # Only the synthetic job's pods may reach the teacher endpoint (the NetworkPolicy's label).
     refresh = definitions.resolve_job_def("synthetic_refresh")
     labels = json.loads(refresh.tags["dagster-k8s/config"])["pod_template_spec_metadata"]["labels"]
