@@ -113,6 +113,11 @@ class EmbeddingConfig(_Strict):
     max_tokens: int = Field(default=256, gt=0)
     batch_size: int = Field(default=32, gt=0)
     threads: int | None = Field(default=None, gt=0)
+    use_promoted_adapter: bool = Field(
+        default=True,
+        description="index with the retrieval adapter that passed its history benchmark and was "
+        "promoted (`retrieval_embedding_model`), while `model` is the packaged all-MiniLM-L6-v2",
+    )
 
 
 class VectorStoreConfig(_Strict):

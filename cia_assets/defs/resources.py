@@ -17,6 +17,7 @@ from cia_assets.lib.core.project import Project
 from cia_assets.lib.indexing.embeddings import Embedder, EmbeddingCache
 from cia_assets.lib.learning.registry import AdapterRegistry, quiet_mlflow
 from cia_assets.lib.observability.analytics import ANALYTICS_DB, TRACES_SNAPSHOT, analytics_profile
+from cia_assets.lib.retrieval.search import repo_embedder
 from cia_assets.lib.vectorstore.base import VectorStore
 
 
@@ -61,7 +62,12 @@ class EmbedderResource(_ProjectOwner):
     """The embedding model (loaded once per run or step) and its vector cache."""
 
     def model(self) -> Embedder:
+        """The active model: what this run indexes with."""
         return self.project().embedder
+
+    def for_repo(self, repo_id: str) -> Embedder:
+        """The model `repo_id`'s live index was built with, for questions asked of it."""
+        return repo_embedder(self.project(), repo_id)
 
     def cache(self) -> EmbeddingCache:
         return self.project().embedding_cache

@@ -5,19 +5,41 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pytest
 
 from cia_assets.config import CiaConfig
-from cia_assets.defs.resources import CiaConfigResource
-from cia_assets.defs.training.retrieval import retrieval_adapter, retrieval_adapter_beats_packaged_model
-from cia_assets.lib.core.project import open_embedder
-from cia_assets.lib.learning.retrieval_adapter import mine_triples
-from cia_assets.lib.learning.retrieval_adapter_run import AdapterVerdict, candidate_record
+from cia_assets.definitions import defs
+from cia_assets.defs.indexing.assets import code_chunks
+from cia_assets.defs.repos.assets import git_repo_snapshots
+from cia_assets.defs.resources import CiaConfigResource, build_resources
+from cia_assets.defs.training.retrieval import (
+    retrieval_adapter,
+    retrieval_adapter_beats_current_model,
+    retrieval_embedding_model,
+)
+from cia_assets.lib.core.project import Project, open_embedder
+from cia_assets.lib.indexing.embedding_models import active_model
+from cia_assets.lib.indexing.embeddings import PACKAGED_MODEL, Embedder, packaged_model_source
+from cia_assets.lib.indexing.pipeline import read_index_state
+from cia_assets.lib.learning.retrieval_adapter import (
+    TrainingSettings,
+    Triple,
+    mine_triples,
+    train_retrieval_adapter,
+)
+from cia_assets.lib.learning.retrieval_adapter_run import CANDIDATE, AdapterVerdict, candidate_record
+from cia_assets.lib.retrieval.search import search_code
 from cia_assets.lib.sources.git_sync import RepoMirror
-from cia_assets_tests.support.materialize import materialize_repo
+from cia_assets_tests.support.materialize import (
+    asset_metadata,
+    check_results,
+    materialize_repo,
+)
 from cia_assets_tests.support.repos import GitRepo
 
 SOURCES = {
@@ -95,7 +117,7 @@ def test_the_adapter_is_trained_judged_and_gated(
     instance = dg.DagsterInstance.ephemeral()
     materialize_repo(config, instance, "payments")  # the snapshot the adapter's history is read from
     result = dg.materialize(
-        [retrieval_adapter, retrieval_adapter_beats_packaged_model],
+        [retrieval_adapter, retrieval_adapter_beats_current_model],
         instance=instance,
         resources={"cia": resource},
         raise_on_error=False,  # a blocking check that fails fails the run; its verdict is read below
@@ -134,18 +156,157 @@ def test_the_gate_passes_only_an_adapter_that_retrieves_better(
     repo = make_repo("payments", SOURCES)
     config = write_config([{"url": repo.url, "id": "payments"}])
     resource = CiaConfigResource(config_path=str(config.config_path))
-    assert retrieval_adapter_beats_packaged_model(cia=resource).passed is False  # nothing trained
+    assert retrieval_adapter_beats_current_model(cia=resource).passed is False  # nothing trained
 
-    packaged = {"acc@1": 0.5, "acc@5": 0.8, "acc@10": 0.9, "mrr": 0.6}
+    current = {"acc@1": 0.5, "acc@5": 0.8, "acc@10": 0.9, "mrr": 0.6}
     verdicts = {
-        "better": ({**packaged, "mrr": 0.65}, True),
-        "same": (dict(packaged), False),
-        "higher mrr, lower acc@5": ({**packaged, "mrr": 0.7, "acc@5": 0.75}, False),
+        "better": ({**current, "mrr": 0.65}, True),
+        "same": (dict(current), False),
+        "higher mrr, lower acc@5": ({**current, "mrr": 0.7, "acc@5": 0.75}, False),
     }
     for name, (adapter, expected) in verdicts.items():
-        verdict = AdapterVerdict(cases=20, packaged=packaged, adapter=adapter)
+        verdict = AdapterVerdict(cases=20, current=current, adapter=adapter)
         candidate_record(config).parent.mkdir(parents=True, exist_ok=True)
         candidate_record(config).write_text(json.dumps({"verdict": verdict.__dict__}))
-        result = retrieval_adapter_beats_packaged_model(cia=resource)
+        result = retrieval_adapter_beats_current_model(cia=resource)
         assert result.passed is expected, name
         assert verdict.describe() == result.description
+
+
+def _trained_candidate(config: CiaConfig, verdict: AdapterVerdict) -> str:
+    """A real adapter (a few steps on hand-written triples), recorded as the last candidate
+    with `verdict`, as `retrieval_adapter` leaves it; returns its model id."""
+    triples = [
+        Triple(
+            query="Shorten the refund deadline for every order to two weeks",
+            positive="payments/refunds.py\n" + SOURCES["payments/refunds.py"],
+            negative="payments/ledger.py\n" + SOURCES["payments/ledger.py"],
+            repo="payments",
+            commit="0" * 40,
+        ),
+        Triple(
+            query="Record ledger transfers as debits of the source account balance",
+            positive="payments/ledger.py\n" + SOURCES["payments/ledger.py"],
+            negative="payments/auth.py\n" + SOURCES["payments/auth.py"],
+            repo="payments",
+            commit="1" * 40,
+        ),
+    ]
+    folder = config.layout.retrieval_adapters / CANDIDATE
+    adapter = train_retrieval_adapter(
+        packaged_model_source(), triples, folder, TrainingSettings(batch_size=2, learning_rate=1e-3)
+    )
+    record = {"model_id": adapter.model_id, "model_dir": str(adapter.model_dir), "verdict": asdict(verdict)}
+    candidate_record(config).write_text(json.dumps(record))
+    return adapter.model_id
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    (failure,) = result.get_step_failure_events()
+    return str(failure.event_specific_data)
+
+
+class AutomationTicks:
+    """The project's automation conditions evaluated tick after tick, as the daemon's
+    automation sensor does (each tick sees what changed since the one before)."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self.instance = instance
+        self.definitions = defs()
+        self.cursor: object = None
+
+    def requested(self, asset: str) -> set[str]:
+        result = dg.evaluate_automation_conditions(
+            defs=self.definitions, instance=self.instance, cursor=self.cursor
+        )
+        self.cursor = result.cursor
+        return set(result.get_requested_partitions(dg.AssetKey(asset)))
+
+
+def test_a_promoted_adapter_re_embeds_every_repo_and_each_index_is_asked_in_its_own_model(
+    make_repo: Callable[..., GitRepo],
+    write_config: Callable[..., CiaConfig],
+    project_of: Callable[[CiaConfig], Project],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    payments = make_repo("payments", SOURCES)
+    shipping = make_repo("shipping", {"shipping/rates.py": "def shipping_rate(parcel):\n    return 5\n"})
+    config = write_config([{"url": payments.url, "id": "payments"}, {"url": shipping.url, "id": "shipping"}])
+    resources = build_resources(str(config.config_path))
+    instance = dg.DagsterInstance.ephemeral()
+    for repo in ("payments", "shipping"):
+        materialize_repo(config, instance, repo)
+    ticks = AutomationTicks(instance)
+    packaged = read_index_state(config.layout.index_state("payments"))
+    assert packaged is not None and packaged.model_id == PACKAGED_MODEL
+    assert ticks.requested("chunk_embeddings") == set()
+    # Never promoted: the missing model holds nothing back (eager alone would wait for it).
+    shipping.commit({"shipping/rates.py": "def shipping_rate(parcel):\n    return 7\n"}, "Raise the rate")
+    dg.materialize(
+        [git_repo_snapshots, code_chunks], instance=instance, resources=resources, partition_key="shipping"
+    )
+    assert ticks.requested("chunk_embeddings") == {"shipping"}
+
+    # A verdict that is not better is refused: nothing is promoted, nothing re-embedded.
+    current = {"acc@1": 0.5, "acc@5": 0.8, "acc@10": 0.9, "mrr": 0.6}
+    _trained_candidate(config, AdapterVerdict(cases=3, current=current, adapter=dict(current)))
+    refused = dg.materialize(
+        [retrieval_embedding_model], instance=instance, resources=resources, raise_on_error=False
+    )
+    assert not refused.success
+    assert "not promoted: adapter not better than" in str(
+        refused.get_step_failure_events()[0].event_specific_data
+    )
+    assert active_model(config).model_id == PACKAGED_MODEL
+    assert ticks.requested("chunk_embeddings") == set()
+
+    better = {**current, "mrr": 0.7}
+    adapter_id = _trained_candidate(config, AdapterVerdict(cases=3, current=current, adapter=better))
+    dg.materialize([retrieval_embedding_model], instance=instance, resources=resources)
+    assert active_model(config).model_id == adapter_id
+    # The promotion asks for every repo to be embedded again.
+    assert ticks.requested("chunk_embeddings") == {"payments", "shipping"}
+
+    # One repo re-indexed so far: it is built with the adapter (blue-green), the other is not.
+    reindexed = materialize_repo(config, instance, "payments")
+    assert asset_metadata(reindexed, "qdrant_collection")["mode"] == "full"
+    assert check_results(reindexed) == dict.fromkeys(check_results(reindexed), True)
+    state = read_index_state(config.layout.index_state("payments"))
+    assert state is not None and state.model_id == adapter_id
+    # Requested once: the next tick asks for nothing more (the daemon's runs are under way).
+    assert ticks.requested("chunk_embeddings") == set()
+    assert read_index_state(config.layout.index_state("shipping")).model_id == PACKAGED_MODEL  # type: ignore[union-attr]
+
+    # A question over both is embedded once per model, each index asked in its own.
+    asked: list[str] = []
+    embed_query = Embedder.embed_query
+
+    def spy(self: Embedder, text: str) -> np.ndarray:
+        asked.append(self.model_id)
+        return embed_query(self, text)
+
+    monkeypatch.setattr(Embedder, "embed_query", spy)
+    project = project_of(config)
+    hits = search_code(project, "refund deadline shipping rate", k=10)
+    assert sorted(asked) == sorted([adapter_id, PACKAGED_MODEL])
+    assert {hit.repo for hit in hits} == {"payments", "shipping"}
+    assert hits[0].path in {"payments/refunds.py", "shipping/rates.py"}
+
+    # A later candidate judged against the packaged model is stale once the adapter is in use.
+    _trained_candidate(config, AdapterVerdict(cases=3, current=current, adapter=better))
+    stale = dg.materialize(
+        [retrieval_embedding_model], instance=instance, resources=resources, raise_on_error=False
+    )
+    assert "was judged against" in str(stale.get_step_failure_events()[0].event_specific_data)
+
+    # Rollback: cia.yaml's model again, and every repo is asked for again.
+    dg.materialize(
+        [retrieval_embedding_model],
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"retrieval_embedding_model": {"config": {"rollback": True}}}},
+    )
+    assert active_model(config).model_id == PACKAGED_MODEL
+    assert ticks.requested("chunk_embeddings") == {"payments", "shipping"}
+    # The adapter's folder stays: the payments index built with it still answers meanwhile.
+    assert search_code(project, "refund deadline", repos=["payments"], k=1)[0].path == "payments/refunds.py"

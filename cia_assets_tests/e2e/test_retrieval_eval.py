@@ -460,3 +460,45 @@ def test_history_benchmark_asset_reports_per_repo_and_to_mlflow(
     registry = AdapterRegistry(config)  # type: ignore[arg-type]
     run = registry.client.get_run(str(metadata["mlflow_run_id"]))
     assert run.data.metrics["history_cia_payments_acc_at_5"] == 1.0
+
+
+def test_the_code_graph_lifts_the_code_that_the_best_files_use(
+    make_repo: Callable[..., GitRepo],
+    write_config: Callable[..., object],
+    project_of: Callable[[CiaConfig], Project],
+) -> None:
+    import dagster as dg
+
+    from cia_assets_tests.support.materialize import materialize_repo
+
+    repo = make_repo(
+        "billing",
+        {
+            # The report's words are all in the test; the code it exercises shares none of them.
+            "tests/test_invoice.py": (
+                "from billing.money import quantize_cents\n\n"
+                "def test_invoice_totals_round_half_to_even():\n"
+                "    # invoice totals round half to even\n"
+                "    assert quantize_cents(2.675) == 2.68\n"
+            ),
+            "billing/money.py": "def quantize_cents(value):\n    return int(value * 100) / 100\n",
+            "billing/customers.py": "class Customer:\n    def __init__(self, name):\n        self.n = name\n",
+            "billing/pdf.py": "def render_invoice_page(invoice):\n    return invoice.title\n",
+        },
+    )
+    config = write_config([{"url": repo.url, "id": "billing"}])
+    materialize_repo(config, dg.DagsterInstance.ephemeral(), "billing")  # type: ignore[arg-type]
+    question = "invoice totals do not round half to even"
+
+    def scores(graph_weight: float) -> dict[str, float]:
+        options = SearchOptions(graph_weight=graph_weight, role_weight=0.0)
+        found = search_files(project_of(config), question, options=options)  # type: ignore[arg-type]
+        return {hit.path: hit.score for hit in found}
+
+    with_graph, without = scores(1.0), scores(0.0)
+    gains = {path: with_graph[path] - without.get(path, 0.0) for path in with_graph}
+    # PageRank from the best files flows along the test's import and call to `quantize_cents`,
+    # and to no file that nothing there uses.
+    assert gains["billing/money.py"] > 0
+    assert gains["billing/money.py"] > gains.get("billing/customers.py", 0.0)
+    assert with_graph["billing/money.py"] > with_graph["billing/customers.py"]

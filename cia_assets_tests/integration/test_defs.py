@@ -18,6 +18,7 @@ EXPECTED_ASSETS = {
     "rag_eval_results",
     "retrieval_history_benchmark",
     "retrieval_adapter",
+    "retrieval_embedding_model",
 }
 EXPECTED_CHECKS = {
     "points_match_chunks",
@@ -28,7 +29,7 @@ EXPECTED_CHECKS = {
     "synthetic_dataset_not_empty",
     "synthetic_dataset_has_no_secrets",
     "challenger_no_worse_than_champion",
-    "retrieval_adapter_beats_packaged_model",
+    "retrieval_adapter_beats_current_model",
 }
 PER_REPO_ASSETS = {"git_repo_snapshots", "code_chunks", "chunk_embeddings", "qdrant_collection"}
 GATED_ASSET = {
@@ -40,7 +41,7 @@ GATED_ASSET = {
     "synthetic_dataset_not_empty": "synthetic_qa_dataset",
     "synthetic_dataset_has_no_secrets": "synthetic_qa_dataset",
     "challenger_no_worse_than_champion": "rag_eval_results",
-    "retrieval_adapter_beats_packaged_model": "retrieval_adapter",
+    "retrieval_adapter_beats_current_model": "retrieval_adapter",
 }
 GROUPS = {"repos", "indexing", "datasets", "analytics", "training", "evaluation", "serving"}
 
@@ -64,8 +65,13 @@ def test_definitions_load_with_expected_graph() -> None:
     )
     assert definitions.resolve_job_def("index_repo") is not None
     loop = definitions.resolve_job_def("learning_loop")
-    assert "retrieval_adapter" not in {key.to_user_string() for key in loop.asset_layer.executable_asset_keys}
-    assert definitions.resolve_job_def("train_retrieval_adapter") is not None
+    loop_keys = {key.to_user_string() for key in loop.asset_layer.executable_asset_keys}
+    assert not loop_keys & {"retrieval_adapter", "retrieval_embedding_model"}
+    adapter_job = definitions.resolve_job_def("train_retrieval_adapter")
+    assert {key.to_user_string() for key in adapter_job.asset_layer.executable_asset_keys} == {
+        "retrieval_adapter",
+        "retrieval_embedding_model",
+    }
     # What the code server does when `cia dev` loads the location: every job, op and graph
     # built once, so two definitions of one name fail here and not in the UI.
     definitions.get_repository_def().load_all_definitions()
@@ -87,7 +93,7 @@ def test_lineage_runs_repo_to_collection() -> None:
         for key in graph.get_all_asset_keys()
     }
     assert parents["code_chunks"] == {"git_repo_snapshots"}
-    assert parents["chunk_embeddings"] == {"code_chunks"}
+    assert parents["chunk_embeddings"] == {"code_chunks", "retrieval_embedding_model"}
     assert parents["qdrant_collection"] == {"chunk_embeddings"}
     assert parents["synthetic_qa_dataset"] == {"code_chunks"}
     assert parents["training_dataset"] >= {"synthetic_qa_dataset", "golden_examples"}

@@ -1,12 +1,23 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cia_assets.config import CiaConfig
 from cia_assets.lib.core.records import Chunk
+from cia_assets.lib.indexing.embedding_models import (
+    EmbeddingModel,
+    PromotedAdapter,
+    active_model,
+    adapter_folder,
+    model_by_id,
+    write_promoted_adapter,
+)
 from cia_assets.lib.indexing.embeddings import (
+    ADAPTER_RECORD,
     BULK_MIN_TEXTS,
     PACKAGED_MODEL,
     Embedder,
@@ -150,3 +161,35 @@ def test_cache_embeds_each_text_once(embedder: Embedder, tmp_path: Path) -> None
         stored[chunks[0].embedding_key], embedder.embed([chunks[0].embedding_text])[0], atol=1e-6
     )
     assert reopened.get_many("another-model", [chunks[0].embedding_key]) == {}
+
+
+def test_the_active_model_is_the_promoted_adapter_only_in_place_of_the_packaged_model(
+    model_dir: Path, write_config: Callable[..., CiaConfig]
+) -> None:
+    config = write_config([])
+    layout = config.layout
+    assert active_model(config) == EmbeddingModel(PACKAGED_MODEL, model_dir)
+    adapter_dir = adapter_folder(layout, "cia-retrieval-adapter-0123")
+    adapter_dir.mkdir(parents=True)
+    (adapter_dir / ADAPTER_RECORD).write_text('{"base_model": "sentence-transformers/all-MiniLM-L6-v2"}')
+    write_promoted_adapter(
+        layout, PromotedAdapter("cia-retrieval-adapter-0123", adapter_dir, promoted_at="t"), at="t"
+    )
+    assert active_model(config) == EmbeddingModel("cia-retrieval-adapter-0123", adapter_dir)
+    # Turned off, or another model configured: cia.yaml's model.
+    off = config.model_copy(
+        update={"embedding": config.embedding.model_copy(update={"use_promoted_adapter": False})}
+    )
+    assert active_model(off).model_id == PACKAGED_MODEL
+    other = config.model_copy(
+        update={"embedding": config.embedding.model_copy(update={"model": "BAAI/bge-small"})}
+    )
+    assert active_model(other).model_id == "BAAI/bge-small"
+    # A rollback: the configured model again, the adapter folder kept for indexes built with it.
+    write_promoted_adapter(layout, None, at="t2")
+    assert active_model(config).model_id == PACKAGED_MODEL
+    assert model_by_id(config, "cia-retrieval-adapter-0123").model_dir == adapter_dir
+    with pytest.raises(EmbeddingModelError, match=r"'cia-retrieval-adapter-gone'.*re-index it"):
+        model_by_id(config, "cia-retrieval-adapter-gone")
+    with pytest.raises(EmbeddingModelError, match="not a retrieval adapter id"):
+        model_by_id(config, "../../etc")

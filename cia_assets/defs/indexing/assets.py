@@ -4,6 +4,7 @@ from cia_assets.defs.owners import OWNERS
 from cia_assets.defs.repos.assets import git_repo_snapshots
 from cia_assets.defs.repos.partitions import repos_partitions
 from cia_assets.defs.resources import CiaConfigResource, EmbedderResource, VectorStoreResource
+from cia_assets.defs.training.retrieval import retrieval_embedding_model
 from cia_assets.lib.core.layout import collection_alias
 from cia_assets.lib.indexing import pipeline as indexing
 from cia_assets.lib.indexing.pipeline import CHUNK_FORMAT_VERSION
@@ -13,6 +14,20 @@ from cia_assets.lib.sources.git_sync import RepoMirror
 # Each stage runs as soon as the stage before it has new data for the same repo: the repo
 # sensor only has to request a snapshot, and the rest of the graph follows it.
 FOLLOW_UPSTREAM = dg.AutomationCondition.eager()
+
+# Embeddings also follow the embedding model: a promoted retrieval adapter (or a rollback)
+# re-embeds every repo. Eager, except that the model may be missing: a project that never
+# promoted an adapter has no materialization of it, and eager would wait for one forever.
+EMBEDDING_MODEL = dg.AssetSelection.assets(retrieval_embedding_model)
+FOLLOW_CHUNKS_AND_MODEL = (
+    dg.AutomationCondition.in_latest_time_window()
+    & (
+        dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()
+    ).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing().ignore(EMBEDDING_MODEL)
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("eager; the embedding model may be missing")
 
 
 @dg.asset(
@@ -58,17 +73,18 @@ def code_chunks(context: dg.AssetExecutionContext, cia: CiaConfigResource) -> dg
 
 @dg.asset(
     partitions_def=repos_partitions,
-    deps=[code_chunks],
+    deps=[code_chunks, retrieval_embedding_model],
     group_name="indexing",
     kinds={"fastembed", "onnx"},
     owners=OWNERS,
     code_version="1",
-    automation_condition=FOLLOW_UPSTREAM,
+    automation_condition=FOLLOW_CHUNKS_AND_MODEL,
 )
 def chunk_embeddings(
     context: dg.AssetExecutionContext, cia: CiaConfigResource, embedder: EmbedderResource
 ) -> dg.MaterializeResult:
-    """A dense vector for every chunk, from the configured embedding model.
+    """A dense vector for every chunk, from the active embedding model: cia.yaml's, or the
+    retrieval adapter `retrieval_embedding_model` promoted.
 
     Vectors are cached by (model, text hash): text that did not change is never embedded
     again, across commits and full rebuilds.

@@ -81,7 +81,8 @@ def smoke_search_finds_symbol(
     chunks = indexing.read_chunks(cia.layout().chunks(repo_id))
     alias = collection_alias(cia.load().vector_store.collection_prefix, repo_id)
     store = vector_store.open()
-    model = embedder.model()
+    # The live index may still be the one built before a promoted retrieval adapter.
+    model = embedder.for_repo(repo_id)
     return _result(
         lambda: indexing.verify_smoke_search(lambda q: search_collection(store, model, alias, q, 5), chunks)
     )

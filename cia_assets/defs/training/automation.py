@@ -8,7 +8,7 @@ import dagster as dg
 
 from cia_assets.defs.datasets.assets import synthetic_qa_dataset, training_dataset
 from cia_assets.defs.resources import CiaConfigResource
-from cia_assets.defs.training.retrieval import retrieval_adapter
+from cia_assets.defs.training.retrieval import retrieval_adapter, retrieval_embedding_model
 
 # Feedback -> analytics (golden and failed answers) -> training set -> adapter -> evaluation
 # -> serving (gated by the blocking evaluation check).
@@ -19,7 +19,7 @@ learning_loop_job = dg.define_asset_job(
         dg.AssetSelection.groups("analytics", "training", "evaluation", "serving")
         | dg.AssetSelection.assets(training_dataset)
     )
-    - dg.AssetSelection.assets(retrieval_adapter),
+    - dg.AssetSelection.assets(retrieval_adapter, retrieval_embedding_model),
     description="Analytics over feedback, a new training set and adapter, its evaluation, and serving.",
 )
 

@@ -49,6 +49,13 @@ class DataLayout:
         return self.data_dir / "models"
 
     @property
+    def retrieval_adapters(self) -> Path:
+        """Fine-tuned embedding models (`learning.retrieval_adapter`): the last trained
+        `candidate/`, every promoted one under its id, and `promoted.json` naming the one the
+        index uses."""
+        return self.models / "retrieval-adapters"
+
+    @property
     def serving(self) -> Path:
         """The served endpoint's record, its history, and local model servers' logs."""
         return self.data_dir / "serving"

@@ -11,20 +11,12 @@ state to reach around.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from cia_assets.config import CiaConfig
-from cia_assets.lib.indexing.embeddings import (
-    PACKAGED_MODEL,
-    Embedder,
-    EmbeddingCache,
-    EmbeddingModelError,
-    choose_precision,
-    model_architecture,
-    packaged_model_dir,
-)
+from cia_assets.lib.indexing.embedding_models import EmbeddingModel, active_model, model_by_id
+from cia_assets.lib.indexing.embeddings import Embedder, EmbeddingCache, choose_precision, model_architecture
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
@@ -49,7 +41,7 @@ class Project:
         self.config = config
         self._lock = threading.Lock()
         self._store: VectorStore | None = None
-        self._embedder: Embedder | None = None
+        self._embedders: dict[str, Embedder] = {}
         self._embedding_cache: EmbeddingCache | None = None
 
     @property
@@ -61,11 +53,23 @@ class Project:
 
     @property
     def embedder(self) -> Embedder:
-        """Loading costs about a second and 100+ MB: once per project."""
+        """The active model (what the next index run embeds with), looked up on every use: a
+        promotion made while this process runs applies to its next run. Loading costs about a
+        second and 100+ MB: once per model and project."""
+        return self._embedder_of(active_model(self.config))
+
+    def embedder_for(self, model_id: str) -> Embedder:
+        """The model an index was built with (its index state's `model_id`), which embeds the
+        questions asked of that index."""
         with self._lock:
-            if self._embedder is None:
-                self._embedder = open_embedder(self.config)
-            return self._embedder
+            loaded = self._embedders.get(model_id)
+        return loaded or self._embedder_of(model_by_id(self.config, model_id))
+
+    def _embedder_of(self, model: EmbeddingModel) -> Embedder:
+        with self._lock:
+            if model.model_id not in self._embedders:
+                self._embedders[model.model_id] = open_embedder(self.config, model)
+            return self._embedders[model.model_id]
 
     @property
     def embedding_cache(self) -> EmbeddingCache:
@@ -118,28 +122,17 @@ def drop_in_process_engine() -> None:
         engine.close()
 
 
-def embedding_model_dir(config: CiaConfig) -> Path:
-    if config.embedding.path is not None:
-        return config.embedding.path
-    if config.embedding.model != PACKAGED_MODEL:
-        raise EmbeddingModelError(
-            f"{config.config_path}: embedding.model {config.embedding.model!r} needs embedding.path "
-            "(a local folder with model.onnx); only the packaged "
-            f"{PACKAGED_MODEL!r} works without one, since no model hub is contacted"
-        )
-    return packaged_model_dir(config.layout.models)
-
-
-def open_embedder(config: CiaConfig) -> Embedder:
-    """A newly loaded embedding model; a process keeps one, through its `Project`."""
+def open_embedder(config: CiaConfig, model: EmbeddingModel | None = None) -> Embedder:
+    """A newly loaded embedding model, by default the active one (`embedding_models`); a
+    process keeps one per model, through its `Project`."""
     settings = config.embedding
-    model_dir = embedding_model_dir(config)
-    precision = choose_precision(settings.precision, model_dir)
+    model = model or active_model(config)
+    precision = choose_precision(settings.precision, model.model_dir)
     return Embedder(
-        settings.model,
-        model_dir,
+        model.model_id,
+        model.model_dir,
         batch_size=settings.batch_size,
         threads=settings.threads,
         precision=precision,
-        architecture=model_architecture(model_dir),
+        architecture=model_architecture(model.model_dir),
     )

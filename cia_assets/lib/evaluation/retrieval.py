@@ -29,12 +29,10 @@ import git
 
 from cia_assets.config import CiaConfig, CodebaseConfig
 from cia_assets.lib.core.layout import DataLayout, collection_alias
-from cia_assets.lib.core.project import (
-    Project,
-    embedding_model_dir,
-)
+from cia_assets.lib.core.project import Project
 from cia_assets.lib.indexing import lexical
 from cia_assets.lib.indexing import pipeline as indexing
+from cia_assets.lib.indexing.embedding_models import active_model
 from cia_assets.lib.retrieval.search import SearchOptions, search_files
 from cia_assets.lib.sources.git_sync import RepoMirror, path_selected, snapshot_at, write_snapshot
 
@@ -361,7 +359,12 @@ class RetrievalHarness:
                 "path": self.workdir / "vectors" if self.base.vector_store.backend == "embedded" else None,
             }
         )
-        embedding = self.base.embedding.model_copy(update={"path": embedding_model_dir(self.base)})
+        # The model the project indexes with now, pinned: the harness's own data dir has no
+        # promoted adapter to find.
+        active = active_model(self.base)
+        embedding = self.base.embedding.model_copy(
+            update={"model": active.model_id, "path": active.model_dir, "use_promoted_adapter": False}
+        )
         codebases = tuple(
             CodebaseConfig(url=s.url, branch=s.branch, id=s.repo_id, include=s.include, exclude=s.exclude)
             for s in sources

@@ -1,5 +1,7 @@
-"""The body of the `retrieval_adapter` asset, without Dagster: train an adapter on the indexed
-repos' history and measure it on the history benchmark's cases against the packaged model.
+"""The bodies of the `retrieval_adapter` and `retrieval_embedding_model` assets, without
+Dagster: train an adapter on the indexed repos' history, measure it on the history benchmark's
+cases against the model the index uses now (the packaged one, or an adapter promoted before),
+and promote it when it is better.
 
 The benchmark's cases are each repo's newest descriptive commits (`evaluation.history_cases`);
 training reads only commits reachable from the oldest case's parent, so the verdict is on
@@ -10,6 +12,8 @@ commits the adapter never saw. Both models index the cases' commits in their own
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,7 +22,14 @@ from pathlib import Path
 from cia_assets.config import CiaConfig
 from cia_assets.lib.core.fsio import write_json_atomic
 from cia_assets.lib.evaluation.retrieval import RepoSource, RetrievalCase, RetrievalHarness
-from cia_assets.lib.indexing.embeddings import packaged_model_source
+from cia_assets.lib.indexing.embedding_models import (
+    PromotedAdapter,
+    active_model,
+    adapter_folder,
+    read_promoted_adapter,
+    write_promoted_adapter,
+)
+from cia_assets.lib.indexing.embeddings import PACKAGED_MODEL, packaged_model_source
 from cia_assets.lib.learning.retrieval_adapter import (
     RetrievalAdapterError,
     TrainingSettings,
@@ -34,24 +45,29 @@ CANDIDATE = "candidate"
 
 @dataclass(frozen=True)
 class AdapterVerdict:
-    """Adapter against the packaged model on the same cases: better means a higher MRR and no
-    lower Acc@5 (a re-embed costs a full index run; a tie does not pay for it)."""
+    """Adapter against the model the index uses now (`current_model`: the packaged one or the
+    adapter promoted last) on the same cases: better means a higher MRR and no lower Acc@5 (a
+    re-embed costs a full index run; a tie does not pay for it)."""
 
     cases: int
-    packaged: dict[str, float]  # acc@1, acc@5, acc@10, mrr over all cases
+    current: dict[str, float]  # acc@1, acc@5, acc@10, mrr over all cases
     adapter: dict[str, float]
+    current_model: str = PACKAGED_MODEL
 
     @property
     def better(self) -> bool:
-        return self.adapter["mrr"] > self.packaged["mrr"] and self.adapter["acc@5"] >= self.packaged["acc@5"]
+        return self.adapter["mrr"] > self.current["mrr"] and self.adapter["acc@5"] >= self.current["acc@5"]
 
     def describe(self) -> str:
         figures = ", ".join(
-            f"{measure} {self.adapter[measure]:.3f} vs {self.packaged[measure]:.3f}"
+            f"{measure} {self.adapter[measure]:.3f} vs {self.current[measure]:.3f}"
             for measure in ("acc@5", "mrr")
         )
         verdict = "better than" if self.better else "not better than"
-        return f"adapter {verdict} the packaged model on {self.cases} history cases ({figures})"
+        return (
+            f"adapter {verdict} the current model {self.current_model} "
+            f"on {self.cases} history cases ({figures})"
+        )
 
 
 @dataclass(frozen=True)
@@ -70,17 +86,20 @@ class AdapterRun:
         return data
 
 
-def adapter_folder(config: CiaConfig) -> Path:
-    return config.layout.models / "retrieval-adapters"
-
-
 def candidate_record(config: CiaConfig) -> Path:
-    return adapter_folder(config) / f"{CANDIDATE}.json"
+    return config.layout.retrieval_adapters / f"{CANDIDATE}.json"
 
 
 def read_candidate(config: CiaConfig) -> dict[str, object] | None:
     path = candidate_record(config)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def candidate_verdict(candidate: dict[str, object]) -> AdapterVerdict:
+    verdict = dict(candidate["verdict"])  # type: ignore[call-overload]
+    if "packaged" in verdict:  # a record from before promotion: judged against the packaged model
+        verdict["current"] = verdict.pop("packaged")
+    return AdapterVerdict(**verdict)
 
 
 def train_and_evaluate(
@@ -95,11 +114,12 @@ def train_and_evaluate(
     layout = config.layout
     sources = {repo: RepoSource.of_codebase(config, config.codebase(repo)) for repo in config.repo_ids}
     harness_root = layout.retrieval_eval / "adapter"
-    packaged_harness = RetrievalHarness(config, harness_root / "packaged")
+    current_model = active_model(config).model_id
+    current_harness = RetrievalHarness(config, harness_root / "current")
     cases: list[RetrievalCase] = []
     triples: list[Triple] = []
     for repo, source in sources.items():
-        repo_cases = packaged_harness.mine(source, config.evaluation.history_cases)
+        repo_cases = current_harness.mine(source, config.evaluation.history_cases)
         if not repo_cases:
             progress(f"{repo}: no history cases, not used for training either")
             continue
@@ -125,18 +145,22 @@ def train_and_evaluate(
             "no repo has history cases (descriptive commits changing 1-3 source files)"
         )
     adapter = train_retrieval_adapter(
-        packaged_model_source(), triples, adapter_folder(config) / CANDIDATE, settings, progress=progress
+        packaged_model_source(),
+        triples,
+        config.layout.retrieval_adapters / CANDIDATE,
+        settings,
+        progress=progress,
     )
     adapted = config.model_copy(
         update={
             "embedding": config.embedding.model_copy(
-                update={"model": adapter.model_id, "path": adapter.model_dir}
+                update={"model": adapter.model_id, "path": adapter.model_dir, "use_promoted_adapter": False}
             )
         }
     )
     scores: dict[str, dict[str, float]] = {}
     for name, harness in (
-        ("packaged", packaged_harness),
+        ("current", current_harness),
         ("adapter", RetrievalHarness(adapted, harness_root / "adapter")),
     ):
         report = harness.run(cases, sources, {name: SearchOptions()}, bm25=False, progress=progress)
@@ -148,7 +172,61 @@ def train_and_evaluate(
         triples=dict(Counter(t.repo for t in triples)),
         trained_on=adapter.triples,
         training_s=adapter.seconds,
-        verdict=AdapterVerdict(cases=len(cases), packaged=scores["packaged"], adapter=scores["adapter"]),
+        verdict=AdapterVerdict(
+            cases=len(cases),
+            current=scores["current"],
+            adapter=scores["adapter"],
+            current_model=current_model,
+        ),
     )
     write_json_atomic(candidate_record(config), run.to_json())
     return run
+
+
+class PromotionRefused(RetrievalAdapterError):
+    """The candidate may not be promoted; the message says why."""
+
+
+def promote_candidate(config: CiaConfig, *, at: str) -> PromotedAdapter:
+    """Make the last trained adapter the model the index embeds with.
+
+    Refused unless its recorded verdict is better than the model in use when it was judged,
+    and that model is still the one in use (a verdict against another model says nothing about
+    this one). The adapter folder is copied under its id first (a new training run overwrites
+    the candidate's folder), then `promoted.json` is replaced: a reader sees the old model or
+    the new one, complete.
+    """
+    candidate = read_candidate(config)
+    if candidate is None:
+        raise PromotionRefused("no retrieval adapter has been trained (materialize retrieval_adapter)")
+    verdict = candidate_verdict(candidate)
+    if not verdict.better:
+        raise PromotionRefused(f"not promoted: {verdict.describe()}")
+    current = active_model(config).model_id
+    if verdict.current_model != current:
+        raise PromotionRefused(
+            f"not promoted: the adapter was judged against {verdict.current_model}, "
+            f"but the index now uses {current}; train and judge it again"
+        )
+    model_id = str(candidate["model_id"])
+    source = Path(str(candidate["model_dir"]))
+    target = adapter_folder(config.layout, model_id)
+    if not target.exists():
+        # Ids are weight digests: a folder that exists holds these weights already.
+        staging = target.with_name(f".{model_id}.staging-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        os.replace(staging, target)
+    promoted = PromotedAdapter(
+        model_id=model_id, model_dir=target, promoted_at=at, verdict=asdict(verdict) | {"better": True}
+    )
+    write_promoted_adapter(config.layout, promoted, at=at)
+    return promoted
+
+
+def roll_back_promotion(config: CiaConfig, *, at: str) -> PromotedAdapter | None:
+    """Back to cia.yaml's model; returns the adapter that was in use (None if there was none).
+    Its folder stays, so collections built with it still answer until they are re-indexed."""
+    previous = read_promoted_adapter(config.layout)
+    write_promoted_adapter(config.layout, None, at=at)
+    return previous

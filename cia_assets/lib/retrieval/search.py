@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -359,20 +359,43 @@ def _search(
     if not indexed:
         raise SearchError(f"nothing indexed yet for {', '.join(wanted) or 'any repo'}; run `cia index` first")
     plan = QueryPlan.of(query, repeated_terms_count=options.query_tf)
-    hybrid = HybridQuery(
-        dense=project.embedder.embed_query(query).tolist(), sparse=plan.sparse, exact=plan.exact
-    )
+    # Each collection is asked in the vectors of the model it was built with (see
+    # `indexing.embedding_models`): once per model, however many repos share it.
+    queries: dict[str, HybridQuery] = {}
+    by_repo: dict[str, HybridQuery] = {}
+    for repo in indexed:
+        embedder = repo_embedder(project, repo)
+        if embedder.model_id not in queries:
+            dense = embedder.embed_query(query).tolist()
+            queries[embedder.model_id] = HybridQuery(dense=dense, sparse=plan.sparse, exact=plan.exact)
+        by_repo[repo] = queries[embedder.model_id]
     hits: list[CodeHit] = []
     for repo, alias in indexed.items():
-        hits.extend(_search_repo(config, store, alias, repo, plan, hybrid, limit, options))
+        hits.extend(_search_repo(config, store, alias, repo, plan, by_repo[repo], limit, options))
     if len(indexed) > 1:
-        return merge_across_repos(project, hybrid, hits, _wanted_roles(plan, options), options.role_weight)
+        return merge_across_repos(project, by_repo, hits, _wanted_roles(plan, options), options.role_weight)
     return hits
+
+
+def repo_embedder(project: Project, repo: str) -> Embedder:
+    """The model that embeds questions for `repo`: the one its live index was built with
+    (recorded in its index state), else the active model (an index not written yet)."""
+    model_id = _indexed_model_id(project.config.layout.index_state(repo))
+    return project.embedder_for(model_id) if model_id else project.embedder
+
+
+def _indexed_model_id(state_path: Path) -> str | None:
+    return read_by_version(state_path, _read_model_id)
+
+
+def _read_model_id(state_path: Path) -> str | None:
+    state = read_index_state(state_path)
+    return state.model_id if state else None
 
 
 def merge_across_repos(
     project: Project,
-    encoded: HybridQuery,
+    queries: Mapping[str, HybridQuery],
     hits: list[CodeHit],
     wanted: frozenset[Role] = frozenset(),
     role_weight: float = 0.0,
@@ -393,15 +416,25 @@ def merge_across_repos(
 
     texts = [embedding_text(hit) for hit in hits]
     keys = [sha256_text(text) for text in texts]
-    vectors = project.embedding_cache.get_many(project.embedder.model_id, keys)
-    query_vector = np.asarray(encoded.dense, dtype=np.float32)
-    query_vector /= float(np.linalg.norm(query_vector)) or 1.0
+    # Each repo's hits are compared with the question in the vectors of that repo's model.
+    models = {repo: repo_embedder(project, repo).model_id for repo in {hit.repo for hit in hits}}
+    vectors: dict[str, dict[str, np.ndarray]] = {}
+    query_vectors: dict[str, np.ndarray] = {}
+    for repo, model_id in models.items():
+        if model_id not in vectors:
+            repo_keys = [key for key, hit in zip(keys, hits, strict=True) if models[hit.repo] == model_id]
+            vectors[model_id] = project.embedding_cache.get_many(model_id, repo_keys)
+        query_vector = np.asarray(queries[repo].dense, dtype=np.float32)
+        query_vectors[repo] = query_vector / (float(np.linalg.norm(query_vector)) or 1.0)
 
-    def cosine(key: str) -> float:
-        vector = vectors.get(key)
+    def cosine(key: str, repo: str) -> float:
+        vector = vectors[models[repo]].get(key)
         if vector is None:
             return -1.0  # not cached here: ranked last on this evidence, not dropped
-        return float(np.dot(query_vector, vector) / (float(np.linalg.norm(vector)) or 1.0))
+        return float(np.dot(query_vectors[repo], vector) / (float(np.linalg.norm(vector)) or 1.0))
+
+    # The lexical lists do not depend on the model: any repo's query carries them.
+    encoded = next(iter(queries.values()))
 
     def overlap(terms: SparseVector, text: str) -> float:
         document = lexical.encode_document(text)
@@ -411,7 +444,7 @@ def merge_across_repos(
     # (values, whether a zero still earns a rank): every hit has a cosine; a hit without a
     # query token or identifier in it gets nothing from those lists, as in the stores.
     evidence = [
-        ([cosine(key) for key in keys], True),
+        ([cosine(key, hit.repo) for key, hit in zip(keys, hits, strict=True)], True),
         ([overlap(encoded.sparse, text) for text in texts], False),
         ([overlap(encoded.exact, text) for text in texts], False),
     ]
