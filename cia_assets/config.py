@@ -186,6 +186,31 @@ class LlmConfig(_Strict):
         return self
 
 
+class RerankerConfig(_Strict):
+    """An LLM that re-ranks the first files of a file search by the likelihood of "yes, this is
+    the file" (`lib/retrieval/rerank.py`). Unset `base_url`: off, the default: on 2 CPU cores
+    the packaged 0.5B costs ~4 s a file and did not pay (README, "Measuring retrieval")."""
+
+    base_url: str | None = None
+    model: str | None = Field(default=None, description="model name at base_url")
+    api_key: str | None = None
+    files: int = Field(default=10, ge=2, le=50, description="first files judged per search")
+    weight: float = Field(default=1.0, gt=0, description="of the LLM's order against the search's own")
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _url_needs_model(self) -> RerankerConfig:
+        if self.base_url and not self.model:
+            raise ValueError("'base_url' is set, so 'model' is needed too (the model name at that endpoint)")
+        return self
+
+
+class RetrievalConfig(_Strict):
+    """Search beyond the index's own lists."""
+
+    reranker: RerankerConfig = RerankerConfig()
+
+
 class AnsweringConfig(_Strict):
     """Retrieval and context assembly for an answer."""
 
@@ -406,6 +431,7 @@ class CiaConfig(_Strict):
     vector_store: VectorStoreConfig = VectorStoreConfig()
     chunking: ChunkingConfig = ChunkingConfig()
     llm: LlmConfig = LlmConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
     answering: AnsweringConfig = AnsweringConfig()
     chat: ChatConfig = ChatConfig()
     langfuse: LangfuseConfig = LangfuseConfig()
@@ -468,7 +494,7 @@ class CiaConfig(_Strict):
 
 
 _SECTIONS = (
-    "embedding", "vector_store", "chunking", "llm", "answering", "chat", "langfuse",
+    "embedding", "vector_store", "chunking", "llm", "retrieval", "answering", "chat", "langfuse",
     "datasets", "training", "mlflow", "evaluation", "promotion", "feedback",
 )  # fmt: skip
 

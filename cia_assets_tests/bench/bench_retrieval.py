@@ -32,7 +32,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from cia_assets.config import CodebaseConfig, load_config
+from cia_assets.config import CodebaseConfig, RerankerConfig, RetrievalConfig, load_config
 from cia_assets.lib.evaluation.retrieval import (
     TEST_PATH_GLOBS,
     RepoSource,
@@ -65,8 +65,9 @@ def _without(*switches: str) -> SearchOptions:
 
 # Ablations: the switches added one at a time from what search did before this harness
 # (the text as one query, files in order of their best chunk), then each removed from the
-# full set; then the file-role prior's settings (`cia` is the default); then the code graph's.
-RETRIEVERS: dict[str, SearchOptions] = {
+# full set; then the file-role prior's settings (`cia` is the default); then the code graph's;
+# then the LLM re-ranker over the default (with `--rerank-url`; the others never call it).
+_ABLATIONS: dict[str, SearchOptions] = {
     "chunks": _only(),
     "+query_tf": _only("query_tf"),
     "+mentions": _only("query_tf", "mentions"),
@@ -79,6 +80,10 @@ RETRIEVERS: dict[str, SearchOptions] = {
     "+graph": SearchOptions(graph_weight=1.0),
     "graph*0.5": SearchOptions(graph_weight=0.5),
     "graph seeds=5": SearchOptions(graph_weight=1.0, graph_seeds=5),
+}
+RETRIEVERS: dict[str, SearchOptions] = {
+    **{name: replace(options, rerank=False) for name, options in _ABLATIONS.items()},
+    "+rerank": SearchOptions(rerank=True),
 }
 
 
@@ -133,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path(".cia-bench/retrieval"))
     parser.add_argument("--config", help="cia.yaml whose embedding and store settings are used")
     parser.add_argument("--out", type=Path, help="write the full report (every case) as JSON")
+    parser.add_argument("--rerank-url", help="an OpenAI-compatible endpoint that judges files (+rerank)")
+    parser.add_argument("--rerank-model", help="the judge's model name at --rerank-url")
+    parser.add_argument("--rerank-files", type=int, default=10, help="first files judged per case")
+    parser.add_argument("--rerank-weight", type=float, default=1.0)
     args = parser.parse_args(argv)
 
     if args.cases:
@@ -163,7 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         sources[repo] = RepoSource(repo=repo, url=location, branch=branch, include=include, exclude=exclude)
     cases = [c for c in cases if c.repo in sources]
 
-    harness = RetrievalHarness(load_config(args.config), args.workdir)
+    config = load_config(args.config)
+    if args.rerank_url:
+        reranker = RerankerConfig(
+            base_url=args.rerank_url,
+            model=args.rerank_model,
+            files=args.rerank_files,
+            weight=args.rerank_weight,
+            request_timeout_s=300.0,
+        )
+        config = config.model_copy(update={"retrieval": RetrievalConfig(reranker=reranker)})
+    harness = RetrievalHarness(config, args.workdir)
     started = time.perf_counter()
     try:
         report = harness.run(

@@ -502,3 +502,118 @@ def test_the_code_graph_lifts_the_code_that_the_best_files_use(
     assert gains["billing/money.py"] > 0
     assert gains["billing/money.py"] > gains.get("billing/customers.py", 0.0)
     assert with_graph["billing/money.py"] > with_graph["billing/customers.py"]
+
+
+def test_the_llm_reranker_reorders_the_first_files_by_its_yes_likelihood(
+    make_repo: Callable[..., GitRepo],
+    write_config: Callable[..., CiaConfig],
+    project_of: Callable[[CiaConfig], Project],
+) -> None:
+    import dagster as dg
+
+    from cia_assets_tests.support.fakes import fake_openai
+    from cia_assets_tests.support.materialize import materialize_repo
+
+    repo = make_repo("payments", PAYMENTS_V1)
+    question = "refund deadline days after delivery"
+
+    def judge(request: dict[str, object]) -> str:
+        prompt = str(request["messages"][-1]["content"])  # type: ignore[index]
+        return "yes" if 'path="payments/ledger.py"' in prompt else "no"
+
+    with fake_openai(judge, model="judge") as endpoint:
+        reranker = {"base_url": endpoint.base_url, "model": "judge", "files": 5, "weight": 3.0}
+        config = write_config([{"url": repo.url, "id": "payments"}], retrieval={"reranker": reranker})
+        materialize_repo(config, dg.DagsterInstance.ephemeral(), "payments")
+        project = project_of(config)
+        plain = [f.path for f in search_files(project, question, options=SearchOptions(rerank=False))]
+        assert endpoint.requests == []
+        assert plain[0] == "payments/refunds.py" and plain.index("payments/ledger.py") > 0
+        reranked = search_files(project, question)
+    # Each of the first five files was judged once, the request before the file (a server that
+    # caches prompt prefixes reads the request once), with one token's log-probabilities asked.
+    judged = [str(r["messages"][-1]["content"]) for r in endpoint.requests]  # type: ignore[index]
+    assert len(judged) == min(5, len(plain))
+    assert all(text.startswith(f"<request>\n{question}\n</request>") for text in judged)
+    assert all(r["max_tokens"] == 1 and r["logprobs"] is True for r in endpoint.requests)
+    # The file the judge said yes to moves up; the rest keep the search's order.
+    paths = [f.path for f in reranked]
+    assert paths[0] == "payments/ledger.py"
+    assert [p for p in paths if p != "payments/ledger.py"] == [p for p in plain if p != "payments/ledger.py"]
+    assert [f.score for f in reranked] == sorted((f.score for f in reranked), reverse=True)
+
+
+def test_the_reranker_redacts_code_for_an_endpoint_off_this_machine() -> None:
+    import openai
+
+    from cia_assets.lib.retrieval.rerank import LlmReranker
+    from cia_assets.lib.retrieval.search import CodeHit, FileHit
+    from cia_assets_tests.support.fakes import fake_openai
+
+    secret = "AKIAIOSFODNN7EXAMPLE"
+    chunk = CodeHit(
+        repo="payments",
+        path="payments/settings.py",
+        line_start=1,
+        line_end=2,
+        symbol=None,
+        language="python",
+        score=1.0,
+        web_url=None,
+        kind="module",
+        commit_sha="0" * 40,
+        text=f'AWS_ACCESS_KEY_ID = "{secret}"\nREGION = "eu-west-1"\n',
+    )
+    files = [FileHit("payments", "payments/settings.py", 1.0, (chunk,))] * 2
+    for remote in (False, True):
+        with fake_openai(lambda _: "yes", model="judge") as endpoint:
+            client = openai.OpenAI(base_url=endpoint.base_url, api_key="unused")
+            LlmReranker(client, "judge", remote=remote).rerank("which region?", files, top=2)
+        assert (secret in endpoint.received_text()) is not remote
+        assert "eu-west-1" in endpoint.received_text()
+
+
+def test_the_reranker_reads_yes_and_no_from_a_real_llama_cpp_server(
+    write_config: Callable[..., CiaConfig],
+) -> None:
+    import openai
+
+    from cia_assets.lib.retrieval.rerank import LlmReranker
+    from cia_assets.lib.retrieval.search import CodeHit, FileHit
+    from cia_assets.lib.serving.llm_server import start_llama_server, stop_process
+
+    config = write_config([])
+    files = [
+        FileHit(
+            "payments",
+            path,
+            1.0,
+            (
+                CodeHit(
+                    repo="payments",
+                    path=path,
+                    line_start=1,
+                    line_end=3,
+                    symbol=None,
+                    language="python",
+                    score=1.0,
+                    web_url=None,
+                    kind="function",
+                    commit_sha="0" * 40,
+                    text=text,
+                ),
+            ),
+        )
+        for path, text in PAYMENTS_V1.items()
+        if path.endswith(".py")
+    ]
+    server = start_llama_server(config, log_dir=config.data_dir / "logs")
+    try:
+        client = openai.OpenAI(base_url=server.base_url, api_key="unused")
+        judgements = LlmReranker(client, config.llm.model, remote=False).judge("refund deadline", files)
+    finally:
+        stop_process(server.pid)
+    assert [j.path for j in judgements] == [f.path for f in files]
+    assert all(0.0 <= j.yes <= 1.0 for j in judgements)
+    # The server's log-probabilities were read: "yes" or "no" was among its first candidates.
+    assert any(j.yes != 0.5 for j in judgements)

@@ -5,6 +5,7 @@ deterministic judge for ragas' prompts and a deterministic teacher for the synth
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -72,6 +73,13 @@ def fake_openai(reply: Reply, model: str = "teacher-large") -> Iterator[FakeOpen
             request = json.loads(raw)
             fake.requests.append(request)
             text = fake.reply(request)
+            choice: dict[str, Any] = {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": text},
+            }
+            if request.get("logprobs"):
+                choice["logprobs"] = first_token_logprobs(text)
             self._send(
                 200,
                 {
@@ -79,13 +87,7 @@ def fake_openai(reply: Reply, model: str = "teacher-large") -> Iterator[FakeOpen
                     "object": "chat.completion",
                     "created": 0,
                     "model": request.get("model", fake.model),
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": text},
-                        }
-                    ],
+                    "choices": [choice],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
                 },
             )
@@ -99,6 +101,18 @@ def fake_openai(reply: Reply, model: str = "teacher-large") -> Iterator[FakeOpen
     finally:
         server.shutdown()
         server.server_close()
+
+
+def first_token_logprobs(text: str) -> dict[str, Any]:
+    """OpenAI's `logprobs` for a reply: its first word at probability 0.9, and "no" or "yes"
+    (whichever it is not) at 0.1, as a judge that is fairly sure would answer."""
+    first = (text.split() or [""])[0]
+    other = "no" if first.lower() == "yes" else "yes"
+    candidates = [
+        {"token": first, "logprob": math.log(0.9), "bytes": None},
+        {"token": other, "logprob": math.log(0.1), "bytes": None},
+    ]
+    return {"content": [{**candidates[0], "top_logprobs": candidates}], "refusal": None}
 
 
 def source_of(request: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from cia_assets.lib.indexing.embeddings import Embedder, EmbeddingCache, choose_
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
 
+    from cia_assets.lib.retrieval.rerank import LlmReranker
     from cia_assets.lib.vectorstore.base import VectorStore
 
 # `vector_store.url: ":memory:"` is qdrant-client's in-process engine, which speaks the server's
@@ -43,6 +44,8 @@ class Project:
         self._store: VectorStore | None = None
         self._embedders: dict[str, Embedder] = {}
         self._embedding_cache: EmbeddingCache | None = None
+        self._reranker: LlmReranker | None = None
+        self._reranker_made = False
 
     @property
     def store(self) -> VectorStore:
@@ -77,6 +80,16 @@ class Project:
             if self._embedding_cache is None:
                 self._embedding_cache = EmbeddingCache(self.config.layout.embedding_cache)
             return self._embedding_cache
+
+    @property
+    def reranker(self) -> LlmReranker | None:
+        """The LLM that re-ranks file searches (`retrieval.reranker`), None when it is off."""
+        with self._lock:
+            if not self._reranker_made:
+                from cia_assets.lib.serving.model_endpoints import reranker_of
+
+                self._reranker, self._reranker_made = reranker_of(self.config), True
+            return self._reranker
 
     def close(self) -> None:
         with self._lock:

@@ -109,6 +109,9 @@ class SearchOptions:
     # weight: candidates expand to the code they use and import (`indexing.code_graph`). 0 = off.
     graph_weight: float = 0.0
     graph_seeds: int = 10
+    # File searches go through the configured LLM re-ranker (`retrieval.reranker`, off unless
+    # configured); False skips it (the benchmarks' ablation).
+    rerank: bool = True
 
 
 @dataclass(frozen=True)
@@ -323,9 +326,14 @@ def search_files(
     options: SearchOptions = SearchOptions(),
 ) -> list[FileHit]:
     """The files most relevant to `query`, from the chunks of `options.candidates` (see
-    `rank_files`)."""
+    `rank_files`), the first ones re-ranked by the configured LLM judge, if any
+    (`retrieval.rerank`)."""
     hits = _search(project, query, repos=repos, limit=options.candidates, options=options)
-    return rank_files(hits)[:k]
+    files = rank_files(hits)
+    reranker = project.reranker if options.rerank else None
+    if reranker is not None:
+        files = reranker.rerank(query, files, project.config.retrieval.reranker.files)
+    return files[:k]
 
 
 def rank_files(hits: Sequence[CodeHit]) -> list[FileHit]:

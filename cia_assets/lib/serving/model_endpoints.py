@@ -7,14 +7,49 @@ client, so a hosted API, vLLM, Ollama or llama.cpp plug in by configuration.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
-from cia_assets.config import CiaConfig, ModelEndpointConfig
+from cia_assets.config import CiaConfig, ModelEndpointConfig, RerankerConfig
 
 if TYPE_CHECKING:
+    from cia_assets.lib.retrieval.rerank import LlmReranker
     from cia_assets.lib.serving.endpoint import EndpointRecord
+
+
+def is_loopback_url(url: str) -> bool:
+    """The endpoint is on this machine (localhost or a loopback address): what is sent there
+    does not leave it. Any other host, private ranges included, counts as leaving."""
+    host = (urlparse(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def reranker_of(config: CiaConfig) -> LlmReranker | None:
+    """The configured file re-ranker (`retrieval.reranker`), None when it is off."""
+    settings: RerankerConfig = config.retrieval.reranker
+    if not settings.base_url or not settings.model:
+        return None
+    import openai
+
+    from cia_assets.lib.retrieval.rerank import LlmReranker
+
+    client = openai.OpenAI(
+        base_url=settings.base_url,
+        api_key=settings.api_key or "unused",
+        timeout=settings.request_timeout_s,
+        max_retries=1,
+    )
+    return LlmReranker(
+        client, settings.model, remote=not is_loopback_url(settings.base_url), weight=settings.weight
+    )
 
 
 @dataclass(frozen=True)
