@@ -375,6 +375,11 @@ class TrainingConfig(_Strict):
     scale, same code path as the real one); `gpu` runs unsloth QLoRA as a Kubernetes pod."""
 
     backend: Literal["cpu", "gpu"] = "cpu"
+    retrieval_adapter_backend: Literal["cpu", "gpu"] = Field(
+        default="cpu",
+        description="where `retrieval_adapter` fine-tunes the embedding model: in process (22 M "
+        "parameters train on CPU) or in the trainer pod on the GPU node (the `gpu` settings)",
+    )
     registered_model: str = "cia-code-assistant"
     max_steps: int = Field(default=60, ge=1)
     learning_rate: float = Field(default=2e-4, gt=0)

@@ -113,13 +113,12 @@ def test_the_adapter_is_trained_judged_and_gated(
 ) -> None:
     repo, _ = _history(make_repo)
     config = write_config([{"url": repo.url, "id": "payments"}], evaluation={"history_cases": 1})
-    resource = CiaConfigResource(config_path=str(config.config_path))
     instance = dg.DagsterInstance.ephemeral()
     materialize_repo(config, instance, "payments")  # the snapshot the adapter's history is read from
     result = dg.materialize(
         [retrieval_adapter, retrieval_adapter_beats_current_model],
         instance=instance,
-        resources={"cia": resource},
+        resources=build_resources(str(config.config_path)),
         raise_on_error=False,  # a blocking check that fails fails the run; its verdict is read below
     )
     metadata = result.asset_materializations_for_node("retrieval_adapter")[0].metadata
@@ -310,3 +309,67 @@ def test_a_promoted_adapter_re_embeds_every_repo_and_each_index_is_asked_in_its_
     assert ticks.requested("chunk_embeddings") == {"payments", "shipping"}
     # The adapter's folder stays: the payments index built with it still answers meanwhile.
     assert search_code(project, "refund deadline", repos=["payments"], k=1)[0].path == "payments/refunds.py"
+
+
+def test_the_adapter_trains_in_the_gpu_trainer_pod_through_pipes(
+    make_repo: Callable[..., GitRepo], write_config: Callable[..., CiaConfig], tmp_path: Path
+) -> None:
+    """`training.retrieval_adapter_backend: gpu`: the asset launches the trainer pod through
+    dagster-k8s Pipes (a local fake of the Kubernetes API runs it as a process), the real pod
+    script trains (on CPU here) and reports its loss; the asset exports and judges the result."""
+    import kubernetes_validate
+
+    from cia_assets.defs.resources import KubernetesResource
+    from cia_assets_tests.support.fake_kubernetes import fake_kubernetes
+    from cia_assets_tests.support.fake_trainer_pod import retrieval_trainer_pod
+
+    repo, _ = _history(make_repo)
+    config = write_config(
+        [{"url": repo.url, "id": "payments"}],
+        evaluation={"history_cases": 1},
+        training={
+            "retrieval_adapter_backend": "gpu",
+            "gpu": {"image": "registry.example.com/cia/trainer:0.2.0"},
+        },
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    materialize_repo(config, instance, "payments")
+    with fake_kubernetes(retrieval_trainer_pod) as cluster:
+        kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig", "default")
+        resources = {
+            **build_resources(str(config.config_path)),
+            "kubernetes": KubernetesResource(kubeconfig_file=str(kubeconfig), poll_interval=0.2),
+        }
+        result = dg.materialize([retrieval_adapter], instance=instance, resources=resources)
+    [pod] = cluster.created
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "pods.train_retrieval_adapter"]
+    assert container["image"] == "registry.example.com/cia/trainer:0.2.0"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    kubernetes_validate.validate(
+        {"apiVersion": "v1", "kind": "Pod", **{k: v for k, v in pod.items() if k in ("metadata", "spec")}},
+        "1.34.0",
+        strict=True,
+    )
+    metadata = {
+        k: v.value for k, v in result.asset_materializations_for_node("retrieval_adapter")[0].metadata.items()
+    }
+    # The pod's loss came back through Pipes; the training ran in it, on this machine's CPU.
+    assert metadata["device"] == "cpu" and metadata["trained_on"] == 2
+    assert metadata["loss_curve"] and all(point["loss"] >= 0 for point in metadata["loss_curve"])  # type: ignore[union-attr]
+    record = json.loads(candidate_record(config).read_text())
+    assert record["model_id"] == metadata["model_id"] and str(record["model_id"]).startswith(
+        "cia-retrieval-adapter-"
+    )
+    # The base model went to the data volume once; the trained folder loads as an embedder.
+    assert (config.layout.retrieval_adapters / "base-model" / "model.safetensors").exists() or any(
+        (path / "model.safetensors").exists() for path in config.layout.retrieval_adapters.glob("base-*")
+    )
+    adapted = config.model_copy(
+        update={
+            "embedding": config.embedding.model_copy(
+                update={"model": record["model_id"], "path": Path(record["model_dir"])}
+            )
+        }
+    )
+    assert open_embedder(adapted).embed_query("refund deadline").shape == (384,)

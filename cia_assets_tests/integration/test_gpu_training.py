@@ -67,7 +67,12 @@ def test_trainer_pod_spec_is_valid_and_lands_on_the_gpu_node(write_config: Calla
 def test_the_pod_script_imports_without_its_gpu_stack() -> None:
     # The image runs `python -m pods.train_lora_unsloth` from /opt/cia, with only the folder copied.
     completed = subprocess.run(
-        [sys.executable, "-c", "import pods.train_lora_unsloth as m; print(m.run_pod.__name__)"],
+        [
+            sys.executable,
+            "-c",
+            "import pods.train_lora_unsloth as m, pods.train_retrieval_adapter as r; "
+            "print(m.run_pod.__name__, r.run_pod.__name__)",
+        ],
         cwd=REPO_ROOT / "cia_assets",
         capture_output=True,
         text=True,
@@ -76,6 +81,7 @@ def test_the_pod_script_imports_without_its_gpu_stack() -> None:
     assert completed.returncode == 0, completed.stderr
     dockerfile = (REPO_ROOT / "deploy" / "docker" / "trainer.Dockerfile").read_text()
     assert "COPY cia_assets/pods ./pods" in dockerfile and "WORKDIR /opt/cia" in dockerfile
+    assert '"sentence-transformers==' in dockerfile  # the retrieval adapter's trainer
 
 
 def test_lora_adapter_trains_in_a_pod_through_pipes_and_is_registered(

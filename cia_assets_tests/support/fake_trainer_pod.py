@@ -65,6 +65,20 @@ def trainer_pod(mode: str) -> Callable[[dict[str, Any], dict[str, str]], subproc
     return run
 
 
+def retrieval_trainer_pod(pod: dict[str, Any], env: dict[str, str]) -> subprocess.Popen[str]:
+    """The fake Kubernetes API's runner for the retrieval adapter's pods: the real pod script,
+    training for real (on CPU here: sentence-transformers needs no GPU)."""
+    module = pod["spec"]["containers"][0]["command"][-1]
+    return subprocess.Popen(
+        [sys.executable, "-m", f"cia_assets.{module}"],
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def publish_training_set(config: CiaConfig) -> Path:
     """A published `training_dataset` version, as the asset leaves it."""
     root = DataLayout(config.data_dir).datasets / "training"

@@ -1,5 +1,5 @@
-# The GPU trainer: unsloth QLoRA in a pod on the GPU node, started by the `lora_adapter` asset
-# through dagster-k8s Pipes. It runs scripts from cia_assets/pods/, which import dagster_pipes
+# The GPU trainer: unsloth QLoRA (`lora_adapter`) and the embedding model's fine-tune
+# (`retrieval_adapter`) in pods on the GPU node, started through dagster-k8s Pipes. It runs scripts from cia_assets/pods/, which import dagster_pipes
 # and never cia_assets.defs.
 #   docker build -f deploy/docker/trainer.Dockerfile -t registry.example.com/cia/trainer:0.1.0 .
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
@@ -16,7 +16,8 @@ ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --no-cache-dir \
       "torch==2.11.0" "transformers==5.17.0" "peft==0.21.0" "accelerate==1.15.0" \
       "unsloth==2026.10.9" "unsloth_zoo==2026.10.9" "trl==1.15.0" "bitsandbytes==0.50.2" \
-      "datasets==4.8.5" "torchao==0.18.0" "dagster-pipes==1.13.27"
+      "datasets==4.8.5" "torchao==0.18.0" "dagster-pipes==1.13.27" \
+      "sentence-transformers==6.2.0"
 
 WORKDIR /opt/cia
 COPY cia_assets/pods ./pods

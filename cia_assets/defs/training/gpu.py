@@ -1,7 +1,11 @@
-"""The GPU path of `lora_adapter`: the trainer pod, launched and followed through Pipes."""
+"""The GPU paths of `lora_adapter` and `retrieval_adapter`: the trainer pod, launched and
+followed through Pipes."""
 
 import json
+import os
+import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,12 +15,17 @@ from dagster_k8s.client import DagsterK8sError
 
 from cia_assets.config import CiaConfig
 from cia_assets.defs.resources import KubernetesResource
+from cia_assets.lib.core.fsio import write_jsonl_atomic
 from cia_assets.lib.learning.gpu_pod import (
+    RETRIEVAL_TRAINER_MODULE,
+    TRAINER_MODULE,
+    retrieval_training_extras,
     training_command,
     training_extras,
     training_pod_meta,
     training_pod_spec,
 )
+from cia_assets.lib.learning.retrieval_adapter import Fit
 
 
 class GpuTrainingError(RuntimeError):
@@ -41,26 +50,13 @@ def train_on_gpu(
 ) -> GpuTrainingResult:
     """Run the trainer pod to completion; its loss messages and final report come back
     through the pod's log stream (a pod that fails fails the step, with its logs)."""
-    deadline = config.training.gpu.deadline_seconds
-    started = time.monotonic()
-    try:
-        invocation = kubernetes.pipes_client().run(
-            context=context,
-            image=config.training.gpu.image,
-            command=training_command(),
-            namespace=config.training.gpu.namespace,
-            base_pod_meta=training_pod_meta(),
-            base_pod_spec=training_pod_spec(config),
-            extras=training_extras(config, train_path=str(train_path), output_dir=str(output_dir)),
-        )
-    except DagsterK8sError as error:
-        # dagster-k8s reports only the killed container; the pod's own reason is gone with it.
-        if time.monotonic() - started >= deadline:
-            raise GpuTrainingError(
-                f"the trainer pod ran longer than training.gpu.deadline_seconds ({deadline} s) and "
-                "Kubernetes stopped it (activeDeadlineSeconds); raise the deadline or train fewer steps"
-            ) from error
-        raise
+    invocation = _run_trainer_pod(
+        context,
+        config,
+        kubernetes,
+        TRAINER_MODULE,
+        training_extras(config, train_path=str(train_path), output_dir=str(output_dir)),
+    )
     losses = [
         (int(message["step"]), float(message["loss"]))
         for message in invocation.get_custom_messages()
@@ -82,3 +78,81 @@ def train_on_gpu(
         final_loss=float(final) if isinstance(final, int | float) else None,
         metadata=metadata,
     )
+
+
+def _run_trainer_pod(
+    context: dg.AssetExecutionContext,
+    config: CiaConfig,
+    kubernetes: KubernetesResource,
+    module: str,
+    extras: dict[str, Any],
+) -> Any:
+    """`python -m <module>` in the trainer image on the GPU node, followed to its end."""
+    deadline = config.training.gpu.deadline_seconds
+    started = time.monotonic()
+    try:
+        return kubernetes.pipes_client().run(
+            context=context,
+            image=config.training.gpu.image,
+            command=training_command(module),
+            namespace=config.training.gpu.namespace,
+            base_pod_meta=training_pod_meta(),
+            base_pod_spec=training_pod_spec(config),
+            extras=extras,
+        )
+    except DagsterK8sError as error:
+        # dagster-k8s reports only the killed container; the pod's own reason is gone with it.
+        if time.monotonic() - started >= deadline:
+            raise GpuTrainingError(
+                f"the trainer pod ran longer than training.gpu.deadline_seconds ({deadline} s) and "
+                "Kubernetes stopped it (activeDeadlineSeconds); raise the deadline or train fewer steps"
+            ) from error
+        raise
+
+
+def fit_retrieval_adapter_on_gpu(
+    context: dg.AssetExecutionContext, config: CiaConfig, kubernetes: KubernetesResource
+) -> Fit:
+    """The `fit` of `learning.retrieval_adapter` as a pod on the GPU node: the triples and the
+    base model go to the data volume (mounted at the same path in the pod), the pod trains with
+    the same function the CPU path runs in process, and its loss comes back through Pipes."""
+
+    def fit(
+        rows: Sequence[dict[str, str]],
+        base_model: Path,
+        output_dir: Path,
+        params: dict[str, Any],
+        on_loss: Callable[[int, float], None],
+    ) -> str:
+        triples_path = output_dir.parent / "triples.jsonl"
+        write_jsonl_atomic(triples_path, rows)
+        # The packaged model lives in this image's site-packages; the pod reads a copy on the
+        # data volume, made once.
+        on_volume = config.layout.retrieval_adapters / f"base-{base_model.name}"
+        if not (on_volume / "model.safetensors").is_file():
+            staging = on_volume.with_name(f".{on_volume.name}.staging")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(base_model, staging)
+            os.replace(staging, on_volume)
+        invocation = _run_trainer_pod(
+            context,
+            config,
+            kubernetes,
+            RETRIEVAL_TRAINER_MODULE,
+            retrieval_training_extras(
+                triples_path=str(triples_path),
+                base_model=str(on_volume),
+                output_dir=str(output_dir),
+                params=params,
+            ),
+        )
+        for message in invocation.get_custom_messages():
+            if isinstance(message, dict) and "loss" in message:
+                on_loss(int(message["step"]), float(message["loss"]))
+        reported = invocation.get_results()
+        if not reported or not (output_dir / "model.safetensors").is_file():
+            raise GpuTrainingError(f"the trainer pod finished without writing a model to {output_dir}")
+        metadata = {key: value.value for key, value in reported[-1].metadata.items()}  # type: ignore[union-attr]
+        return str(metadata.get("device", "gpu"))
+
+    return fit

@@ -9,28 +9,37 @@ import dagster as dg
 
 from cia_assets.defs.owners import OWNERS
 from cia_assets.defs.repos.assets import git_repo_snapshots
-from cia_assets.defs.resources import CiaConfigResource
+from cia_assets.defs.resources import CiaConfigResource, KubernetesResource
 
 
 @dg.asset(
     deps=[git_repo_snapshots],
     group_name="training",
-    kinds={"pytorch", "sentence-transformers"},
+    kinds={"pytorch", "sentence-transformers", "kubernetes"},
     owners=OWNERS,
     code_version="2",
+    # Training takes turns with the LoRA adapter's: on the GPU node, or on the CPUs it shares.
+    pool="gpu",
 )
-def retrieval_adapter(context: dg.AssetExecutionContext, cia: CiaConfigResource) -> dg.MaterializeResult:
+def retrieval_adapter(
+    context: dg.AssetExecutionContext, cia: CiaConfigResource, kubernetes: KubernetesResource
+) -> dg.MaterializeResult:
     """all-MiniLM-L6-v2 fine-tuned on each repo's descriptive commit messages paired with the
-    chunks they changed (hard negatives from other files), on CPU, then measured on the
-    history benchmark's cases (each repo's newest commits, never trained on) against the model
-    the index uses now, both indexing those commits in their own data dirs. The verdict is the
-    blocking check `retrieval_adapter_beats_current_model`."""
+    chunks they changed (hard negatives from other files), in process on CPU or, with
+    `training.retrieval_adapter_backend: gpu`, in the trainer pod on the GPU node (dagster-k8s
+    Pipes); then measured on the history benchmark's cases (each repo's newest commits, never
+    trained on) against the model the index uses now, both indexing those commits in their own
+    data dirs. The verdict is the blocking check `retrieval_adapter_beats_current_model`."""
+    from cia_assets.defs.training.gpu import GpuTrainingError, fit_retrieval_adapter_on_gpu
     from cia_assets.lib.learning.retrieval_adapter import RetrievalAdapterError
     from cia_assets.lib.learning.retrieval_adapter_run import train_and_evaluate
 
+    config = cia.load()
+    on_gpu = config.training.retrieval_adapter_backend == "gpu"
+    fit = fit_retrieval_adapter_on_gpu(context, config, kubernetes) if on_gpu else None
     try:
-        run = train_and_evaluate(cia.load(), progress=context.log.info)
-    except RetrievalAdapterError as error:
+        run = train_and_evaluate(config, fit=fit, progress=context.log.info)
+    except (RetrievalAdapterError, GpuTrainingError) as error:
         raise dg.Failure(description=str(error)) from error
     verdict = run.verdict
     metadata: dict[str, dg.RawMetadataValue] = {
@@ -39,6 +48,8 @@ def retrieval_adapter(context: dg.AssetExecutionContext, cia: CiaConfigResource)
         "triples": dg.MetadataValue.json(run.triples),
         "trained_on": run.trained_on,
         "training_s": dg.MetadataValue.float(run.training_s),
+        "device": run.device,
+        "loss_curve": dg.MetadataValue.json([{"step": s, "loss": round(v, 4)} for s, v in run.losses]),
         "history_cases": verdict.cases,
         "current_model": verdict.current_model,
         "better": verdict.better,

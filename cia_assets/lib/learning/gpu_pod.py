@@ -11,12 +11,13 @@ from typing import Any
 from cia_assets.config import CiaConfig
 
 TRAINER_MODULE = "pods.train_lora_unsloth"
+RETRIEVAL_TRAINER_MODULE = "pods.train_retrieval_adapter"
 CONTAINER = "trainer"
 RUN_AS = 10001  # the trainer image's non-root user
 
 
-def training_command() -> list[str]:
-    return ["python", "-m", TRAINER_MODULE]
+def training_command(module: str = TRAINER_MODULE) -> list[str]:
+    return ["python", "-m", module]
 
 
 def training_pod_meta() -> dict[str, Any]:
@@ -97,4 +98,16 @@ def training_extras(config: CiaConfig, *, train_path: str, output_dir: str) -> d
             "dropout": settings.lora_dropout,
             "seed": settings.seed,
         },
+    }
+
+
+def retrieval_training_extras(
+    *, triples_path: str, base_model: str, output_dir: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """What `pods.train_retrieval_adapter` reads from Pipes extras."""
+    return {
+        "triples_path": triples_path,
+        "base_model": base_model,
+        "output_dir": output_dir,
+        "params": params,
     }

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
@@ -26,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cia_assets.lib.evaluation.retrieval import mine_commit_cases
 from cia_assets.lib.indexing import chunking, lexical
@@ -76,6 +76,8 @@ class TrainedAdapter:
     triples: int
     seconds: float
     settings: TrainingSettings
+    device: str = "cpu"
+    losses: tuple[tuple[int, float], ...] = ()
 
 
 def _embedding_text(path: str, context: str, text: str) -> str:
@@ -181,73 +183,57 @@ def _hard_negative(
     return best[1] if best else None
 
 
+# Trains a sentence-transformers folder on triple rows: (rows, base model folder, output
+# folder, params, loss callback). In process on CPU (`pods.train_retrieval_adapter.fit`), or a
+# pod on the GPU node running the same function (`defs/training/gpu.py`).
+Fit = Callable[[Sequence[dict[str, str]], Path, Path, dict[str, Any], Callable[[int, float], None]], str]
+
+
 def train_retrieval_adapter(
     base_model: Path,
     triples: Sequence[Triple],
     target: Path,
     settings: TrainingSettings | None = None,
     *,
+    fit: Fit | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> TrainedAdapter:
-    """Fine-tune the sentence-transformers model at `base_model` on `triples` and export it to
-    `target` (replaced whole). Runs on CPU; torch's threads are the process's."""
+    """Fine-tune the sentence-transformers model at `base_model` on `triples` with `fit`
+    (default: in this process, on CPU) and export it to `target` (replaced whole), named by a
+    digest of its weights."""
     settings = settings or TrainingSettings()
     if not triples:
         raise RetrievalAdapterError(
             "no training triples: no descriptive commit changed an indexed source file"
         )
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.training_args import BatchSamplers
+    if fit is None:
+        from cia_assets.pods.train_retrieval_adapter import fit as fit_in_process
 
+        fit = fit_in_process
     started = time.perf_counter()
     chosen = list(triples)
     random.Random(settings.seed).shuffle(chosen)
     chosen = chosen[: settings.max_triples]
-    model = SentenceTransformer(str(base_model), device="cpu", local_files_only=True)
-    model.max_seq_length = PACKAGED_MODEL_MAX_TOKENS
-    dataset = Dataset.from_dict(
-        {
-            "anchor": [t.query for t in chosen],
-            "positive": [t.positive for t in chosen],
-            "negative": [t.negative for t in chosen],
-        }
-    )
+    rows = [{"anchor": t.query, "positive": t.positive, "negative": t.negative} for t in chosen]
+    params = {
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "learning_rate": settings.learning_rate,
+        "warmup_ratio": settings.warmup_ratio,
+        "seed": settings.seed,
+        "max_seq_tokens": PACKAGED_MODEL_MAX_TOKENS,
+    }
+    losses: list[tuple[int, float]] = []
+
+    def on_loss(step: int, loss: float) -> None:
+        losses.append((step, loss))
+
     target.parent.mkdir(parents=True, exist_ok=True)
+    # On the data volume beside the target: a pod writes the trained folder there.
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.train.", dir=target.parent))
     try:
-        args = SentenceTransformerTrainingArguments(
-            output_dir=str(work / "trainer"),
-            num_train_epochs=settings.epochs,
-            per_device_train_batch_size=settings.batch_size,
-            learning_rate=settings.learning_rate,
-            # A float below 1 is a share of the steps. A run of a few steps gets none: warm-up
-            # starts at a learning rate of 0, so one step would leave the weights as they were.
-            warmup_steps=settings.warmup_ratio if len(chosen) >= 10 * settings.batch_size else 0,
-            # Two triples of one commit in a batch would be each other's false negatives.
-            batch_sampler=BatchSamplers.NO_DUPLICATES,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            seed=settings.seed,
-            logging_steps=max(1, len(chosen) // settings.batch_size // 10),
-            disable_tqdm=True,
-        )
-        trainer = SentenceTransformerTrainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            loss=MultipleNegativesRankingLoss(model),
-        )
         progress(f"training on {len(chosen)} triples")
-        trainer.train()
-        model.save(str(work / "model"))
+        device = fit(rows, base_model, work / "model", params, on_loss)
         digest = _weights_digest(work / "model" / "model.safetensors")
         if target.exists():
             shutil.rmtree(target)
@@ -260,6 +246,8 @@ def train_retrieval_adapter(
         triples=len(chosen),
         seconds=round(time.perf_counter() - started, 1),
         settings=settings,
+        device=device,
+        losses=tuple(losses),
     )
     record = {**asdict(adapter), "model_dir": str(target), "base_model": PACKAGED_MODEL}
     (target / ADAPTER_RECORD).write_text(json.dumps(record, indent=1))

@@ -16,7 +16,7 @@ import os
 import shutil
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cia_assets.config import CiaConfig
@@ -31,6 +31,7 @@ from cia_assets.lib.indexing.embedding_models import (
 )
 from cia_assets.lib.indexing.embeddings import PACKAGED_MODEL, packaged_model_source
 from cia_assets.lib.learning.retrieval_adapter import (
+    Fit,
     RetrievalAdapterError,
     TrainingSettings,
     Triple,
@@ -78,6 +79,8 @@ class AdapterRun:
     trained_on: int
     training_s: float
     verdict: AdapterVerdict
+    device: str = "cpu"
+    losses: list[tuple[int, float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -106,8 +109,11 @@ def train_and_evaluate(
     config: CiaConfig,
     *,
     settings: TrainingSettings | None = None,
+    fit: Fit | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> AdapterRun:
+    """`fit` trains (default: in this process on CPU; the asset passes the GPU pod's when
+    `training.retrieval_adapter_backend` is `gpu`)."""
     settings = settings or TrainingSettings()
     if config.evaluation.history_cases == 0:
         raise RetrievalAdapterError("evaluation.history_cases is 0: there is nothing to judge an adapter on")
@@ -149,6 +155,7 @@ def train_and_evaluate(
         triples,
         config.layout.retrieval_adapters / CANDIDATE,
         settings,
+        fit=fit,
         progress=progress,
     )
     adapted = config.model_copy(
@@ -172,6 +179,8 @@ def train_and_evaluate(
         triples=dict(Counter(t.repo for t in triples)),
         trained_on=adapter.triples,
         training_s=adapter.seconds,
+        device=adapter.device,
+        losses=list(adapter.losses),
         verdict=AdapterVerdict(
             cases=len(cases),
             current=scores["current"],
