@@ -114,6 +114,10 @@ def test_one_file_commit_reembeds_only_that_file(
     collection = asset_metadata(second, "qdrant_collection")
     assert collection["mode"] == "incremental"
     assert collection["changed_files"] == 1
+    # Before the switch, only the written file's lines were re-read from git (a full build
+    # reads them all); the blocking asset check still audits every point after it.
+    assert asset_metadata(first, "qdrant_collection")["files_verified"] == 4
+    assert collection["files_verified"] == 1
     assert collection["points"] == chunks["chunks"] == total + len(new_texts)
     assert check_results(second) == dict.fromkeys(ALL_CHECKS, True)
 
@@ -254,7 +258,7 @@ def test_failure_halfway_through_rebuild_keeps_old_alias(
             dense_size=embedder.dim,
             cache=project_of(config).embedding_cache,
             state_path=layout.index_state("payments"),
-            verify=lambda _: {},
+            verify=lambda *_: {},
             in_branch_history=lambda _commit: True,
             force_full=True,
             fail_after_points=len(chunks) // 2 or 1,

@@ -153,10 +153,10 @@ def qdrant_collection(
     alias = collection_alias(project.vector_store.collection_prefix, repo_id)
     mirror = RepoMirror(layout.mirror(repo_id), snapshot.clone_url, snapshot.branch)
 
-    def verify(collection: str) -> dict[str, object]:
+    def verify(collection: str, paths: frozenset[str] | None) -> dict[str, object]:
         return {
             **indexing.verify_point_count(store, collection, len(chunks)),
-            **indexing.verify_lines_exist(store, collection, mirror, chunk_meta.commit_sha),
+            **indexing.verify_lines_exist(store, collection, mirror, chunk_meta.commit_sha, paths),
             **indexing.verify_smoke_search(
                 lambda q: search_collection(store, model, collection, q, 5),
                 chunks,
@@ -195,5 +195,8 @@ def qdrant_collection(
             "commit_sha": chunk_meta.commit_sha,
             "seconds": round(update.seconds, 2),
             "backend": project.vector_store.backend,
+            # Lines re-read from git before the switch: every file on a full build, the
+            # written ones on an update.
+            "files_verified": update.verification.get("files_checked", 0),
         }
     )

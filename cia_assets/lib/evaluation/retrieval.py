@@ -507,7 +507,7 @@ class RetrievalHarness:
             dense_size=embedder.dim,
             cache=cache,
             state_path=self.layout.index_state(repo_id),
-            verify=lambda collection: indexing.verify_point_count(store, collection, len(chunks)),
+            verify=lambda collection, _: indexing.verify_point_count(store, collection, len(chunks)),
             # Cases sit at commits of any branch, and nothing fetches the mirror during a
             # run, so every commit a point cites stays readable: never a forced rebuild.
             in_branch_history=lambda _commit: True,

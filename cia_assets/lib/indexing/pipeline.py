@@ -335,7 +335,7 @@ def update_collection(
     dense_size: int,
     cache: EmbeddingCache,
     state_path: Path,
-    verify: Callable[[str], dict[str, Any]],
+    verify: Callable[[str, frozenset[str] | None], dict[str, Any]],
     in_branch_history: Callable[[str], bool],
     force_full: bool = False,
     fail_after_points: int | None = None,
@@ -350,6 +350,8 @@ def update_collection(
     `in_branch_history(sha)`: whether the mirror's branch still contains that commit; after
     a force push that dropped the indexed commit, the update is a full rebuild, so no point
     is left citing a commit git may garbage-collect.
+    `verify(collection, paths)` checks the new collection before the switch: `paths` are the
+    files this update wrote (None: every file).
     `fail_after_points` injects a failure (for tests of exactly that guarantee).
     """
     started = time.perf_counter()
@@ -393,7 +395,9 @@ def update_collection(
             written += len(points)
             if fail_after_points is not None and written >= fail_after_points:
                 raise IndexingError(f"{repo_id}: injected failure after {written} points")
-        verification = verify(target)
+        # A full build is verified whole; an update, in the files it wrote: every other point
+        # is a file whose blob is unchanged, verified when it was written.
+        verification = verify(target, None if full else frozenset(changed))
     except BaseException:
         if target != live:
             store.drop_collection(target)
@@ -464,12 +468,18 @@ def verify_point_count(store: VectorStore, collection: str, expected: int) -> di
 
 
 def verify_lines_exist(
-    store: VectorStore, collection: str, mirror: RepoMirror, commit_sha: str
+    store: VectorStore,
+    collection: str,
+    mirror: RepoMirror,
+    commit_sha: str,
+    paths: frozenset[str] | None = None,
 ) -> dict[str, Any]:
-    """Every point's line range exists at `commit_sha` and holds exactly the chunk's text."""
+    """Every point's line range exists at `commit_sha` and holds exactly the chunk's text;
+    with `paths`, the points of those files only (reading files from git is the cost)."""
     by_path: dict[str, list[dict[str, Any]]] = {}
     for _, payload in store.scroll(collection):
-        by_path.setdefault(payload["path"], []).append(payload)
+        if paths is None or payload["path"] in paths:
+            by_path.setdefault(payload["path"], []).append(payload)
     bad: list[str] = []
     for path, payloads in by_path.items():
         data = mirror.read_file(commit_sha, path)
