@@ -12,16 +12,11 @@ Run in the image as `python -m pods.train_lora_unsloth`.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-LossCallback = Callable[[int, float], None]
-Trainer = Callable[[dict[str, Any], LossCallback], dict[str, Any]]
+from .pipes_trainer import LossCallback, Trainer
+
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -90,47 +85,21 @@ def train_with_unsloth(extras: dict[str, Any], on_loss: LossCallback) -> dict[st
     return {"train_examples": len(dataset)}
 
 
-def main(trainer: Trainer = train_with_unsloth) -> None:
-    from dagster_pipes import open_dagster_pipes
-
-    with open_dagster_pipes() as pipes:
-        extras = dict(pipes.extras)
-        losses: list[tuple[int, float]] = []
-
-        def on_loss(step: int, loss: float) -> None:
-            losses.append((step, loss))
-            pipes.log.info(f"step {step}: loss {loss:.4f}")
-            pipes.report_custom_message({"step": step, "loss": loss})
-
-        started = time.monotonic()
-        summary = trainer(extras, on_loss)
-        adapter_dir = Path(extras["output_dir"])
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise RuntimeError(f"training finished but wrote no adapter to {adapter_dir}")
-        pipes.report_asset_materialization(
-            metadata={
-                "adapter_dir": {"raw_value": str(adapter_dir), "type": "path"},
-                "final_loss": losses[-1][1] if losses else None,
-                "steps": len(losses),
-                "train_seconds": round(time.monotonic() - started, 1),
-                "train_examples": summary.get("train_examples", 0),
-                "losses": {"raw_value": json.dumps(losses), "type": "text"},
-            }
-        )
+def report_adapter(extras: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    adapter_dir = Path(extras["output_dir"])
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise RuntimeError(f"training finished but wrote no adapter to {adapter_dir}")
+    return {
+        "adapter_dir": {"raw_value": str(adapter_dir), "type": "path"},
+        "train_examples": summary.get("train_examples", 0),
+    }
 
 
 def run_pod(trainer: Trainer = train_with_unsloth) -> None:
-    """The container's entry point: train, report, then end the process.
+    """The container's entry point (`pipes_trainer.run_pod`: train, report, end the process)."""
+    from .pipes_trainer import run_pod as run_trainer_pod
 
-    On an H100 a pod once stayed alive after training and reporting had finished (torch compile
-    workers outliving the script); Kubernetes then keeps the GPU and Dagster keeps waiting for the
-    pod. Once Pipes is closed nothing is left to do, so the process ends without waiting for
-    stray threads. A failure still raises, with its traceback and a non-zero exit code.
-    """
-    main(trainer)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    run_trainer_pod(trainer, report_adapter)
 
 
 if __name__ == "__main__":

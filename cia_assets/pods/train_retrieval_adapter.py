@@ -18,15 +18,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-LossCallback = Callable[[int, float], None]
-Trainer = Callable[[dict[str, Any], LossCallback], dict[str, Any]]
+from .pipes_trainer import LossCallback, Trainer
+
 # The packaged model was trained on 256-token inputs (its tokenizer file says 512).
 MAX_SEQ_TOKENS = 256
 
@@ -107,41 +105,22 @@ def train_from_extras(extras: dict[str, Any], on_loss: LossCallback) -> dict[str
     return {"triples": len(rows), "device": device}
 
 
-def main(trainer: Trainer = train_from_extras) -> None:
-    from dagster_pipes import open_dagster_pipes
-
-    with open_dagster_pipes() as pipes:
-        extras = dict(pipes.extras)
-        losses: list[tuple[int, float]] = []
-
-        def on_loss(step: int, loss: float) -> None:
-            losses.append((step, loss))
-            pipes.log.info(f"step {step}: loss {loss:.4f}")
-            pipes.report_custom_message({"step": step, "loss": loss})
-
-        started = time.monotonic()
-        summary = trainer(extras, on_loss)
-        model_dir = Path(extras["output_dir"])
-        if not (model_dir / "model.safetensors").is_file():
-            raise RuntimeError(f"training finished but wrote no model to {model_dir}")
-        pipes.report_asset_materialization(
-            metadata={
-                "model_dir": {"raw_value": str(model_dir), "type": "path"},
-                "train_seconds": round(time.monotonic() - started, 1),
-                "triples": summary["triples"],
-                "device": summary["device"],
-                "losses": {"raw_value": json.dumps(losses), "type": "text"},
-            }
-        )
+def report_model(extras: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+    model_dir = Path(extras["output_dir"])
+    if not (model_dir / "model.safetensors").is_file():
+        raise RuntimeError(f"training finished but wrote no model to {model_dir}")
+    return {
+        "model_dir": {"raw_value": str(model_dir), "type": "path"},
+        "triples": summary["triples"],
+        "device": summary["device"],
+    }
 
 
 def run_pod(trainer: Trainer = train_from_extras) -> None:
-    """The container's entry point: train, report, then end the process (as the LoRA trainer
-    does: nothing left running may keep the pod, and the GPU, after Pipes is closed)."""
-    main(trainer)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    """The container's entry point (`pipes_trainer.run_pod`: train, report, end the process)."""
+    from .pipes_trainer import run_pod as run_trainer_pod
+
+    run_trainer_pod(trainer, report_model)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,14 @@ from cia_assets.lib.evaluation.retrieval import (
     score,
 )
 from cia_assets.lib.retrieval.query_plan import QueryPlan, RepoPaths, path_mentions
-from cia_assets.lib.retrieval.search import SearchOptions, rank_files, search_code, search_files
+from cia_assets.lib.retrieval.search import (
+    CodeHit,
+    FileHit,
+    SearchOptions,
+    rank_files,
+    search_code,
+    search_files,
+)
 from cia_assets.lib.sources.git_sync import RepoMirror
 from cia_assets_tests.support.repos import GitRepo
 
@@ -547,24 +554,11 @@ def test_the_reranker_redacts_code_for_an_endpoint_off_this_machine() -> None:
     import openai
 
     from cia_assets.lib.retrieval.rerank import LlmReranker
-    from cia_assets.lib.retrieval.search import CodeHit, FileHit
     from cia_assets_tests.support.fakes import fake_openai
 
     secret = "AKIAIOSFODNN7EXAMPLE"
-    chunk = CodeHit(
-        repo="payments",
-        path="payments/settings.py",
-        line_start=1,
-        line_end=2,
-        symbol=None,
-        language="python",
-        score=1.0,
-        web_url=None,
-        kind="module",
-        commit_sha="0" * 40,
-        text=f'AWS_ACCESS_KEY_ID = "{secret}"\nREGION = "eu-west-1"\n',
-    )
-    files = [FileHit("payments", "payments/settings.py", 1.0, (chunk,))] * 2
+    settings = f'AWS_ACCESS_KEY_ID = "{secret}"\nREGION = "eu-west-1"\n'
+    files = [_file_hit("payments/settings.py", settings)] * 2
     for remote in (False, True):
         with fake_openai(lambda _: "yes", model="judge") as endpoint:
             client = openai.OpenAI(base_url=endpoint.base_url, api_key="unused")
@@ -579,34 +573,10 @@ def test_the_reranker_reads_yes_and_no_from_a_real_llama_cpp_server(
     import openai
 
     from cia_assets.lib.retrieval.rerank import LlmReranker
-    from cia_assets.lib.retrieval.search import CodeHit, FileHit
     from cia_assets.lib.serving.llm_server import start_llama_server, stop_process
 
     config = write_config([])
-    files = [
-        FileHit(
-            "payments",
-            path,
-            1.0,
-            (
-                CodeHit(
-                    repo="payments",
-                    path=path,
-                    line_start=1,
-                    line_end=3,
-                    symbol=None,
-                    language="python",
-                    score=1.0,
-                    web_url=None,
-                    kind="function",
-                    commit_sha="0" * 40,
-                    text=text,
-                ),
-            ),
-        )
-        for path, text in PAYMENTS_V1.items()
-        if path.endswith(".py")
-    ]
+    files = [_file_hit(path, str(text)) for path, text in PAYMENTS_V1.items() if path.endswith(".py")]
     server = start_llama_server(config, log_dir=config.data_dir / "logs")
     try:
         client = openai.OpenAI(base_url=server.base_url, api_key="unused")
@@ -617,3 +587,21 @@ def test_the_reranker_reads_yes_and_no_from_a_real_llama_cpp_server(
     assert all(0.0 <= j.yes <= 1.0 for j in judgements)
     # The server's log-probabilities were read: "yes" or "no" was among its first candidates.
     assert any(j.yes != 0.5 for j in judgements)
+
+
+def _file_hit(path: str, text: str) -> FileHit:
+    """A file found by search, represented by one chunk: the whole `text`."""
+    chunk = CodeHit(
+        repo="payments",
+        path=path,
+        line_start=1,
+        line_end=text.count("\n") or 1,
+        symbol=None,
+        language="python",
+        score=1.0,
+        web_url=None,
+        kind="module",
+        commit_sha="0" * 40,
+        text=text,
+    )
+    return FileHit("payments", path, 1.0, (chunk,))
