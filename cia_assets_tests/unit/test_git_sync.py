@@ -80,3 +80,26 @@ def test_missing_branch_and_failed_first_clone(make_repo: Callable[..., GitRepo]
         RepoMirror(target, remote.url, "develop").sync()
     assert not target.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.git")] == []
+
+
+def test_a_blob_missing_from_the_mirror_is_listed_without_a_size(
+    make_repo: Callable[..., GitRepo], tmp_path: Path
+) -> None:
+    """A partial or damaged clone lacks some blobs (`git ls-tree -l` prints "BAD" as their size):
+    the file is listed as unreadable instead of failing the whole listing."""
+    repo = make_repo("payments", {"a.py": "x = 1\n", "big.bin": "y" * 5000})
+    mirror = RepoMirror(tmp_path / "mirror.git", repo.url, "main")
+    head = mirror.sync()
+    blob = mirror.repo.git.rev_parse(f"{head}:big.bin")
+    mirror.repo.git.repack("-a", "-d")  # one pack: unpack it loose so one object can go
+    packs = list((tmp_path / "mirror.git" / "objects" / "pack").glob("*.pack"))
+    for pack in packs:
+        moved = pack.with_suffix(".moved")
+        pack.rename(moved)
+        pack.with_suffix(".idx").unlink()
+        mirror.repo.git.execute(["git", "unpack-objects"], istream=moved.open("rb"))
+        moved.unlink()
+    (tmp_path / "mirror.git" / "objects" / blob[:2] / blob[2:]).unlink()
+    sizes = {f.path: f.size for f in mirror.tracked_files(head)}
+    mirror.close()
+    assert sizes == {"a.py": 6, "big.bin": None}

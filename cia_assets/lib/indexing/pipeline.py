@@ -108,6 +108,11 @@ def chunk_snapshot(
     to_read: list[tuple[str, str]] = []
     reused_files = 0
     for tracked in mirror.tracked_files(snapshot.commit_sha, include, exclude):
+        if tracked.size is None:
+            # A tree entry whose blob the mirror lacks (a partial or damaged clone): nothing to
+            # read, counted, and the rest of the repo is indexed.
+            skipped["missing_blob"] += 1
+            continue
         if tracked.size > max_file_bytes:
             skipped["too_large"] += 1
             continue

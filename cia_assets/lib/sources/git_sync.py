@@ -56,7 +56,7 @@ class Snapshot:
 class TrackedFile:
     path: str
     blob_sha: str
-    size: int
+    size: int | None  # None: the blob is not in the mirror (a partial or damaged clone)
 
 
 def remote_head(url: str, branch: str, timeout_s: float = LS_REMOTE_TIMEOUT_S) -> str:
@@ -142,7 +142,9 @@ class RepoMirror:
             if mode == _SYMLINK_MODE or object_type == _SUBMODULE_TYPE:
                 continue
             if path_selected(path, include, exclude):
-                files.append(TrackedFile(path=path, blob_sha=blob_sha, size=int(size)))
+                # `git ls-tree -l` prints "BAD" (or "-") as the size of an object it cannot read.
+                known = int(size) if size.isdigit() else None
+                files.append(TrackedFile(path=path, blob_sha=blob_sha, size=known))
         return files
 
     def read_blobs(self, blob_shas: list[str]) -> Iterator[tuple[str, bytes]]:
