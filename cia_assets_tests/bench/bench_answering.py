@@ -5,8 +5,8 @@ with retrieval and prompt assembly shown apart.
 
 Indexes a repository (default: this project's own) into a temporary data dir, starts the
 packaged default model (Qwen2.5-Coder-0.5B-Instruct) behind llama.cpp's server, asks one
-warm-up question (the server then holds the system prompt in its prompt cache, as it does in
-use), then each question once, and prints a JSON report.
+warm-up question (the server then holds the system prompt's KV and reuses that prefix, as it
+does in use), then each question once, and prints a JSON report.
 """
 
 from __future__ import annotations

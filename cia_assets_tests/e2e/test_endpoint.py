@@ -331,3 +331,31 @@ def test_on_demand_endpoints_show_on_the_served_endpoint_asset(
     )
     assert isinstance(again, dg.SensorResult) and again.asset_events == []
     stop_local_endpoint(config)
+
+
+def _rss_mb(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) // 1024
+
+
+def test_distinct_questions_do_not_grow_the_model_server(llm_config: Callable[..., CiaConfig]) -> None:
+    """Each distinct prompt once left its logits (tokens x vocabulary x 4 bytes) behind in
+    llama-cpp-python's prompt cache, uncounted against its size: ~0.8 GB a question for the
+    0.5B, until the kernel killed the server. Its memory must not grow with the questions asked."""
+    config = llm_config()
+    record = ensure_endpoint(config, idle_stop_s=0)
+    assert record.pid is not None
+    client = chat_client(record, config)
+    code = Path(__file__).read_text()
+    sizes = []
+    for n in range(4):
+        # ~900 distinct tokens each (the tiny model's vocabulary: ~200 MB of logits a prompt).
+        excerpt = code[n * 3000 : (n + 1) * 3000]
+        client.chat.completions.create(
+            model=record.model,
+            messages=[{"role": "user", "content": f"{excerpt}\nSummarize part {n}."}],
+            max_tokens=4,
+        )
+        sizes.append(_rss_mb(record.pid))
+    stop_local_endpoint(config)
+    assert sizes[-1] - sizes[0] < 100, sizes

