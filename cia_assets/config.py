@@ -189,7 +189,7 @@ class LlmConfig(_Strict):
 class RerankerConfig(_Strict):
     """An LLM that re-ranks the first files of a file search by the likelihood of "yes, this is
     the file" (`lib/retrieval/rerank.py`). Unset `base_url`: off, the default: on 2 CPU cores
-    the packaged 0.5B costs ~4 s a file and did not pay (README, "Measuring retrieval")."""
+    the packaged 0.5B costs ~2.3 s a file and did not pay (README, "Measuring retrieval")."""
 
     base_url: str | None = None
     model: str | None = Field(default=None, description="model name at base_url")

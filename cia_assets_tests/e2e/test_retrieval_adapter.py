@@ -4,7 +4,7 @@ model, judged on commits it never saw, and gated by a blocking check."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,16 +24,17 @@ from cia_assets.defs.training.retrieval import (
 )
 from cia_assets.lib.core.project import Project, open_embedder
 from cia_assets.lib.indexing.embedding_models import active_model
-from cia_assets.lib.indexing.embeddings import PACKAGED_MODEL, Embedder, packaged_model_source
+from cia_assets.lib.indexing.embeddings import PACKAGED_MODEL, Embedder, EmbeddingCache, packaged_model_source
 from cia_assets.lib.indexing.pipeline import read_index_state
 from cia_assets.lib.learning.retrieval_adapter import (
     TrainingSettings,
     Triple,
     mine_triples,
     train_retrieval_adapter,
+    weights_digest,
 )
 from cia_assets.lib.learning.retrieval_adapter_run import CANDIDATE, AdapterVerdict, candidate_record
-from cia_assets.lib.retrieval.search import search_code
+from cia_assets.lib.retrieval.search import repo_embedder, search_code
 from cia_assets.lib.sources.git_sync import RepoMirror
 from cia_assets_tests.support.materialize import (
     asset_metadata,
@@ -261,6 +262,18 @@ def test_a_promoted_adapter_re_embeds_every_repo_and_each_index_is_asked_in_its_
 
     better = {**current, "mrr": 0.7}
     adapter_id = _trained_candidate(config, AdapterVerdict(cases=3, current=current, adapter=better))
+    # A record naming weights the candidate folder no longer holds (a training run replaced
+    # them before its verdict was written) is refused: only judged weights are promoted.
+    judged = json.loads(candidate_record(config).read_text())
+    candidate_record(config).write_text(
+        json.dumps({**judged, "model_id": "cia-retrieval-adapter-" + "0" * 16})
+    )
+    replaced = dg.materialize(
+        [retrieval_embedding_model], instance=instance, resources=resources, raise_on_error=False
+    )
+    assert "not the judged cia-retrieval-adapter-0000000000000000" in _failure(replaced)
+    assert active_model(config).model_id == PACKAGED_MODEL
+    candidate_record(config).write_text(json.dumps(judged))
     dg.materialize([retrieval_embedding_model], instance=instance, resources=resources)
     assert active_model(config).model_id == adapter_id
     # The promotion asks for every repo to be embedded again.
@@ -276,20 +289,32 @@ def test_a_promoted_adapter_re_embeds_every_repo_and_each_index_is_asked_in_its_
     assert ticks.requested("chunk_embeddings") == set()
     assert read_index_state(config.layout.index_state("shipping")).model_id == PACKAGED_MODEL  # type: ignore[union-attr]
 
-    # A question over both is embedded once per model, each index asked in its own.
+    # A question over both is embedded once per model, each index asked in its own, and the
+    # merge of the two repos compares each repo's chunks in its own model's vectors.
     asked: list[str] = []
-    embed_query = Embedder.embed_query
+    compared: list[str] = []
+    embed_query, get_many = Embedder.embed_query, EmbeddingCache.get_many
 
-    def spy(self: Embedder, text: str) -> np.ndarray:
+    def spy_query(self: Embedder, text: str) -> np.ndarray:
         asked.append(self.model_id)
         return embed_query(self, text)
 
-    monkeypatch.setattr(Embedder, "embed_query", spy)
+    def spy_vectors(self: EmbeddingCache, model_id: str, keys: Iterable[str]) -> dict[str, np.ndarray]:
+        compared.append(model_id)
+        return get_many(self, model_id, keys)
+
+    monkeypatch.setattr(Embedder, "embed_query", spy_query)
+    monkeypatch.setattr(EmbeddingCache, "get_many", spy_vectors)
     project = project_of(config)
     hits = search_code(project, "refund deadline shipping rate", k=10)
-    assert sorted(asked) == sorted([adapter_id, PACKAGED_MODEL])
+    assert sorted(asked) == sorted(compared) == sorted([adapter_id, PACKAGED_MODEL])
     assert {hit.repo for hit in hits} == {"payments", "shipping"}
     assert hits[0].path in {"payments/refunds.py", "shipping/rates.py"}
+    # The live collection records its own model before the alias switches to it: an index
+    # state left behind (a process killed between the switch and its write) does not mislead.
+    state_path = config.layout.index_state("payments")
+    state_path.write_text(state_path.read_text().replace(adapter_id, PACKAGED_MODEL))
+    assert repo_embedder(project, "payments").model_id == adapter_id
 
     # A later candidate judged against the packaged model is stale once the adapter is in use.
     _trained_candidate(config, AdapterVerdict(cases=3, current=current, adapter=better))
@@ -361,10 +386,10 @@ def test_the_adapter_trains_in_the_gpu_trainer_pod_through_pipes(
     assert record["model_id"] == metadata["model_id"] and str(record["model_id"]).startswith(
         "cia-retrieval-adapter-"
     )
-    # The base model went to the data volume once; the trained folder loads as an embedder.
-    assert (config.layout.retrieval_adapters / "base-model" / "model.safetensors").exists() or any(
-        (path / "model.safetensors").exists() for path in config.layout.retrieval_adapters.glob("base-*")
-    )
+    # The base model went to the data volume for the pod, named by its weights; the trained
+    # folder loads as an embedder.
+    packaged_digest = weights_digest(packaged_model_source() / "model.safetensors")[:16]
+    assert [p.name for p in config.layout.retrieval_adapters.glob("base-*")] == [f"base-{packaged_digest}"]
     adapted = config.model_copy(
         update={
             "embedding": config.embedding.model_copy(

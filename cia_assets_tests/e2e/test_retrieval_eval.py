@@ -518,6 +518,9 @@ def test_the_llm_reranker_reorders_the_first_files_by_its_yes_likelihood(
 ) -> None:
     import dagster as dg
 
+    from cia_assets.lib.answering.answer import AnswerSources, AskRequest
+    from cia_assets.lib.answering.answerer import Answerer
+    from cia_assets.lib.core.access import owner_grant
     from cia_assets_tests.support.fakes import fake_openai
     from cia_assets_tests.support.materialize import materialize_repo
 
@@ -537,12 +540,22 @@ def test_the_llm_reranker_reorders_the_first_files_by_its_yes_likelihood(
         assert endpoint.requests == []
         assert plain[0] == "payments/refunds.py" and plain.index("payments/ledger.py") > 0
         reranked = search_files(project, question)
+        judged_requests = list(endpoint.requests)
+        # An answer's context follows the judge too: its sources come in the judged file order.
+        answerer = Answerer(config, project=project)
+        events = answerer.stream(AskRequest(question=question, grant=owner_grant(config)))
+        first = next(events)
+        assert isinstance(first, AnswerSources) and first.sources[0].path == "payments/ledger.py"
+        events.close()
+        answerer.close()
+    # A judge that does not answer (the endpoint is gone) leaves the search's own order.
+    assert [f.path for f in search_files(project, question)] == plain
     # Each of the first five files was judged once, the request before the file (a server that
     # caches prompt prefixes reads the request once), with one token's log-probabilities asked.
-    judged = [str(r["messages"][-1]["content"]) for r in endpoint.requests]  # type: ignore[index]
+    judged = [str(r["messages"][-1]["content"]) for r in judged_requests]  # type: ignore[index]
     assert len(judged) == min(5, len(plain))
     assert all(text.startswith(f"<request>\n{question}\n</request>") for text in judged)
-    assert all(r["max_tokens"] == 1 and r["logprobs"] is True for r in endpoint.requests)
+    assert all(r["max_tokens"] == 1 and r["logprobs"] is True for r in judged_requests)
     # The file the judge said yes to moves up; the rest keep the search's order.
     paths = [f.path for f in reranked]
     assert paths[0] == "payments/ledger.py"

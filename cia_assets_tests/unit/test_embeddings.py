@@ -169,13 +169,15 @@ def test_the_active_model_is_the_promoted_adapter_only_in_place_of_the_packaged_
     config = write_config([])
     layout = config.layout
     assert active_model(config) == EmbeddingModel(PACKAGED_MODEL, model_dir)
-    adapter_dir = adapter_folder(layout, "cia-retrieval-adapter-0123")
+    adapter_dir = adapter_folder(layout, "cia-retrieval-adapter-0123456789abcdef")
     adapter_dir.mkdir(parents=True)
     (adapter_dir / ADAPTER_RECORD).write_text('{"base_model": "sentence-transformers/all-MiniLM-L6-v2"}')
     write_promoted_adapter(
-        layout, PromotedAdapter("cia-retrieval-adapter-0123", adapter_dir, promoted_at="t"), at="t"
+        layout,
+        PromotedAdapter("cia-retrieval-adapter-0123456789abcdef", adapter_dir, promoted_at="t"),
+        at="t",
     )
-    assert active_model(config) == EmbeddingModel("cia-retrieval-adapter-0123", adapter_dir)
+    assert active_model(config) == EmbeddingModel("cia-retrieval-adapter-0123456789abcdef", adapter_dir)
     # Turned off, or another model configured: cia.yaml's model.
     off = config.model_copy(
         update={"embedding": config.embedding.model_copy(update={"use_promoted_adapter": False})}
@@ -188,8 +190,12 @@ def test_the_active_model_is_the_promoted_adapter_only_in_place_of_the_packaged_
     # A rollback: the configured model again, the adapter folder kept for indexes built with it.
     write_promoted_adapter(layout, None, at="t2")
     assert active_model(config).model_id == PACKAGED_MODEL
-    assert model_by_id(config, "cia-retrieval-adapter-0123").model_dir == adapter_dir
-    with pytest.raises(EmbeddingModelError, match=r"'cia-retrieval-adapter-gone'.*re-index it"):
-        model_by_id(config, "cia-retrieval-adapter-gone")
-    with pytest.raises(EmbeddingModelError, match="not a retrieval adapter id"):
-        model_by_id(config, "../../etc")
+    assert model_by_id(config, "cia-retrieval-adapter-0123456789abcdef").model_dir == adapter_dir
+    with pytest.raises(EmbeddingModelError, match=r"'cia-retrieval-adapter-00000000000000ff'.*re-index it"):
+        model_by_id(config, "cia-retrieval-adapter-00000000000000ff")
+    # Only an adapter id names a folder: not a path, and not the candidate being rewritten.
+    for bad in ("../../etc", "candidate", "cia-retrieval-adapter-0123/../x"):
+        with pytest.raises(EmbeddingModelError, match="re-index it"):
+            model_by_id(config, bad)
+        with pytest.raises(EmbeddingModelError, match="not a retrieval adapter id"):
+            adapter_folder(layout, bad)

@@ -40,6 +40,7 @@ def test_yes_probability(candidates: list[tuple[str, float]], expected: float) -
         ("https://api.openai.com/v1", False),
         ("http://vllm.cia.svc:8000/v1", False),
         ("http://localhost.example.com/v1", False),
+        ("http://api.localhost/v1", False),  # not pinned to loopback by every resolver
         ("not a url", False),
     ],
 )

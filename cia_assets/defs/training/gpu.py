@@ -25,7 +25,7 @@ from cia_assets.lib.learning.gpu_pod import (
     training_pod_meta,
     training_pod_spec,
 )
-from cia_assets.lib.learning.retrieval_adapter import Fit
+from cia_assets.lib.learning.retrieval_adapter import Fit, weights_digest
 
 
 class GpuTrainingError(RuntimeError):
@@ -127,8 +127,9 @@ def fit_retrieval_adapter_on_gpu(
         triples_path = output_dir.parent / "triples.jsonl"
         write_jsonl_atomic(triples_path, rows)
         # The packaged model lives in this image's site-packages; the pod reads a copy on the
-        # data volume, made once.
-        on_volume = config.layout.retrieval_adapters / f"base-{base_model.name}"
+        # data volume, made once per version of its weights (an upgraded package gets its own).
+        digest = weights_digest(base_model / "model.safetensors")[:16]
+        on_volume = config.layout.retrieval_adapters / f"base-{digest}"
         if not (on_volume / "model.safetensors").is_file():
             staging = on_volume.with_name(f".{on_volume.name}.staging")
             shutil.rmtree(staging, ignore_errors=True)

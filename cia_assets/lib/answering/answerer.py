@@ -64,7 +64,7 @@ from cia_assets.lib.answering.prompts import PromptTemplate, load_prompt
 from cia_assets.lib.core.access import AccessDenied
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.observability.langfuse.prompts import PromptCache
-from cia_assets.lib.retrieval.search import search_code
+from cia_assets.lib.retrieval.search import rerank_code, search_code
 from cia_assets.lib.serving.endpoint import EndpointRecord, HealthCache
 from cia_assets.lib.sources.mirrors import MirrorPool
 
@@ -130,7 +130,9 @@ class Answerer:
 
         history = conversation(request.history, settings.history_messages)
         query = retrieval_query(question, history)
-        hits = search_code(self.project, query, repos=repos, k=settings.top_k)
+        hits = rerank_code(
+            self.project, query, search_code(self.project, query, repos=repos, k=settings.top_k)
+        )
         if settings.prefer_source_files:
             hits = explanation_order(hits, question)
         prompt = load_prompt(self.config, self._prompts)

@@ -80,16 +80,20 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def read_by_version(path: Path, parse: Callable[[Path], Parsed]) -> Parsed | None:
-    """`parse(path)`, computed once per version of the file (its mtime and size) and kept for
+    """`parse(path)`, computed once per version of the file (its mtime, size and inode) and kept for
     the process; None when the file does not exist. For what a question reads on every call
     (the index state, the code graph) but a new commit rewrites."""
     try:
         stat = path.stat()
     except FileNotFoundError:
         return None
-    return cast(Parsed, _parse_version(parse, path, stat.st_mtime_ns, stat.st_size))
+    # The inode too: every atomic replace (`write_json_atomic`) makes a new one, so two
+    # same-size writes within one tick of the file system's clock still read as two versions.
+    return cast(Parsed, _parse_version(parse, path, stat.st_mtime_ns, stat.st_size, stat.st_ino))
 
 
 @functools.lru_cache(maxsize=128)
-def _parse_version(parse: Callable[[Path], object], path: Path, _mtime_ns: int, _size: int) -> object:
+def _parse_version(
+    parse: Callable[[Path], object], path: Path, _mtime_ns: int, _size: int, _inode: int
+) -> object:
     return parse(path)

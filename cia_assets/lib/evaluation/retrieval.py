@@ -446,7 +446,7 @@ class RetrievalHarness:
                 tops: dict[str, list[str]] = {}
                 # The first search after an update opens the new collection (tens of ms):
                 # an untimed one keeps that out of every retriever's latency.
-                search_files(project, case.query, repos=[repo_id], k=1)
+                search_files(project, case.query, repos=[repo_id], k=1, options=SearchOptions(rerank=False))
                 for name, options in retrievers.items():
                     started = time.perf_counter()
                     files = [

@@ -4,7 +4,7 @@ Three answers, one home:
 - the configured model: cia.yaml's `embedding` (a folder in `path`, else the packaged
   all-MiniLM-L6-v2, exported to ONNX once into the data dir);
 - the active model, what the next index run embeds with: the configured one, or the retrieval
-  adapter that passed its gate and was promoted (`learning.retrieval_adapter_run.promote`),
+  adapter that passed its gate and was promoted (`learning.retrieval_adapter_run.promote_candidate`),
   while `embedding.use_promoted_adapter` is on and cia.yaml's model is the packaged one (from
   whatever folder: adapters are fine-tuned from it);
 - the model of an existing collection, named by its id in the index state: a question is
@@ -19,6 +19,7 @@ never changed afterwards; `promoted.json` names it, and is replaced atomically.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -86,9 +87,8 @@ def model_by_id(config: CiaConfig, model_id: str) -> EmbeddingModel:
     configured = config.embedding.model
     if model_id == configured:
         return configured_model(config)
-    adapter_dir = adapter_folder(config.layout, model_id)
-    if (adapter_dir / ADAPTER_RECORD).exists():
-        return EmbeddingModel(model_id, adapter_dir)
+    if ADAPTER_ID.fullmatch(model_id) and (adapter_folder(config.layout, model_id) / ADAPTER_RECORD).exists():
+        return EmbeddingModel(model_id, adapter_folder(config.layout, model_id))
     raise EmbeddingModelError(
         f"an index was built with the embedding model {model_id!r}, which is neither cia.yaml's "
         f"embedding.model ({configured!r}) nor a retrieval adapter under {config.layout.retrieval_adapters}; "
@@ -96,9 +96,16 @@ def model_by_id(config: CiaConfig, model_id: str) -> EmbeddingModel:
     )
 
 
+# What `learning.retrieval_adapter` names a trained model: a digest of its weights.
+ADAPTER_ID = re.compile(r"cia-retrieval-adapter-[0-9a-f]{16}")
+
+
 def adapter_folder(layout: DataLayout, model_id: str) -> Path:
-    if not model_id or "/" in model_id or model_id.startswith("."):
-        raise EmbeddingModelError(f"{model_id!r} is not a retrieval adapter id")
+    """Where a promoted adapter is kept, under its id (which is all a folder name may be)."""
+    if not ADAPTER_ID.fullmatch(model_id):
+        raise EmbeddingModelError(
+            f"{model_id!r} is not a retrieval adapter id (cia-retrieval-adapter-<16 hex>)"
+        )
     return layout.retrieval_adapters / model_id
 
 

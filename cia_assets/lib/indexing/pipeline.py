@@ -281,6 +281,25 @@ def read_index_state(path: Path) -> IndexState | None:
     return IndexState(**json.loads(path.read_text()))
 
 
+def collection_models_path(state_path: Path) -> Path:
+    """Beside the index state: the embedding model of each of the repo's collections."""
+    return state_path.with_name(f"{state_path.stem}.models.json")
+
+
+def read_collection_models(path: Path) -> dict[str, str]:
+    return dict(json.loads(path.read_text())) if path.exists() else {}
+
+
+def _record_collection_model(
+    state_path: Path, collection: str, model_id: str, keep: Sequence[str | None]
+) -> None:
+    """Written before the alias switches to `collection`, so whoever finds it live can tell
+    which model embedded it, even if this process dies before the index state is written."""
+    path = collection_models_path(state_path)
+    known = {name: model for name, model in read_collection_models(path).items() if name in keep}
+    write_json_atomic(path, {**known, collection: model_id})
+
+
 def point_payload(chunk: Chunk) -> dict[str, Any]:
     """What a point carries. `commit_sha` is the indexed commit its file was last read at:
     an incremental update leaves the points of unchanged files alone (rewriting every
@@ -408,6 +427,8 @@ def update_collection(
             store.drop_collection(target)
         raise
 
+    if full:
+        _record_collection_model(state_path, target, model_id, keep=[live])
     previous = store.publish(alias, target)
     point_count = store.count(target)
     write_json_atomic(

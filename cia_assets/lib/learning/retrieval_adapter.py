@@ -234,7 +234,7 @@ def train_retrieval_adapter(
     try:
         progress(f"training on {len(chosen)} triples")
         device = fit(rows, base_model, work / "model", params, on_loss)
-        digest = _weights_digest(work / "model" / "model.safetensors")
+        digest = weights_digest(work / "model" / "model.safetensors")
         if target.exists():
             shutil.rmtree(target)
         export_model_folder(work / "model", target)
@@ -254,7 +254,8 @@ def train_retrieval_adapter(
     return adapter
 
 
-def _weights_digest(path: Path) -> str:
+def weights_digest(path: Path) -> str:
+    """sha256 of a weights file: what names a trained adapter (and a base model's copy)."""
     digest = hashlib.sha256()
     with path.open("rb") as weights:
         for block in iter(lambda: weights.read(1 << 20), b""):

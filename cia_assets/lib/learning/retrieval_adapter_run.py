@@ -29,7 +29,7 @@ from cia_assets.lib.indexing.embedding_models import (
     read_promoted_adapter,
     write_promoted_adapter,
 )
-from cia_assets.lib.indexing.embeddings import PACKAGED_MODEL, packaged_model_source
+from cia_assets.lib.indexing.embeddings import ADAPTER_RECORD, PACKAGED_MODEL, packaged_model_source
 from cia_assets.lib.learning.retrieval_adapter import (
     Fit,
     RetrievalAdapterError,
@@ -170,7 +170,9 @@ def train_and_evaluate(
         ("current", current_harness),
         ("adapter", RetrievalHarness(adapted, harness_root / "adapter")),
     ):
-        report = harness.run(cases, sources, {name: SearchOptions()}, bm25=False, progress=progress)
+        # The embedding models are compared, not a re-ranker that may sit on top of them.
+        options = SearchOptions(rerank=False)
+        report = harness.run(cases, sources, {name: options}, bm25=False, progress=progress)
         overall = report.scores()[name]["all"]
         scores[name] = {**{f"acc@{k}": value for k, value in overall.acc.items()}, "mrr": overall.mrr}
     run = AdapterRun(
@@ -224,7 +226,21 @@ def promote_candidate(config: CiaConfig, *, at: str) -> PromotedAdapter:
         # Ids are weight digests: a folder that exists holds these weights already.
         staging = target.with_name(f".{model_id}.staging-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging)
+        try:
+            shutil.copytree(source, staging)
+            # The candidate's folder is rewritten by the next training run before its verdict
+            # is: the copy must hold the weights that were judged, named in their own record.
+            copied = staging / ADAPTER_RECORD
+            copied_id = json.loads(copied.read_text()).get("model_id") if copied.exists() else None
+        except (OSError, ValueError) as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise PromotionRefused(f"not promoted: {source} could not be copied whole ({error})") from error
+        if copied_id != model_id:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise PromotionRefused(
+                f"not promoted: {source} now holds {copied_id or 'an unfinished model'}, not the judged "
+                f"{model_id} (a training run replaced it); train and judge again"
+            )
         os.replace(staging, target)
     promoted = PromotedAdapter(
         model_id=model_id, model_dir=target, promoted_at=at, verdict=asdict(verdict) | {"better": True}

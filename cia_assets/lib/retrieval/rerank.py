@@ -4,26 +4,33 @@
 Pointwise yes/no scoring, as LLM re-rankers are commonly built: one completion of one token
 per file, with the first token's log-probabilities (any OpenAI-compatible server that returns
 `logprobs`: vLLM, llama.cpp's server, hosted APIs). The request comes first and the file last,
-so a server that caches prompt prefixes (llama.cpp's `--cache`, vLLM's prefix caching) reads
-the request once per question, not once per file. The LLM's order is fused with the search's
-own by reciprocal rank: a weak judge nudges, it does not overrule.
+so a server that reuses prompt prefixes (llama.cpp's server keeps the last prompt's KV, vLLM's
+prefix caching) reads the request once per question, not once per file. The LLM's order is
+fused with the search's own by reciprocal rank: a weak judge nudges, it does not overrule.
 
-Off unless `retrieval.reranker.base_url` is set: on 2 CPU cores the packaged 0.5B takes ~4 s a
-file and barely tells files apart (README, "Measuring retrieval"); on a GPU endpoint it is a
-few tens of milliseconds a file. Code sent to an endpoint off this machine is redacted first.
+Used by file searches (`search.search_files`) and by the answering context (`search.rerank_code`,
+which orders an answer's chunks by their file's place). Off unless `retrieval.reranker.base_url`
+is set: on 2 CPU cores the packaged 0.5B takes ~2.3 s a file and barely tells files apart
+(README, "Measuring retrieval"); on a GPU endpoint it is a few tens of milliseconds a file.
+Code sent to an endpoint off this machine is redacted first.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import openai
+
 from cia_assets.lib.learning.redaction import redact
 
 if TYPE_CHECKING:
     from cia_assets.lib.retrieval.search import FileHit
+
+log = logging.getLogger(__name__)
 
 SYSTEM = (
     "You judge whether a file of a code repository is the one a request is about: where its "
@@ -59,11 +66,17 @@ class LlmReranker:
         return [self._judge_one(request, file) for file in files]
 
     def rerank(self, request: str, files: Sequence[FileHit], top: int) -> list[FileHit]:
-        """The first `top` files in the fused order, the rest as they were."""
+        """The first `top` files in the fused order, the rest as they were. A judge that does
+        not answer leaves the search's own order (and a warning): it refines, it is never
+        what a search depends on."""
         head, tail = list(files[:top]), list(files[top:])
         if len(head) < 2:
             return list(files)
-        judgements = self.judge(request, head)
+        try:
+            judgements = self.judge(request, head)
+        except (RerankError, openai.APIError) as error:
+            log.warning("re-ranking skipped, the search's order kept: %s", error)
+            return list(files)
         by_llm = sorted(range(len(head)), key=lambda i: (-judgements[i].yes, i))
         fused = [1.0 / (RRF_K + rank + 1) for rank in range(len(head))]
         for rank, index in enumerate(by_llm):

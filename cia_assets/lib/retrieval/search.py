@@ -18,7 +18,7 @@ from cia_assets.lib.indexing import lexical
 from cia_assets.lib.indexing.code_graph import CodeGraph, read_code_graph
 from cia_assets.lib.indexing.embeddings import Embedder
 from cia_assets.lib.indexing.file_roles import Role, file_role, wanted_roles
-from cia_assets.lib.indexing.pipeline import read_index_state
+from cia_assets.lib.indexing.pipeline import collection_models_path, read_collection_models, read_index_state
 from cia_assets.lib.retrieval.query_plan import QueryPlan, RepoPaths
 from cia_assets.lib.vectorstore.base import SearchHit, SparseVector, VectorStore
 
@@ -327,13 +327,31 @@ def search_files(
 ) -> list[FileHit]:
     """The files most relevant to `query`, from the chunks of `options.candidates` (see
     `rank_files`), the first ones re-ranked by the configured LLM judge, if any
-    (`retrieval.rerank`)."""
+    (`retrieval.reranker`)."""
     hits = _search(project, query, repos=repos, limit=options.candidates, options=options)
+    return _reranked_files(project, query, rank_files(hits), options)[:k]
+
+
+def rerank_code(
+    project: Project, query: str, hits: Sequence[CodeHit], options: SearchOptions = SearchOptions()
+) -> list[CodeHit]:
+    """`hits` with their files in the configured re-ranker's order (each file's chunks in their
+    own order); as they were when no re-ranker is configured."""
     files = rank_files(hits)
+    reranked = _reranked_files(project, query, files, options)
+    if reranked == files:
+        return list(hits)
+    place = {(f.repo, f.path): n for n, f in enumerate(reranked)}
+    return sorted(hits, key=lambda hit: place[(hit.repo, hit.path)])
+
+
+def _reranked_files(
+    project: Project, query: str, files: list[FileHit], options: SearchOptions
+) -> list[FileHit]:
     reranker = project.reranker if options.rerank else None
-    if reranker is not None:
-        files = reranker.rerank(query, files, project.config.retrieval.reranker.files)
-    return files[:k]
+    if reranker is None:
+        return files
+    return reranker.rerank(query, files, project.config.retrieval.reranker.files)
 
 
 def rank_files(hits: Sequence[CodeHit]) -> list[FileHit]:
@@ -363,36 +381,51 @@ def _search(
     store = project.store
     wanted = list(repos) if repos else config.repo_ids
     aliases = {repo: collection_alias(config.vector_store.collection_prefix, repo) for repo in wanted}
-    indexed = {repo: alias for repo, alias in aliases.items() if store.resolve_alias(alias)}
+    live = {repo: store.resolve_alias(alias) for repo, alias in aliases.items()}
+    indexed = {repo: alias for repo, alias in aliases.items() if live[repo]}
     if not indexed:
         raise SearchError(f"nothing indexed yet for {', '.join(wanted) or 'any repo'}; run `cia index` first")
     plan = QueryPlan.of(query, repeated_terms_count=options.query_tf)
     # Each collection is asked in the vectors of the model it was built with (see
     # `indexing.embedding_models`): once per model, however many repos share it.
     queries: dict[str, HybridQuery] = {}
-    by_repo: dict[str, HybridQuery] = {}
+    by_repo: dict[str, RepoQuery] = {}
     for repo in indexed:
-        embedder = repo_embedder(project, repo)
+        embedder = repo_embedder(project, repo, live[repo])
         if embedder.model_id not in queries:
             dense = embedder.embed_query(query).tolist()
             queries[embedder.model_id] = HybridQuery(dense=dense, sparse=plan.sparse, exact=plan.exact)
-        by_repo[repo] = queries[embedder.model_id]
+        by_repo[repo] = RepoQuery(embedder.model_id, queries[embedder.model_id])
     hits: list[CodeHit] = []
     for repo, alias in indexed.items():
-        hits.extend(_search_repo(config, store, alias, repo, plan, by_repo[repo], limit, options))
+        hits.extend(_search_repo(config, store, alias, repo, plan, by_repo[repo].query, limit, options))
     if len(indexed) > 1:
         return merge_across_repos(project, by_repo, hits, _wanted_roles(plan, options), options.role_weight)
     return hits
 
 
-def repo_embedder(project: Project, repo: str) -> Embedder:
-    """The model that embeds questions for `repo`: the one its live index was built with
-    (recorded in its index state), else the active model (an index not written yet)."""
-    model_id = _indexed_model_id(project.config.layout.index_state(repo))
+@dataclass(frozen=True)
+class RepoQuery:
+    """A repo's question as its live collection is asked it: in its model's vectors."""
+
+    model_id: str
+    query: HybridQuery
+
+
+def repo_embedder(project: Project, repo: str, collection: str | None = None) -> Embedder:
+    """The model that embeds questions for `repo`: the one its live collection (`collection`,
+    else the alias's) was built with, else the active model (an index not written yet)."""
+    state_path = project.config.layout.index_state(repo)
+    live = collection or project.store.resolve_alias(
+        collection_alias(project.config.vector_store.collection_prefix, repo)
+    )
+    models = read_by_version(collection_models_path(state_path), read_collection_models) or {}
+    model_id = models.get(live or "") or _indexed_model_id(state_path)
     return project.embedder_for(model_id) if model_id else project.embedder
 
 
 def _indexed_model_id(state_path: Path) -> str | None:
+    """The index state's model: for an index built before collections recorded theirs."""
     return read_by_version(state_path, _read_model_id)
 
 
@@ -403,7 +436,7 @@ def _read_model_id(state_path: Path) -> str | None:
 
 def merge_across_repos(
     project: Project,
-    queries: Mapping[str, HybridQuery],
+    queries: Mapping[str, RepoQuery],
     hits: list[CodeHit],
     wanted: frozenset[Role] = frozenset(),
     role_weight: float = 0.0,
@@ -424,15 +457,16 @@ def merge_across_repos(
 
     texts = [embedding_text(hit) for hit in hits]
     keys = [sha256_text(text) for text in texts]
-    # Each repo's hits are compared with the question in the vectors of that repo's model.
-    models = {repo: repo_embedder(project, repo).model_id for repo in {hit.repo for hit in hits}}
+    # Each repo's hits are compared with the question in the vectors of that repo's model
+    # (the one `_search` asked its collection in).
+    models = {repo: queries[repo].model_id for repo in {hit.repo for hit in hits}}
     vectors: dict[str, dict[str, np.ndarray]] = {}
     query_vectors: dict[str, np.ndarray] = {}
     for repo, model_id in models.items():
         if model_id not in vectors:
             repo_keys = [key for key, hit in zip(keys, hits, strict=True) if models[hit.repo] == model_id]
             vectors[model_id] = project.embedding_cache.get_many(model_id, repo_keys)
-        query_vector = np.asarray(queries[repo].dense, dtype=np.float32)
+        query_vector = np.asarray(queries[repo].query.dense, dtype=np.float32)
         query_vectors[repo] = query_vector / (float(np.linalg.norm(query_vector)) or 1.0)
 
     def cosine(key: str, repo: str) -> float:
@@ -442,7 +476,7 @@ def merge_across_repos(
         return float(np.dot(query_vectors[repo], vector) / (float(np.linalg.norm(vector)) or 1.0))
 
     # The lexical lists do not depend on the model: any repo's query carries them.
-    encoded = next(iter(queries.values()))
+    encoded = next(iter(queries.values())).query
 
     def overlap(terms: SparseVector, text: str) -> float:
         document = lexical.encode_document(text)

@@ -24,7 +24,9 @@ def is_loopback_url(url: str) -> bool:
     """The endpoint is on this machine (localhost or a loopback address): what is sent there
     does not leave it. Any other host, private ranges included, counts as leaving."""
     host = (urlparse(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    # Only the name itself: `*.localhost` is not pinned to loopback by every resolver (a pod's
+    # search domains send it to the cluster's DNS).
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
