@@ -335,8 +335,10 @@ def build_points(
             vector = vectors.get(chunk.embedding_key)
             if vector is None:
                 raise IndexingError(
-                    f"{chunk.repo_id}: no cached embedding for {chunk.path}:{chunk.line_start}; "
-                    "materialize chunk_embeddings first"
+                    f"{chunk.repo_id}: no cached {embedder_model_id} embedding for "
+                    f"{chunk.path}:{chunk.line_start}; materialize chunk_embeddings first (if the "
+                    "embedding model was promoted or rolled back since it ran, the indexing "
+                    "automation embeds the repo again with the new one)"
                 )
             points.append(
                 IndexedPoint(
