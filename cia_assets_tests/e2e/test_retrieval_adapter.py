@@ -176,21 +176,19 @@ def test_the_gate_passes_only_an_adapter_that_retrieves_better(
 def _trained_candidate(config: CiaConfig, verdict: AdapterVerdict) -> str:
     """A real adapter (a few steps on hand-written triples), recorded as the last candidate
     with `verdict`, as `retrieval_adapter` leaves it; returns its model id."""
+    lessons = [
+        ("Shorten the refund deadline for every order to two weeks", "refunds", "ledger"),
+        ("Record ledger transfers as debits of the source account balance", "ledger", "auth"),
+    ]
     triples = [
         Triple(
-            query="Shorten the refund deadline for every order to two weeks",
-            positive="payments/refunds.py\n" + SOURCES["payments/refunds.py"],
-            negative="payments/ledger.py\n" + SOURCES["payments/ledger.py"],
+            query=query,
+            positive=f"payments/{good}.py\n" + SOURCES[f"payments/{good}.py"],
+            negative=f"payments/{bad}.py\n" + SOURCES[f"payments/{bad}.py"],
             repo="payments",
-            commit="0" * 40,
-        ),
-        Triple(
-            query="Record ledger transfers as debits of the source account balance",
-            positive="payments/ledger.py\n" + SOURCES["payments/ledger.py"],
-            negative="payments/auth.py\n" + SOURCES["payments/auth.py"],
-            repo="payments",
-            commit="1" * 40,
-        ),
+            commit=str(n) * 40,
+        )
+        for n, (query, good, bad) in enumerate(lessons)
     ]
     folder = config.layout.retrieval_adapters / CANDIDATE
     adapter = train_retrieval_adapter(

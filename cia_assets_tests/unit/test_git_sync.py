@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from cia_assets.lib.sources.git_sync import GitSyncError, RepoMirror, path_selected, remote_head
+from cia_assets.config import ChunkingConfig, CodebaseConfig
+from cia_assets.lib.core.layout import DataLayout
+from cia_assets.lib.indexing.pipeline import chunk_snapshot
+from cia_assets.lib.sources.git_sync import GitSyncError, RepoMirror, path_selected, remote_head, snapshot_at
 from cia_assets_tests.support.repos import GitRepo
 
 
@@ -101,5 +104,10 @@ def test_a_blob_missing_from_the_mirror_is_listed_without_a_size(
         moved.unlink()
     (tmp_path / "mirror.git" / "objects" / blob[:2] / blob[2:]).unlink()
     sizes = {f.path: f.size for f in mirror.tracked_files(head)}
+    # Chunking counts the file as skipped and indexes the rest.
+    codebase = CodebaseConfig(url=repo.url, id="payments")
+    snapshot = snapshot_at(mirror, head, codebase, repo.url)
+    meta = chunk_snapshot(DataLayout(tmp_path / "data"), snapshot, mirror, codebase, ChunkingConfig())
     mirror.close()
     assert sizes == {"a.py": 6, "big.bin": None}
+    assert meta.skipped == {"missing_blob": 1} and list(meta.files) == ["a.py"]

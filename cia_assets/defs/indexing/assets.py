@@ -18,15 +18,9 @@ FOLLOW_UPSTREAM = dg.AutomationCondition.eager()
 # Embeddings also follow the embedding model: a promoted retrieval adapter (or a rollback)
 # re-embeds every repo. Eager, except that the model may be missing: a project that never
 # promoted an adapter has no materialization of it, and eager would wait for one forever.
-EMBEDDING_MODEL = dg.AssetSelection.assets(retrieval_embedding_model)
-FOLLOW_CHUNKS_AND_MODEL = (
-    dg.AutomationCondition.in_latest_time_window()
-    & (
-        dg.AutomationCondition.newly_missing() | dg.AutomationCondition.any_deps_updated()
-    ).since_last_handled()
-    & ~dg.AutomationCondition.any_deps_missing().ignore(EMBEDDING_MODEL)
-    & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.in_progress()
+FOLLOW_CHUNKS_AND_MODEL = FOLLOW_UPSTREAM.replace(
+    "any_deps_missing",
+    dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets(retrieval_embedding_model)),
 ).with_label("eager; the embedding model may be missing")
 
 

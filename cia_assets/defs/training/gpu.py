@@ -57,15 +57,7 @@ def train_on_gpu(
         TRAINER_MODULE,
         training_extras(config, train_path=str(train_path), output_dir=str(output_dir)),
     )
-    losses = [
-        (int(message["step"]), float(message["loss"]))
-        for message in invocation.get_custom_messages()
-        if isinstance(message, dict) and "loss" in message
-    ]
-    reported = invocation.get_results()
-    if not reported:
-        raise GpuTrainingError("the trainer pod finished without reporting an adapter")
-    metadata = {key: value.value for key, value in reported[-1].metadata.items()}  # type: ignore[union-attr]
+    losses, metadata = _pod_report(invocation, "an adapter")
     adapter_dir = Path(str(metadata["adapter_dir"]))
     if not (adapter_dir / "adapter_config.json").is_file():
         raise GpuTrainingError(f"the trainer pod reported {adapter_dir}, which holds no adapter here")
@@ -78,6 +70,19 @@ def train_on_gpu(
         final_loss=float(final) if isinstance(final, int | float) else None,
         metadata=metadata,
     )
+
+
+def _pod_report(invocation: Any, what: str) -> tuple[list[tuple[int, float]], dict[str, Any]]:
+    """The loss messages a trainer pod sent through Pipes, and its final report's metadata."""
+    losses = [
+        (int(message["step"]), float(message["loss"]))
+        for message in invocation.get_custom_messages()
+        if isinstance(message, dict) and "loss" in message
+    ]
+    reported = invocation.get_results()
+    if not reported:
+        raise GpuTrainingError(f"the trainer pod finished without reporting {what}")
+    return losses, {key: value.value for key, value in reported[-1].metadata.items()}
 
 
 def _run_trainer_pod(
@@ -147,13 +152,11 @@ def fit_retrieval_adapter_on_gpu(
                 params=params,
             ),
         )
-        for message in invocation.get_custom_messages():
-            if isinstance(message, dict) and "loss" in message:
-                on_loss(int(message["step"]), float(message["loss"]))
-        reported = invocation.get_results()
-        if not reported or not (output_dir / "model.safetensors").is_file():
-            raise GpuTrainingError(f"the trainer pod finished without writing a model to {output_dir}")
-        metadata = {key: value.value for key, value in reported[-1].metadata.items()}  # type: ignore[union-attr]
+        losses, metadata = _pod_report(invocation, "a model")
+        if not (output_dir / "model.safetensors").is_file():
+            raise GpuTrainingError(f"the trainer pod reported no model in {output_dir}")
+        for step, loss in losses:
+            on_loss(step, loss)
         return str(metadata.get("device", "gpu"))
 
     return fit

@@ -34,6 +34,8 @@ from cia_assets.lib.indexing.embeddings import (
 )
 
 PROMOTED_RECORD = "promoted.json"
+# What `learning.retrieval_adapter` names a trained model: a digest of its weights.
+ADAPTER_ID = re.compile(r"cia-retrieval-adapter-[0-9a-f]{16}")
 
 
 @dataclass(frozen=True)
@@ -87,17 +89,15 @@ def model_by_id(config: CiaConfig, model_id: str) -> EmbeddingModel:
     configured = config.embedding.model
     if model_id == configured:
         return configured_model(config)
-    if ADAPTER_ID.fullmatch(model_id) and (adapter_folder(config.layout, model_id) / ADAPTER_RECORD).exists():
-        return EmbeddingModel(model_id, adapter_folder(config.layout, model_id))
+    if ADAPTER_ID.fullmatch(model_id):
+        folder = adapter_folder(config.layout, model_id)
+        if (folder / ADAPTER_RECORD).exists():
+            return EmbeddingModel(model_id, folder)
     raise EmbeddingModelError(
         f"an index was built with the embedding model {model_id!r}, which is neither cia.yaml's "
         f"embedding.model ({configured!r}) nor a retrieval adapter under {config.layout.retrieval_adapters}; "
         "re-index it (`cia index --full`)"
     )
-
-
-# What `learning.retrieval_adapter` names a trained model: a digest of its weights.
-ADAPTER_ID = re.compile(r"cia-retrieval-adapter-[0-9a-f]{16}")
 
 
 def adapter_folder(layout: DataLayout, model_id: str) -> Path:

@@ -337,11 +337,10 @@ def rerank_code(
 ) -> list[CodeHit]:
     """`hits` with their files in the configured re-ranker's order (each file's chunks in their
     own order); as they were when no re-ranker is configured."""
-    files = rank_files(hits)
-    reranked = _reranked_files(project, query, files, options)
-    if reranked == files:
+    if not (options.rerank and project.reranker):
         return list(hits)
-    place = {(f.repo, f.path): n for n, f in enumerate(reranked)}
+    files = _reranked_files(project, query, rank_files(hits), options)
+    place = {(f.repo, f.path): n for n, f in enumerate(files)}
     return sorted(hits, key=lambda hit: place[(hit.repo, hit.path)])
 
 
@@ -366,6 +365,14 @@ def rank_files(hits: Sequence[CodeHit]) -> list[FileHit]:
         files.append(FileHit(repo=repo, path=path, score=chunks[0].score, chunks=tuple(chunks)))
     files.sort(key=lambda f: (-f.score, f.repo, f.path))
     return files
+
+
+@dataclass(frozen=True)
+class RepoQuery:
+    """A repo's question as its live collection is asked it: in its model's vectors."""
+
+    model_id: str
+    query: HybridQuery
 
 
 def _search(
@@ -402,14 +409,6 @@ def _search(
     if len(indexed) > 1:
         return merge_across_repos(project, by_repo, hits, _wanted_roles(plan, options), options.role_weight)
     return hits
-
-
-@dataclass(frozen=True)
-class RepoQuery:
-    """A repo's question as its live collection is asked it: in its model's vectors."""
-
-    model_id: str
-    query: HybridQuery
 
 
 def repo_embedder(project: Project, repo: str, collection: str | None = None) -> Embedder:

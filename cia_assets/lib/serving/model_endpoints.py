@@ -39,18 +39,16 @@ def reranker_of(config: CiaConfig) -> LlmReranker | None:
     settings: RerankerConfig = config.retrieval.reranker
     if not settings.base_url or not settings.model:
         return None
-    import openai
-
     from cia_assets.lib.retrieval.rerank import LlmReranker
 
-    client = openai.OpenAI(
-        base_url=settings.base_url,
-        api_key=settings.api_key or "unused",
-        timeout=settings.request_timeout_s,
-        max_retries=1,
+    endpoint = ResolvedEndpoint(
+        settings.base_url, settings.model, settings.api_key, "openai", settings.request_timeout_s, 1
     )
     return LlmReranker(
-        client, settings.model, remote=not is_loopback_url(settings.base_url), weight=settings.weight
+        endpoint.client(),
+        settings.model,
+        remote=not is_loopback_url(settings.base_url),
+        weight=settings.weight,
     )
 
 
