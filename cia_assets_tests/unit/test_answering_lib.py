@@ -95,6 +95,26 @@ def test_context_budget_truncates_a_long_block_to_its_head() -> None:
     assert assemble_context([hit("a.py", 1, 200)], read_lines, max_blocks_per_file=2, budget_tokens=10) == []
 
 
+def test_context_budget_keeps_the_named_definition_of_a_long_block() -> None:
+    lines = [*FILE_LINES[:119], "    def _enforce_size_limit(self, capacity):", *FILE_LINES[120:]]
+    blocks = assemble_context(
+        [hit("a.py", 1, 200)],
+        lambda repo, sha, path: lines,
+        max_blocks_per_file=2,
+        budget_tokens=100,
+        focus_names={"_enforce_size_limit"},
+    )
+    assert len(blocks) == 1 and blocks[0].line_start == 120 and 128 <= blocks[0].line_end < 200
+    assert blocks[0].text.splitlines()[0] == "    def _enforce_size_limit(self, capacity):"
+    assert blocks[0].text == "\n".join(lines[119 : blocks[0].line_end])
+    # A name the block does not define keeps its head.
+    head = assemble_context(
+        [hit("a.py", 1, 200)], lambda repo, sha, path: lines, max_blocks_per_file=2, budget_tokens=100,
+        focus_names={"evict"},
+    )  # fmt: skip
+    assert head[0].line_start == 1
+
+
 def test_sources_are_fenced_so_code_cannot_close_its_block() -> None:
     block = ContextBlock(
         n=1, repo="r", path="x.md", line_start=1, line_end=3, commit_sha="s", web_url=None,

@@ -11,6 +11,7 @@ from cia_assets.lib.answering.context import (
     only_tests_or_vendored,
     retrieval_query,
 )
+from cia_assets.lib.answering.generation import starts_not_found
 from cia_assets.lib.answering.grounding import (
     UNGROUNDED_MARK,
     attribute,
@@ -19,6 +20,7 @@ from cia_assets.lib.answering.grounding import (
     inline_spans,
     mark_ungrounded,
     mostly_ungrounded,
+    named_code,
     question_terms,
     quoted_lines,
 )
@@ -106,6 +108,38 @@ def test_evidence_is_the_share_of_the_questions_terms_in_the_retrieved_code() ->
     assert evidence("How does it work?", blocks).coverage == 1.0  # nothing distinctive to miss
 
 
+def test_code_a_question_names_and_finds_in_the_retrieved_code_is_evidence_of_its_subject() -> None:
+    assert named_code(
+        "What is the semantic meaning of the 'fill_value' argument in _getitem_with_mask of the "
+        "VariableSubclassobjects class, and how does DataTree.from_dict use `Dataset.update()`, e.g. in the U.S.?"
+    ) == ["fill_value", "Dataset.update", "_getitem_with_mask", "VariableSubclassobjects", "DataTree.from_dict"]
+    assert named_code("How is authorization implemented in the payments service? Where is `[n]` checked?") == []
+    blocks = [("payments/auth.py", AUTH), ("payments/ledger.py", LEDGER)]
+    # Words of how a question is framed are in no code: the named function is.
+    framed = evidence(
+        "What architectural role does the delegation pattern in authorize_refund play for consistency?", blocks
+    )
+    assert framed.coverage < 0.65 and framed.named_found == ["authorize_refund"]
+    assert framed.supports_answer(0.65)
+    # Named code the retrieved blocks lack does not count (case matters: code is spelled exactly).
+    invented = evidence("How does Authorize_Refund call PaymentGateway.charge?", blocks)
+    assert invented.named == ["Authorize_Refund", "PaymentGateway.charge"] and invented.named_found == []
+    assert not invented.supports_answer(0.65)
+    # At least half the named code must be there: one repo class beside an absent feature is not.
+    half = evidence("How does transfer_between_accounts publish to KafkaProducer and SlackWebhook?", blocks)
+    assert half.named_found == ["transfer_between_accounts"] and not half.supports_answer(0.65)
+    assert evidence("When is a refund authorized for a manager?", blocks).supports_answer(0.65)
+    assert not evidence("How are invoices emailed to customers over SMTP?", blocks).supports_answer(0.65)
+    # A file name is matched whole: `ledger.py` is in the paths, `billing.py` nowhere.
+    assert evidence("What does ledger.py do?", blocks).named_found == ["ledger.py"]
+    assert evidence("What does billing.py do?", blocks).named_found == []
+
+
+def test_the_first_token_that_starts_not_found() -> None:
+    assert [starts_not_found(t) for t in ("NOT", " Not", "not", "NOT FOUND", " NOT_FOUND")] == [True] * 4 + [False]
+    assert [starts_not_found(t) for t in ("Note", "No", "The", "N", "`")] == [False] * 5
+
+
 def test_file_roles_and_what_a_question_wants() -> None:
     assert file_role("cia_assets/lib/answering/answerer.py") == "source"
     assert file_role("cia_assets_tests/test_answering.py") == "test"
@@ -124,10 +158,10 @@ def test_file_roles_and_what_a_question_wants() -> None:
     assert wanted_roles("What does the README say about installation?") == {"source", "doc"}
 
 
-def _hit(path: str, score: float) -> CodeHit:
+def _hit(path: str, score: float, symbol: str | None = None, text: str = "x") -> CodeHit:
     return CodeHit(
-        repo="r", path=path, line_start=1, line_end=5, symbol=None, language="python", score=score,
-        commit_sha="s" * 40, web_url=None, text="x", kind="function",
+        repo="r", path=path, line_start=1, line_end=5, symbol=symbol, language="python", score=score,
+        commit_sha="s" * 40, web_url=None, text=text, kind="function",
     )  # fmt: skip
 
 
@@ -142,6 +176,30 @@ def test_an_explanation_reads_source_files_before_tests_and_docs_unless_asked() 
     assert ordered == ["auth.py", "ledger.py", "tests/test_auth.py", "README.md"]
     asked = [h.path for h in explanation_order(hits, "How is refund authorization tested?")]
     assert asked == ["tests/test_auth.py", "auth.py", "ledger.py", "README.md"]
+
+
+def test_an_explanation_reads_the_definitions_the_question_names_first_in_any_file() -> None:
+    hits = [
+        _hit("core/variable.py", 0.9, "Variable.copy"),
+        _hit("core/indexing.py", 0.8, "VectorizedIndexer"),
+        _hit("tests/test_variable.py", 0.7, "VariableSubclassobjects._assertIndexedLikeNDArray"),
+        _hit("core/variable.py", 0.6, "Variable._getitem_with_mask"),
+        _hit("tests/test_indexing.py", 0.5, "test_getitem_with_mask"),
+    ]
+    question = "What does expected_dtype do in _assertIndexedLikeNDArray, and how does _getitem_with_mask mask?"
+    ordered = [(h.path, h.symbol) for h in explanation_order(hits, question)]
+    assert ordered == [
+        ("tests/test_variable.py", "VariableSubclassobjects._assertIndexedLikeNDArray"),
+        ("core/variable.py", "Variable._getitem_with_mask"),
+        ("core/variable.py", "Variable.copy"),
+        ("core/indexing.py", "VectorizedIndexer"),
+        ("tests/test_indexing.py", "test_getitem_with_mask"),  # a use, not the definition
+    ]
+    # A method defined inside a class chunked whole is found in the chunk's code.
+    lru = _hit("backends/lru_cache.py", 0.1, "LRUCache", "class LRUCache:\n    def _enforce_size_limit(self, n):\n")
+    caller = _hit("backends/file_manager.py", 0.9, "CachingFileManager", "self._cache._enforce_size_limit(3)")
+    ordered = explanation_order([caller, lru], "When does _enforce_size_limit evict?")
+    assert [h.path for h in ordered] == ["backends/lru_cache.py", "backends/file_manager.py"]
 
 
 def test_a_follow_up_carries_the_conversation_without_old_sources_or_markers() -> None:

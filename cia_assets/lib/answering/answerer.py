@@ -50,7 +50,7 @@ from cia_assets.lib.answering.context import (
     only_tests_or_vendored,
     retrieval_query,
 )
-from cia_assets.lib.answering.generation import Generation
+from cia_assets.lib.answering.generation import Generation, not_found_probability
 from cia_assets.lib.answering.grounding import (
     Evidence,
     Grounding,
@@ -64,6 +64,7 @@ from cia_assets.lib.answering.prompts import PromptTemplate, load_prompt
 from cia_assets.lib.core.access import AccessDenied
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.observability.langfuse.prompts import PromptCache
+from cia_assets.lib.retrieval.query_plan import definition_names, named_identifiers
 from cia_assets.lib.retrieval.search import rerank_code, search_code
 from cia_assets.lib.serving.endpoint import EndpointRecord, HealthCache
 from cia_assets.lib.sources.mirrors import MirrorPool
@@ -141,6 +142,7 @@ class Answerer:
             self.read_lines,
             max_blocks_per_file=settings.max_chunks_per_file,
             budget_tokens=self._code_budget(prompt, question, history),
+            focus_names=definition_names(named_identifiers(question)),
         )
         # A follow-up's subject is partly in the question before it: judged on the same query.
         found = evidence(query, [(b.path, b.text) for b in blocks])
@@ -166,8 +168,9 @@ class Answerer:
         model_name = endpoint.model if not endpoint.adapter else f"{endpoint.model}+{endpoint.adapter}"
         usage: dict[str, int | None] = {"prompt_tokens": None, "completion_tokens": None}
 
-        only_tests = bool(blocks) and only_tests_or_vendored(blocks, question)
-        if not blocks or found.coverage < settings.abstain_min_coverage or only_tests:
+        # Tests alone are no explanation, unless they hold the code the question names.
+        only_tests = bool(blocks) and not found.named_found and only_tests_or_vendored(blocks, question)
+        if not blocks or not found.supports_answer(settings.abstain_min_coverage) or only_tests:
             # Nothing retrieved talks about the question's subject, or only tests and vendored
             # code do (a fixture is not the implementation asked about): say so, without asking
             # a model that would explain whatever it was shown.
@@ -182,10 +185,28 @@ class Answerer:
             return
 
         messages = prompt.render(format_sources(blocks), question, history)
+        client = chat_client(endpoint, self.config)
+        if settings.abstain_model_probability > 0:
+            # The code found may be near the subject without being it (an absent feature of a
+            # repo whose main classes the question names): the model's own weight on NOT FOUND.
+            probe_started = time.perf_counter()
+            p_not_found = not_found_probability(client, endpoint, messages)
+            timings["model_probe_ms"] = round((time.perf_counter() - probe_started) * 1000, 1)
+            details["not_found_probability"] = p_not_found
+            if p_not_found is not None and p_not_found >= settings.abstain_model_probability:
+                details["abstained"] = "model"
+                answer = self._finish(
+                    request, trace_id, model_name, blocks, repos, "", CitationFilter(set()), timings, usage,
+                    found,
+                )  # fmt: skip
+                details["timings_ms"] = timings
+                self._emit_trace(request, answer, details)
+                yield answer
+                return
         checker = CitationFilter({b.n for b in blocks})
         generation = Generation()
         yield from generation.run(
-            chat_client(endpoint, self.config),
+            client,
             endpoint,
             messages,
             checker,
@@ -249,7 +270,9 @@ class Answerer:
         grounding = Grounding(checked=0)
         note = ""
         if not_found:
-            missing = found.missing if found.coverage < self.config.answering.abstain_min_coverage else []
+            missing = (
+                [] if found.supports_answer(self.config.answering.abstain_min_coverage) else found.missing
+            )
             text = not_found_answer(request.question, repos, blocks, missing, only_tests)
             citations = []
         else:

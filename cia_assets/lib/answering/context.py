@@ -9,6 +9,7 @@ from typing import Any
 
 from cia_assets.lib.answering.citations import ContextBlock, strip_markers
 from cia_assets.lib.indexing.file_roles import file_role, wanted_roles
+from cia_assets.lib.retrieval.query_plan import defines, defines_in, definition_names, named_identifiers
 from cia_assets.lib.retrieval.search import CodeHit
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,14 @@ def assemble_context(
     *,
     max_blocks_per_file: int,
     budget_tokens: int,
+    focus_names: set[str] | frozenset[str] = frozenset(),
 ) -> list[ContextBlock]:
     """Blocks in rank order: touching hits of one file merged, at most `max_blocks_per_file`
     per file, the whole within `budget_tokens`. `read_lines(repo, sha, path)` gives the
     file's lines at that sha (None when it is not there): block text comes from it, so a
-    stale index entry whose lines no longer exist never reaches the model."""
+    stale index entry whose lines no longer exist never reaches the model. A block too long
+    for what is left keeps its head, or, when it defines one of `focus_names` further down
+    (a method of a class chunked whole), the lines from that definition on."""
     # Group by file in the order each file first ranks, keeping each file's hits in rank order.
     files: dict[tuple[str, str, str], list[CodeHit]] = {}
     for hit in hits:
@@ -71,10 +75,12 @@ def assemble_context(
         body = lines[start - 1 : end]
         cost = header_tokens + estimate_tokens("\n".join(body))
         if cost > remaining:
-            # Keep the head of a long block (its signature and docstring) when enough fits.
+            # Keep the head of a long block (its signature and docstring) when enough fits,
+            # or the named definition inside it.
+            skip = _definition_line(body, focus_names) if focus_names else 0
             kept: list[str] = []
             used = header_tokens
-            for line in body:
+            for line in body[skip:]:
                 line_cost = estimate_tokens(line) + 1
                 if used + line_cost > remaining:
                     break
@@ -82,6 +88,7 @@ def assemble_context(
                 used += line_cost
             if len(kept) < MIN_BLOCK_LINES:
                 continue
+            start += skip
             body, end, cost = kept, start + len(kept) - 1, used
         remaining -= cost
         blocks.append(
@@ -100,6 +107,14 @@ def assemble_context(
             )
         )
     return blocks
+
+
+def _definition_line(body: Sequence[str], names: set[str] | frozenset[str]) -> int:
+    """The index of the first line of `body` that defines one of `names`, else 0."""
+    for index, line in enumerate(body):
+        if defines_in(line, set(names)):
+            return index
+    return 0
 
 
 def estimate_tokens(text: str) -> int:
@@ -138,8 +153,17 @@ def only_tests_or_vendored(blocks: Sequence[ContextBlock], question: str) -> boo
 
 
 def explanation_order(hits: Sequence[CodeHit], question: str) -> list[CodeHit]:
-    """Hits of the roles the question wants first (source files, plus tests or docs when it asks
-    about those), each group in rank order: tests that mention a name would otherwise crowd
-    its definition out of the context."""
+    """The definitions of what the question names first, whatever file they are in (a
+    question about a test helper wants that test file), then hits of the roles the question
+    wants (source files, plus tests or docs when it asks about those), each group in rank
+    order: tests and callers that mention a name would otherwise crowd its definition out of
+    the context."""
     wanted = wanted_roles(question)
-    return sorted(hits, key=lambda hit: file_role(hit.path) not in wanted)
+    named = definition_names(named_identifiers(question))
+
+    def group(hit: CodeHit) -> int:
+        if named and (defines(hit.symbol, named) or defines_in(hit.text, named)):
+            return 0
+        return 1 if file_role(hit.path) in wanted else 2
+
+    return sorted(hits, key=group)

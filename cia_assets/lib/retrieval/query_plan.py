@@ -49,9 +49,47 @@ class QueryPlan:
             text=text,
             sparse=lexical.encode_query(text, repeated_terms_count=repeated_terms_count),
             exact=lexical.encode_identifiers(text),
-            identifiers=tuple(dict.fromkeys([*lexical.identifiers(text), *dotted_names(text)])),
+            identifiers=named_identifiers(text),
             path_mentions=path_mentions(text),
         )
+
+
+def named_identifiers(text: str) -> tuple[str, ...]:
+    """Compound and dotted identifiers the text names (`fill_value`, `Dataset.update`),
+    lowercased, first mention first."""
+    return tuple(dict.fromkeys([*lexical.identifiers(text), *dotted_names(text)]))
+
+
+def definition_names(identifiers: Iterable[str]) -> set[str]:
+    """The named identifiers whose definitions are worth finding: all but dunder names
+    (`__init__`, `__call__` are defined in every other class)."""
+    return {name for name in identifiers if not name.rsplit(".", 1)[-1].startswith("__")}
+
+
+def defines(symbol: str | None, names: set[str]) -> bool:
+    """A chunk whose symbol is `symbol` defines a named name: its own name (the last part of
+    `Class.method`) is named, or its qualified name ends with a dotted name of the text
+    (`Dataset.update`). Naming a class does not make every method of it a definition of
+    that name."""
+    qualified = (symbol or "").lower()
+    if not qualified:
+        return False
+    if qualified.rsplit(".", 1)[-1] in names:
+        return True
+    return any("." in name and (qualified == name or qualified.endswith("." + name)) for name in names)
+
+
+# A definition's keyword and name across the chunked languages (Python, JS/TS, Go, Rust, Java,
+# C#...): finds a method defined inside a class that was chunked whole.
+_DEFINITION = re.compile(
+    r"\b(?:def|class|function|func|fn|interface|struct|enum|trait|type)\s+(?:\([^)]*\)\s*)?([A-Za-z_]\w*)"
+)
+
+
+def defines_in(text: str, names: set[str]) -> bool:
+    """The code defines a named name (the last part of a dotted one) somewhere in it."""
+    wanted = {name.rsplit(".", 1)[-1] for name in names}
+    return any(match.group(1).lower() in wanted for match in _DEFINITION.finditer(text))
 
 
 def dotted_names(text: str) -> list[str]:

@@ -19,7 +19,7 @@ from cia_assets.lib.indexing.code_graph import CodeGraph, read_code_graph
 from cia_assets.lib.indexing.embeddings import Embedder
 from cia_assets.lib.indexing.file_roles import Role, file_role, wanted_roles
 from cia_assets.lib.indexing.pipeline import collection_models_path, read_collection_models, read_index_state
-from cia_assets.lib.retrieval.query_plan import QueryPlan, RepoPaths
+from cia_assets.lib.retrieval.query_plan import QueryPlan, RepoPaths, defines, definition_names
 from cia_assets.lib.vectorstore.base import SearchHit, SparseVector, VectorStore
 
 MERGE_RRF_K = 60  # as the stores' own fusion
@@ -191,9 +191,8 @@ def _search_repo(
         # A report names `separability_matrix` or `URLField`: the chunks that define it
         # (their symbol, not merely a use) are where a fix starts. Candidates come from
         # the lists above, so this only reorders what retrieval already found.
-        # Dunder names (`__init__`, `__call__`) are defined in every other class.
-        names = {name for name in plan.identifiers if not name.rsplit(".", 1)[-1].startswith("__")}
-        defining = [hit for hit, _ in fused if _defines(hit, names)]
+        names = definition_names(plan.identifiers)
+        defining = [hit for hit, _ in fused if defines(hit.payload.get("symbol"), names)]
         if defining:
             lists = [*lists, (defining, 1.0)]
             fused = _fuse(lists)
@@ -283,18 +282,6 @@ def _represent_files(
         for hit in _best_per_file(hybrid.run(store, alias, len(missing) * 4, {"path": missing})):
             best.setdefault(hit.payload["path"], hit)
     return [best[path] for path in ordered if path in best]
-
-
-def _defines(hit: SearchHit, names: set[str]) -> bool:
-    """The chunk defines a named symbol: its own name (the last part of `Class.method`) is
-    named, or its qualified name ends with a dotted name of the text (`Dataset.update`).
-    Naming a class does not make every method of it a definition of that name."""
-    symbol = str(hit.payload.get("symbol") or "").lower()
-    if not symbol:
-        return False
-    if symbol.rsplit(".", 1)[-1] in names:
-        return True
-    return any("." in name and (symbol == name or symbol.endswith("." + name)) for name in names)
 
 
 def search_code(
