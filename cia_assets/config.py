@@ -236,15 +236,12 @@ class AnsweringConfig(_Strict):
         description="answer 'not found' without asking the model when less than this share of the "
         "question's distinctive terms occur in the retrieved code (0 = never)",
     )
-    # Calibrated on SWE-QA's xarray questions and absent-feature questions for xarray and this
-    # repo (README, "Measuring answers").
     abstain_model_probability: float = Field(
         default=0.05,
         ge=0.0,
         le=1.0,
-        description="answer 'not found' when the model gives at least this probability to starting "
-        "its answer with NOT FOUND (its first token's log-probabilities, one extra one-token "
-        "request; 0 = never ask)",
+        description="answer 'not found' when the model's first token has at least this probability "
+        "of starting NOT FOUND (calibrated in the README's 'Measuring answers'; 0 = never ask)",
     )
     history_messages: int = Field(
         default=4, ge=0, le=20, description="earlier messages of a conversation given to the model"
