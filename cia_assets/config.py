@@ -222,19 +222,18 @@ class AnsweringConfig(_Strict):
     # The first token waits for the whole prompt to be read: about 13 s per 1,000 tokens for the
     # packaged 0.5B on 2 CPU cores, so the code shown is capped here (a GPU endpoint can take more).
     code_tokens: int = Field(default=1200, ge=128, description="most tokens of code shown to the model")
+    block_tokens: int = Field(default=400, ge=64, description="most tokens of one block of code")
     prefer_source_files: bool = Field(
         default=True,
         description="an explanation's context puts source files before tests, docs and vendored "
         "code (unless the question asks about those)",
     )
-    # Calibrated on this repo's real and absent-feature questions (README, "Answer quality"):
-    # every real one had >= 0.67, 7 of 12 absent ones < 0.65.
     abstain_min_coverage: float = Field(
         default=0.65,
         ge=0.0,
         le=1.0,
-        description="answer 'not found' without asking the model when less than this share of the "
-        "question's distinctive terms occur in the retrieved code (0 = never)",
+        description="answer 'not found' without asking the model when the retrieved code has neither "
+        "half the code names the question uses nor this share of its distinctive terms (0 = never)",
     )
     abstain_model_probability: float = Field(
         default=0.05,

@@ -115,6 +115,15 @@ def test_context_budget_keeps_the_named_definition_of_a_long_block() -> None:
     assert head[0].line_start == 1
 
 
+def test_context_cuts_each_long_block_so_several_files_fit() -> None:
+    hits = [hit("a.py", 1, 120), hit("b.py", 1, 120), hit("c.py", 1, 120)]
+    whole = assemble_context(hits, read_lines, max_blocks_per_file=2, budget_tokens=600)
+    assert [b.path for b in whole] == ["a.py", "b.py"]  # the first long block takes most of it
+    cut = assemble_context(hits, read_lines, max_blocks_per_file=2, budget_tokens=600, max_block_tokens=180)
+    assert [b.path for b in cut] == ["a.py", "b.py", "c.py"]
+    assert all(b.line_start == 1 and 8 <= b.line_end < 120 for b in cut)
+
+
 def test_sources_are_fenced_so_code_cannot_close_its_block() -> None:
     block = ContextBlock(
         n=1, repo="r", path="x.md", line_start=1, line_end=3, commit_sha="s", web_url=None,

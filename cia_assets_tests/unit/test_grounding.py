@@ -200,6 +200,10 @@ def test_an_explanation_reads_the_definitions_the_question_names_first_in_any_fi
     caller = _hit("backends/file_manager.py", 0.9, "CachingFileManager", "self._cache._enforce_size_limit(3)")
     ordered = explanation_order([caller, lru], "When does _enforce_size_limit evict?")
     assert [h.path for h in ordered] == ["backends/lru_cache.py", "backends/file_manager.py"]
+    # The methods of a class the question names are part of its definition.
+    method = _hit("core/indexing.py", 0.1, "DaskIndexingAdapter.__getitem__")
+    ordered = explanation_order([caller, method], "Where does DaskIndexingAdapter call map_blocks?")
+    assert [h.path for h in ordered] == ["core/indexing.py", "backends/file_manager.py"]
 
 
 def test_a_follow_up_carries_the_conversation_without_old_sources_or_markers() -> None:

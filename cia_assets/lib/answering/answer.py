@@ -55,6 +55,9 @@ class Answer:
     grounding_note: str = ""  # what the answer says about its ungrounded names, "" when none
     # The model wrote no valid marker; the citations are the blocks its names come from.
     inferred_citations: bool = False
+    # Why a "not found" answer is one: "no code", "evidence", "only tests", "model probability"
+    # (decided before generation), "model said not found", "no citation", "ungrounded".
+    not_found_reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -143,6 +143,9 @@ class Answerer:
             max_blocks_per_file=settings.max_chunks_per_file,
             budget_tokens=self._code_budget(prompt, question, history),
             focus_names=definition_names(named_identifiers(question)),
+            # One long chunk (a 90-line method) would take the whole budget: several files
+            # explain more than one.
+            max_block_tokens=settings.block_tokens,
         )
         # A follow-up's subject is partly in the question before it: judged on the same query.
         found = evidence(query, [(b.path, b.text) for b in blocks])
@@ -174,11 +177,12 @@ class Answerer:
             # Nothing retrieved talks about the question's subject, or only tests and vendored
             # code do (a fixture is not the implementation asked about): say so, without asking
             # a model that would explain whatever it was shown.
-            details["abstained"] = "no code" if not blocks else "only tests" if only_tests else "evidence"
+            abstained = "no code" if not blocks else "only tests" if only_tests else "evidence"
             answer = self._finish(
                 request, trace_id, model_name, blocks, repos, "", CitationFilter(set()), timings, usage,
-                found, only_tests=only_tests,
+                found, abstained=abstained,
             )  # fmt: skip
+            details["abstained"] = abstained
             details["timings_ms"] = timings
             self._emit_trace(request, answer, details)
             yield answer
@@ -194,11 +198,11 @@ class Answerer:
             timings["model_probe_ms"] = round((time.perf_counter() - probe_started) * 1000, 1)
             details["not_found_probability"] = p_not_found
             if p_not_found is not None and p_not_found >= settings.abstain_model_probability:
-                details["abstained"] = "model"
                 answer = self._finish(
                     request, trace_id, model_name, blocks, repos, "", CitationFilter(set()), timings, usage,
-                    found,
+                    found, abstained="model probability",
                 )  # fmt: skip
+                details["abstained"] = answer.not_found_reason
                 details["timings_ms"] = timings
                 self._emit_trace(request, answer, details)
                 yield answer
@@ -230,6 +234,7 @@ class Answerer:
             found,
         )
         details["timings_ms"] = timings
+        details["abstained"] = answer.not_found_reason or None
         details["raw_answer"] = generation.raw
         details["grounding"] = {"checked": answer.grounding_checked, "ungrounded": answer.ungrounded}
         self._emit_trace(request, answer, details)
@@ -250,8 +255,10 @@ class Answerer:
         usage: dict[str, int | None],
         found: Evidence,
         *,
-        only_tests: bool = False,
+        abstained: str = "",
     ) -> Answer:
+        """The verified answer; `abstained` says why it is "not found" without generation
+        ("no code", "evidence", "only tests", "model probability")."""
         # Re-run the check over the whole text: the streamed pieces and the final answer
         # must agree, whatever the chunking of the stream was.
         final_checker = CitationFilter({b.n for b in blocks})
@@ -269,11 +276,13 @@ class Answerer:
         not_found = not citations or declined
         grounding = Grounding(checked=0)
         note = ""
+        reason = ""
         if not_found:
             missing = (
                 [] if found.supports_answer(self.config.answering.abstain_min_coverage) else found.missing
             )
-            text = not_found_answer(request.question, repos, blocks, missing, only_tests)
+            text = not_found_answer(request.question, repos, blocks, missing, abstained == "only tests")
+            reason = abstained or ("model said not found" if declined else "no citation")
             citations = []
         else:
             grounding = check_grounding(
@@ -283,6 +292,7 @@ class Answerer:
             # An explanation of code that is not in the sources (an example repeated, an
             # invented API) is not an answer: say what was read instead.
             not_found = True
+            reason = "ungrounded"
             citations = []
             text = not_found_answer(request.question, repos, blocks)
             text += "\nThe model's explanation named code the sources do not contain: " + ", ".join(
@@ -306,6 +316,7 @@ class Answerer:
             ungrounded=grounding.ungrounded,
             grounding_note=note,
             inferred_citations=inferred and not not_found,
+            not_found_reason=reason,
         )
 
     def _code_budget(self, prompt: PromptTemplate, question: str, history: Sequence[dict[str, str]]) -> int:

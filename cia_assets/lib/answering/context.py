@@ -32,13 +32,15 @@ def assemble_context(
     max_blocks_per_file: int,
     budget_tokens: int,
     focus_names: set[str] | frozenset[str] = frozenset(),
+    max_block_tokens: int | None = None,
 ) -> list[ContextBlock]:
     """Blocks in rank order: touching hits of one file merged, at most `max_blocks_per_file`
     per file, the whole within `budget_tokens`. `read_lines(repo, sha, path)` gives the
     file's lines at that sha (None when it is not there): block text comes from it, so a
-    stale index entry whose lines no longer exist never reaches the model. A block too long
-    for what is left keeps its head, or, when it defines one of `focus_names` further down
-    (a method of a class chunked whole), the lines from that definition on."""
+    stale index entry whose lines no longer exist never reaches the model. A block longer
+    than `max_block_tokens` or than what is left keeps its head, or, when it defines one of
+    `focus_names` further down (a method of a class chunked whole), the lines from that
+    definition on."""
     # Group by file in the order each file first ranks, keeping each file's hits in rank order.
     files: dict[tuple[str, str, str], list[CodeHit]] = {}
     for hit in hits:
@@ -74,7 +76,8 @@ def assemble_context(
         header_tokens = 20
         body = lines[start - 1 : end]
         cost = header_tokens + estimate_tokens("\n".join(body))
-        if cost > remaining:
+        allowance = remaining if max_block_tokens is None else min(remaining, max_block_tokens)
+        if cost > allowance:
             # Keep the head of a long block (its signature and docstring) when enough fits,
             # or the named definition inside it.
             skip = _definition_line(body, focus_names) if focus_names else 0
@@ -82,7 +85,7 @@ def assemble_context(
             used = header_tokens
             for line in body[skip:]:
                 line_cost = estimate_tokens(line) + 1
-                if used + line_cost > remaining:
+                if used + line_cost > allowance:
                     break
                 kept.append(line)
                 used += line_cost
@@ -107,6 +110,14 @@ def assemble_context(
             )
         )
     return blocks
+
+
+def _about_named(hit: CodeHit, named: set[str]) -> bool:
+    """The hit defines a named name, or is part of a named class (`DaskIndexingAdapter.__getitem__`
+    when the question names `DaskIndexingAdapter`)."""
+    if defines(hit.symbol, named) or defines_in(hit.text, named):
+        return True
+    return any(part in named for part in (hit.symbol or "").lower().split(".")[:-1])
 
 
 def _definition_line(body: Sequence[str], names: set[str] | frozenset[str]) -> int:
@@ -162,7 +173,7 @@ def explanation_order(hits: Sequence[CodeHit], question: str) -> list[CodeHit]:
     named = definition_names(named_identifiers(question))
 
     def group(hit: CodeHit) -> int:
-        if named and (defines(hit.symbol, named) or defines_in(hit.text, named)):
+        if named and _about_named(hit, named):
             return 0
         return 1 if file_role(hit.path) in wanted else 2
 

@@ -173,7 +173,7 @@ class TraceRecord:
     # Backticked identifiers / quoted code lines looked up in the sources, and those not found.
     grounding_checked: int = 0
     ungrounded: list[str] = field(default_factory=list)
-    abstained: str | None = None  # why the model was not asked: "evidence" | "no code"
+    abstained: str | None = None  # why the answer is "not found" (Answer.not_found_reason)
     sources_ms: float | None = None  # from the question's start to the sources sent
 
 

@@ -214,7 +214,7 @@ def _resolve(mirror: RepoMirror, revision: str) -> str | None:
 def _brief(row: CaseRow) -> str:
     if row.error:
         return f"ERROR {row.error}"
-    parts = ["not_found" if row.not_found else f"{row.words} words"]
+    parts = [f"not_found ({row.not_found_reason})" if row.not_found else f"{row.words} words"]
     if row.cite_hit is not None:
         parts.append(f"cite_hit={int(row.cite_hit)}")
     if row.recall is not None:

@@ -177,6 +177,7 @@ class CaseRow:
     named: list[str] = field(default_factory=list)
     recall: float | None = None  # None: absent, or no identifier in the reference
     not_found: bool = False
+    not_found_reason: str = ""  # Answer.not_found_reason: which step answered "not found"
     words: int = 0
     sources_ms: float | None = None  # None: the answering path sent no sources event
     first_token_ms: float | None = None
@@ -224,6 +225,7 @@ def score_answer(
         reference_files=list(case.reference_files),
         cited_files=cited,
         not_found=bool(answer.not_found),
+        not_found_reason=answer.not_found_reason,
         words=word_count(prose),
         sources_ms=sources_ms,
         first_token_ms=first_token_ms,
