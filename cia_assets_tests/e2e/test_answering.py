@@ -298,8 +298,28 @@ def test_a_question_about_code_that_is_not_there_abstains(indexed: CiaConfig) ->
     assert "does not mention" in answer.answer and "smtp" in answer.answer  # what was missing
     assert "Searched and read:" in answer.answer  # and what was read
     # Decided from the retrieved code: the model was not asked (no delta streamed).
-    assert kinds == ["AnswerSources", "Answer"]
+    assert kinds == ["AnswerSources", "Answer"] and answer.not_found_reason == "evidence"
     assert "generation_ms" not in answer.timings_ms
+
+
+def test_the_model_s_weight_on_not_found_decides_a_question_near_the_repo_s_code(indexed: CiaConfig) -> None:
+    # The question names real code, so the retrieved code supports it and the model is asked
+    # for its first token's probabilities before any text is streamed.
+    question = "How does `authorize_refund` publish each refund to a Kafka topic?"
+
+    def with_threshold(probability: float) -> CiaConfig:
+        answering = indexed.answering.model_copy(update={"abstain_model_probability": probability})
+        return indexed.model_copy(update={"answering": answering})
+
+    # Any weight at all on NOT FOUND is enough at this threshold: "not found", nothing streamed.
+    kinds, strict = _ask(with_threshold(1e-9), question)
+    assert strict.not_found and strict.not_found_reason == "model probability", strict.answer
+    assert kinds == ["AnswerSources", "Answer"] and "model_probe_ms" in strict.timings_ms
+    assert "generation_ms" not in strict.timings_ms
+    # Never asked at 0: the explanation is generated.
+    kinds, asked = _ask(with_threshold(0.0), question)
+    assert "model_probe_ms" not in asked.timings_ms and "generation_ms" in asked.timings_ms
+    assert asked.not_found_reason != "model probability"
 
 
 def test_sources_come_before_the_explanation_and_a_follow_up_uses_the_conversation(

@@ -309,6 +309,10 @@ def test_named_files_are_searched_and_files_aggregate_their_chunks(
     caller = ("tests/test_refunds.py", "test_refund_allowed")
     assert with_definitions[defining] > without[defining]
     assert with_definitions[caller] == without[caller]
+    # The answering context also fetches the chunk by the symbol the question spells.
+    fetched = scores(question, fetch_definitions=True)
+    assert fetched[defining] > with_definitions[defining]
+    assert fetched[caller] == with_definitions[caller]
 
     # The file holding most of the question's words gains a list, through one of its chunks.
     question = "refund deadline days delivered order today"

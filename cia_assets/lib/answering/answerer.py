@@ -65,11 +65,14 @@ from cia_assets.lib.core.access import AccessDenied
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.observability.langfuse.prompts import PromptCache
 from cia_assets.lib.retrieval.query_plan import definition_names, named_identifiers
-from cia_assets.lib.retrieval.search import rerank_code, search_code
+from cia_assets.lib.retrieval.search import SearchOptions, rerank_code, search_code
 from cia_assets.lib.serving.endpoint import EndpointRecord, HealthCache
 from cia_assets.lib.sources.mirrors import MirrorPool
 
 log = logging.getLogger(__name__)
+# An explanation needs the definitions of the code a question names, even where the lists
+# that rank files for a report do not reach them.
+ANSWER_SEARCH = SearchOptions(fetch_definitions=True)
 
 
 class Answerer:
@@ -132,7 +135,9 @@ class Answerer:
         history = conversation(request.history, settings.history_messages)
         query = retrieval_query(question, history)
         hits = rerank_code(
-            self.project, query, search_code(self.project, query, repos=repos, k=settings.top_k)
+            self.project,
+            query,
+            search_code(self.project, query, repos=repos, k=settings.top_k, options=ANSWER_SEARCH),
         )
         if settings.prefer_source_files:
             hits = explanation_order(hits, question)

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cia_assets.lib.indexing.lexical import STOPWORDS
+from cia_assets.lib.retrieval.query_plan import named_code
 
 _FENCED = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.M | re.S)
 _INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
@@ -211,30 +212,6 @@ def question_terms(question: str) -> list[str]:
                 continue
             terms.setdefault(_stem(lowered), None)
     return list(terms)
-
-
-# A question's words that can only be code: snake_case and _private names, camelCase and
-# CapWords with an inner capital after a lowercase letter (`NDArrayMixin`), dotted names; spans
-# in backticks or quotes are taken whole.
-_CODE_SHAPED = re.compile(
-    r"(?<![\w.])(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|_+[A-Za-z0-9]\w*|[A-Za-z]\w*_\w*[A-Za-z0-9]"
-    r"|[A-Za-z]*[a-z][A-Z]\w*)"
-)
-_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
-_QUOTED = re.compile(r"`([^`\n]+)`|'([A-Za-z_][\w.]*)'|\"([A-Za-z_][\w.]*)\"")
-
-
-def named_code(question: str) -> list[str]:
-    """The code names a question uses (`_getitem_with_mask`, `DataTree.from_dict`, `'fill_value'`),
-    as written, first mention first."""
-    names = [
-        name
-        for match in _QUOTED.finditer(question)
-        for name in _DOTTED.findall(next(group for group in match.groups() if group))
-    ]
-    names += [match.group(0) for match in _CODE_SHAPED.finditer(_QUOTED.sub(" ", question))]
-    # `[n]` names nothing; `e.g.` and `U.S.` are dotted but not code.
-    return [name for name in dict.fromkeys(names) if max(len(part) for part in name.split(".")) > 2]
 
 
 _FILE_SUFFIXES = frozenset(

@@ -33,6 +33,30 @@ _DOTTED_MODULE = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+
 _DOTTED_NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)")
 
 
+# A question's words that can only be code: snake_case and _private names, camelCase and
+# CapWords with an inner capital after a lowercase letter (`NDArrayMixin`), dotted names; spans
+# in backticks or quotes are taken whole.
+_CODE_SHAPED = re.compile(
+    r"(?<![\w.])(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+|_+[A-Za-z0-9]\w*|[A-Za-z]\w*_\w*[A-Za-z0-9]"
+    r"|[A-Za-z]*[a-z][A-Z]\w*)"
+)
+_DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+_QUOTED = re.compile(r"`([^`\n]+)`|'([A-Za-z_][\w.]*)'|\"([A-Za-z_][\w.]*)\"")
+
+
+def named_code(question: str) -> list[str]:
+    """The code names a text uses (`_getitem_with_mask`, `DataTree.from_dict`, `'fill_value'`),
+    as written, first mention first."""
+    names = [
+        name
+        for match in _QUOTED.finditer(question)
+        for name in _DOTTED.findall(next(group for group in match.groups() if group))
+    ]
+    names += [match.group(0) for match in _CODE_SHAPED.finditer(_QUOTED.sub(" ", question))]
+    # `[n]` names nothing; `e.g.` and `U.S.` are dotted but not code.
+    return [name for name in dict.fromkeys(names) if max(len(part) for part in name.split(".")) > 2]
+
+
 @dataclass(frozen=True)
 class QueryPlan:
     """One question, encoded for every retrieval list that `search.py` fuses."""
@@ -42,6 +66,7 @@ class QueryPlan:
     exact: SparseVector
     identifiers: tuple[str, ...]  # compound and dotted identifiers, lowercased
     path_mentions: tuple[str, ...]  # path fragments named in the text, in order of mention
+    code_names: tuple[str, ...] = ()  # code names as spelled (`named_code`), for symbol lookups
 
     @classmethod
     def of(cls, text: str, *, repeated_terms_count: bool = True) -> QueryPlan:
@@ -51,6 +76,7 @@ class QueryPlan:
             exact=lexical.encode_identifiers(text),
             identifiers=named_identifiers(text),
             path_mentions=path_mentions(text),
+            code_names=tuple(named_code(text)),
         )
 
 

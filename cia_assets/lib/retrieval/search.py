@@ -92,6 +92,10 @@ class SearchOptions:
     query_tf: bool = True  # a query word used n times weighs 1 + ln(n) in the lexical list
     mentions: bool = True  # files the text names (tracebacks, paths, modules) get a list
     definitions: bool = True  # chunks defining a symbol the text names get a list
+    # Chunks whose symbol is a code name the text spells (`DaskIndexingAdapter`, `Dataset.update`)
+    # are fetched by their symbol even when no list found them. The answering context turns it
+    # on (README, "Measuring answers"); not measured on the retrieval sets, so off there.
+    fetch_definitions: bool = False
     file_lexical: bool = True  # files ranked by the summed BM25 of their chunks get a list
     lexical_depth: int = 500  # chunks read for that file ranking
     candidates: int = 100  # chunks per list before fusion
@@ -184,6 +188,8 @@ def _search_repo(
             # One chunk per named file: a traceback names the call chain, and the fix is
             # often elsewhere; a named file earns a place, not a flood of its chunks.
             lists.append((_best_per_file(hybrid.run(store, alias, depth, {"path": named_files})), 1.0))
+    if options.fetch_definitions and plan.code_names:
+        lists.append((hybrid.run(store, alias, limit, {"symbol": list(plan.code_names)}), 1.0))
     if options.file_lexical and plan.sparse.indices:
         lists.append((_files_by_lexical_mass(store, alias, hybrid, lists, options.lexical_depth), 1.0))
     fused = _fuse(lists)

@@ -25,7 +25,7 @@ from cia_assets.lib.vectorstore.base import (
 )
 
 RRF_K = 60  # same constant as the embedded backend, so scores mean the same on both
-INDEXED_FIELDS = ("repo_id", "path")
+INDEXED_FIELDS = ("repo_id", "path", "symbol")  # symbol: the answering context's definition lookup
 
 
 class ServerVectorStore:
