@@ -221,7 +221,7 @@ class AnsweringConfig(_Strict):
     )
     # The first token waits for the whole prompt to be read: about 13 s per 1,000 tokens for the
     # packaged 0.5B on 2 CPU cores, so the code shown is capped here (a GPU endpoint can take more).
-    code_tokens: int = Field(default=1200, ge=128, description="most tokens of code shown to the model")
+    code_tokens: int = Field(default=800, ge=128, description="most tokens of code shown to the model")
     block_tokens: int = Field(default=400, ge=64, description="most tokens of one block of code")
     prefer_source_files: bool = Field(
         default=True,
