@@ -235,12 +235,11 @@ class AnsweringConfig(_Strict):
         description="answer 'not found' without asking the model when the retrieved code has neither "
         "half the code names the question uses nor this share of its distinctive terms (0 = never)",
     )
-    abstain_model_probability: float = Field(
-        default=0.05,
+    abstain_not_found_odds: float = Field(
+        default=0.3,
         ge=0.0,
-        le=1.0,
-        description="answer 'not found' when the model's first token has at least this probability "
-        "of starting NOT FOUND (calibrated in the README's 'Measuring answers'; 0 = never ask)",
+        description="answer 'not found' when the model's first token is NOT at least this many times "
+        "as likely as its likeliest other first token (README, 'Measuring answers'; 0 = never ask)",
     )
     history_messages: int = Field(
         default=4, ge=0, le=20, description="earlier messages of a conversation given to the model"

@@ -308,18 +308,18 @@ def test_the_model_s_weight_on_not_found_decides_a_question_near_the_repo_s_code
     question = "How does `authorize_refund` publish each refund to a Kafka topic?"
 
     def with_threshold(probability: float) -> CiaConfig:
-        answering = indexed.answering.model_copy(update={"abstain_model_probability": probability})
+        answering = indexed.answering.model_copy(update={"abstain_not_found_odds": probability})
         return indexed.model_copy(update={"answering": answering})
 
     # Any weight at all on NOT FOUND is enough at this threshold: "not found", nothing streamed.
     kinds, strict = _ask(with_threshold(1e-9), question)
-    assert strict.not_found and strict.not_found_reason == "model probability", strict.answer
+    assert strict.not_found and strict.not_found_reason == "model odds", strict.answer
     assert kinds == ["AnswerSources", "Answer"] and "model_probe_ms" in strict.timings_ms
     assert "generation_ms" not in strict.timings_ms
     # Never asked at 0: the explanation is generated.
     kinds, asked = _ask(with_threshold(0.0), question)
     assert "model_probe_ms" not in asked.timings_ms and "generation_ms" in asked.timings_ms
-    assert asked.not_found_reason != "model probability"
+    assert asked.not_found_reason != "model odds"
 
 
 def test_sources_come_before_the_explanation_and_a_follow_up_uses_the_conversation(

@@ -4,6 +4,8 @@ conversation a follow-up carries."""
 
 from __future__ import annotations
 
+import pytest
+
 from cia_assets.lib.answering.citations import ContextBlock
 from cia_assets.lib.answering.context import (
     conversation,
@@ -11,7 +13,7 @@ from cia_assets.lib.answering.context import (
     only_tests_or_vendored,
     retrieval_query,
 )
-from cia_assets.lib.answering.generation import starts_not_found
+from cia_assets.lib.answering.generation import first_token_odds, starts_not_found
 from cia_assets.lib.answering.grounding import (
     UNGROUNDED_MARK,
     attribute,
@@ -111,13 +113,23 @@ def test_evidence_is_the_share_of_the_questions_terms_in_the_retrieved_code() ->
 def test_code_a_question_names_and_finds_in_the_retrieved_code_is_evidence_of_its_subject() -> None:
     assert named_code(
         "What is the semantic meaning of the 'fill_value' argument in _getitem_with_mask of the "
-        "VariableSubclassobjects class, and how does DataTree.from_dict use `Dataset.update()`, e.g. in the U.S.?"
-    ) == ["fill_value", "Dataset.update", "_getitem_with_mask", "VariableSubclassobjects", "DataTree.from_dict"]
-    assert named_code("How is authorization implemented in the payments service? Where is `[n]` checked?") == []
+        "VariableSubclassobjects class, and how does DataTree.from_dict use `Dataset.update()`, "
+        "e.g. in the U.S.?"
+    ) == [
+        "fill_value",
+        "Dataset.update",
+        "_getitem_with_mask",
+        "VariableSubclassobjects",
+        "DataTree.from_dict",
+    ]
+    assert (
+        named_code("How is authorization implemented in the payments service? Where is `[n]` checked?") == []
+    )
     blocks = [("payments/auth.py", AUTH), ("payments/ledger.py", LEDGER)]
     # Words of how a question is framed are in no code: the named function is.
     framed = evidence(
-        "What architectural role does the delegation pattern in authorize_refund play for consistency?", blocks
+        "What architectural role does the delegation pattern in authorize_refund play for consistency?",
+        blocks,
     )
     assert framed.coverage < 0.65 and framed.named_found == ["authorize_refund"]
     assert framed.supports_answer(0.65)
@@ -135,8 +147,20 @@ def test_code_a_question_names_and_finds_in_the_retrieved_code_is_evidence_of_it
     assert evidence("What does billing.py do?", blocks).named_found == []
 
 
+def test_the_odds_of_not_found_against_the_likeliest_other_first_token() -> None:
+    from math import log
+
+    assert first_token_odds(
+        [("The", log(0.4)), ("NOT", log(0.08)), (" Not", log(0.02)), ("In", log(0.3))]
+    ) == (pytest.approx(0.25))
+    assert first_token_odds([("The", log(0.9))]) == 0.0
+    assert first_token_odds([("NOT", log(0.99))]) == float("inf")
+
+
 def test_the_first_token_that_starts_not_found() -> None:
-    assert [starts_not_found(t) for t in ("NOT", " Not", "not", "NOT FOUND", " NOT_FOUND")] == [True] * 4 + [False]
+    assert [starts_not_found(t) for t in ("NOT", " Not", "not", "NOT FOUND", " NOT_FOUND")] == [True] * 4 + [
+        False
+    ]
     assert [starts_not_found(t) for t in ("Note", "No", "The", "N", "`")] == [False] * 5
 
 
@@ -186,7 +210,9 @@ def test_an_explanation_reads_the_definitions_the_question_names_first_in_any_fi
         _hit("core/variable.py", 0.6, "Variable._getitem_with_mask"),
         _hit("tests/test_indexing.py", 0.5, "test_getitem_with_mask"),
     ]
-    question = "What does expected_dtype do in _assertIndexedLikeNDArray, and how does _getitem_with_mask mask?"
+    question = (
+        "What does expected_dtype do in _assertIndexedLikeNDArray, and how does _getitem_with_mask mask?"
+    )
     ordered = [(h.path, h.symbol) for h in explanation_order(hits, question)]
     assert ordered == [
         ("tests/test_variable.py", "VariableSubclassobjects._assertIndexedLikeNDArray"),
@@ -196,7 +222,9 @@ def test_an_explanation_reads_the_definitions_the_question_names_first_in_any_fi
         ("tests/test_indexing.py", "test_getitem_with_mask"),  # a use, not the definition
     ]
     # A method defined inside a class chunked whole is found in the chunk's code.
-    lru = _hit("backends/lru_cache.py", 0.1, "LRUCache", "class LRUCache:\n    def _enforce_size_limit(self, n):\n")
+    lru = _hit(
+        "backends/lru_cache.py", 0.1, "LRUCache", "class LRUCache:\n    def _enforce_size_limit(self, n):\n"
+    )
     caller = _hit("backends/file_manager.py", 0.9, "CachingFileManager", "self._cache._enforce_size_limit(3)")
     ordered = explanation_order([caller, lru], "When does _enforce_size_limit evict?")
     assert [h.path for h in ordered] == ["backends/lru_cache.py", "backends/file_manager.py"]

@@ -50,7 +50,7 @@ from cia_assets.lib.answering.context import (
     only_tests_or_vendored,
     retrieval_query,
 )
-from cia_assets.lib.answering.generation import Generation, not_found_probability
+from cia_assets.lib.answering.generation import Generation, not_found_odds
 from cia_assets.lib.answering.grounding import (
     Evidence,
     Grounding,
@@ -195,17 +195,17 @@ class Answerer:
 
         messages = prompt.render(format_sources(blocks), question, history)
         client = chat_client(endpoint, self.config)
-        if settings.abstain_model_probability > 0:
+        if settings.abstain_not_found_odds > 0:
             # The code found may be near the subject without being it (an absent feature of a
             # repo whose main classes the question names): the model's own weight on NOT FOUND.
             probe_started = time.perf_counter()
-            p_not_found = not_found_probability(client, endpoint, messages)
+            odds = not_found_odds(client, endpoint, messages)
             timings["model_probe_ms"] = round((time.perf_counter() - probe_started) * 1000, 1)
-            details["not_found_probability"] = p_not_found
-            if p_not_found is not None and p_not_found >= settings.abstain_model_probability:
+            details["not_found_odds"] = odds
+            if odds is not None and odds >= settings.abstain_not_found_odds:
                 answer = self._finish(
                     request, trace_id, model_name, blocks, repos, "", CitationFilter(set()), timings, usage,
-                    found, abstained="model probability",
+                    found, abstained="model odds",
                 )  # fmt: skip
                 details["abstained"] = answer.not_found_reason
                 details["timings_ms"] = timings
@@ -263,7 +263,7 @@ class Answerer:
         abstained: str = "",
     ) -> Answer:
         """The verified answer; `abstained` says why it is "not found" without generation
-        ("no code", "evidence", "only tests", "model probability")."""
+        ("no code", "evidence", "only tests", "model odds")."""
         # Re-run the check over the whole text: the streamed pieces and the final answer
         # must agree, whatever the chunking of the stream was.
         final_checker = CitationFilter({b.n for b in blocks})
