@@ -160,7 +160,7 @@ class LlmConfig(_Strict):
     api_key: str | None = None
     adapter: str | None = Field(default=None, description="LoRA adapter: a GGUF path or a vLLM name")
     adapter_version: str | None = None
-    # 4096 of Qwen2.5-Coder's 32k: on 2 CPU cores prompt reading (~75 tokens/s for the 0.5B)
+    # 4096 of Qwen2.5-Coder's 32k: on 2 CPU cores prompt reading (75-200 tokens/s for the 0.5B)
     # bounds the first token, so the code shown is sized by `answering.code_tokens`, not this.
     context_tokens: int = Field(default=4096, ge=512, description="the model's context window")
     max_answer_tokens: int = Field(default=384, ge=16)
@@ -222,7 +222,7 @@ class AnsweringConfig(_Strict):
     # The first token waits for the whole prompt to be read: about 13 s per 1,000 tokens for the
     # packaged 0.5B on 2 CPU cores, so the code shown is capped here (a GPU endpoint can take more).
     code_tokens: int = Field(default=800, ge=128, description="most tokens of code shown to the model")
-    block_tokens: int = Field(default=400, ge=64, description="most tokens of one block of code")
+    block_tokens: int = Field(default=400, ge=128, description="most tokens of one block of code")
     prefer_source_files: bool = Field(
         default=True,
         description="an explanation's context puts source files before tests, docs and vendored "

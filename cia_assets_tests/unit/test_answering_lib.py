@@ -107,6 +107,13 @@ def test_context_budget_keeps_the_named_definition_of_a_long_block() -> None:
     assert len(blocks) == 1 and blocks[0].line_start == 120 and 128 <= blocks[0].line_end < 200
     assert blocks[0].text.splitlines()[0] == "    def _enforce_size_limit(self, capacity):"
     assert blocks[0].text == "\n".join(lines[119 : blocks[0].line_end])
+    # A definition in the block's last lines starts the block early enough to keep 8 lines.
+    late = [*FILE_LINES[:196], "    def _enforce_size_limit(self, capacity):", *FILE_LINES[197:]]
+    tail = assemble_context(
+        [hit("a.py", 1, 200)], lambda repo, sha, path: late, max_blocks_per_file=2, budget_tokens=100,
+        focus_names={"_enforce_size_limit"},
+    )  # fmt: skip
+    assert len(tail) == 1 and tail[0].line_start == 193 and tail[0].line_end == 200
     # A name the block does not define keeps its head.
     head = assemble_context(
         [hit("a.py", 1, 200)], lambda repo, sha, path: lines, max_blocks_per_file=2, budget_tokens=100,

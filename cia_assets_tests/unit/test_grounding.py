@@ -142,6 +142,14 @@ def test_code_a_question_names_and_finds_in_the_retrieved_code_is_evidence_of_it
     assert half.named_found == ["transfer_between_accounts"] and not half.supports_answer(0.65)
     assert evidence("When is a refund authorized for a manager?", blocks).supports_answer(0.65)
     assert not evidence("How are invoices emailed to customers over SMTP?", blocks).supports_answer(0.65)
+    # A dotted name needs every part: `charge` alone is not `PaymentGateway.charge`.
+    charge = [("pay.py", "def charge(amount):\n    return amount\n")]
+    assert evidence("How does PaymentGateway.charge retry?", charge).named_found == []
+    assert evidence(
+        "How does Gateway.charge retry?", [("pay.py", "class Gateway:\n    def charge(self): ...")]
+    ).named_found == ["Gateway.charge"]
+    # Quotes mark plain words too; dunders and literals are in any code.
+    assert named_code("How do \"payments\" use `__init__`, `None` and 'fill_value'?") == ["fill_value"]
     # A file name is matched whole: `ledger.py` is in the paths, `billing.py` nowhere.
     assert evidence("What does ledger.py do?", blocks).named_found == ["ledger.py"]
     assert evidence("What does billing.py do?", blocks).named_found == []
@@ -228,6 +236,14 @@ def test_an_explanation_reads_the_definitions_the_question_names_first_in_any_fi
     caller = _hit("backends/file_manager.py", 0.9, "CachingFileManager", "self._cache._enforce_size_limit(3)")
     ordered = explanation_order([caller, lru], "When does _enforce_size_limit evict?")
     assert [h.path for h in ordered] == ["backends/lru_cache.py", "backends/file_manager.py"]
+    # Without the role rule (prefer_source_files: false) definitions still come first.
+    test_first = [_hit("tests/test_lru.py", 0.9), caller, lru]
+    ordered = explanation_order(test_first, "When does _enforce_size_limit evict?", by_role=False)
+    assert [h.path for h in ordered] == [
+        "backends/lru_cache.py",
+        "tests/test_lru.py",
+        "backends/file_manager.py",
+    ]
     # The methods of a class the question names are part of its definition.
     method = _hit("core/indexing.py", 0.1, "DaskIndexingAdapter.__getitem__")
     ordered = explanation_order([caller, method], "Where does DaskIndexingAdapter call map_blocks?")

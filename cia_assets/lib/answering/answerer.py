@@ -139,8 +139,7 @@ class Answerer:
             query,
             search_code(self.project, query, repos=repos, k=settings.top_k, options=ANSWER_SEARCH),
         )
-        if settings.prefer_source_files:
-            hits = explanation_order(hits, question)
+        hits = explanation_order(hits, question, by_role=settings.prefer_source_files)
         prompt = load_prompt(self.config, self._prompts)
         blocks = assemble_context(
             hits,

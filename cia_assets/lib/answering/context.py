@@ -81,6 +81,8 @@ def assemble_context(
             # Keep the head of a long block (its signature and docstring) when enough fits,
             # or the named definition inside it.
             skip = _definition_line(body, focus_names) if focus_names else 0
+            # Keep at least a readable block: a definition in the last lines starts it earlier.
+            skip = min(skip, max(0, len(body) - MIN_BLOCK_LINES))
             kept: list[str] = []
             used = header_tokens
             for line in body[skip:]:
@@ -163,18 +165,19 @@ def only_tests_or_vendored(blocks: Sequence[ContextBlock], question: str) -> boo
     return all(file_role(block.path) in ("test", "vendored") for block in blocks)
 
 
-def explanation_order(hits: Sequence[CodeHit], question: str) -> list[CodeHit]:
+def explanation_order(hits: Sequence[CodeHit], question: str, *, by_role: bool = True) -> list[CodeHit]:
     """The definitions of what the question names first, whatever file they are in (a
     question about a test helper wants that test file), then hits of the roles the question
     wants (source files, plus tests or docs when it asks about those), each group in rank
     order: tests and callers that mention a name would otherwise crowd its definition out of
-    the context."""
+    the context. `by_role=False` (`answering.prefer_source_files: false`) keeps only the first
+    rule."""
     wanted = wanted_roles(question)
     named = definition_names(named_identifiers(question))
 
     def group(hit: CodeHit) -> int:
         if named and _about_named(hit, named):
             return 0
-        return 1 if file_role(hit.path) in wanted else 2
+        return 1 if not by_role or file_role(hit.path) in wanted else 2
 
     return sorted(hits, key=group)

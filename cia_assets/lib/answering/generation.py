@@ -54,9 +54,17 @@ def not_found_odds(client: Any, endpoint: Any, messages: list[dict[str, str]]) -
     except Exception as error:
         import openai
 
-        if isinstance(error, openai.BadRequestError):
+        # A server that refuses the parameters (400, 404, 422) answers without the odds; one
+        # that refuses the caller (401, 403) or is busy (429) fails like the answer would.
+        if (
+            isinstance(error, openai.APIStatusError)
+            and 400 <= error.status_code < 500
+            and error.status_code not in (401, 403, 429)
+        ):
             log.warning(
-                "%s gives no log-probabilities (%s): the model's abstention is off", endpoint.base_url, error
+                "%s refused the log-probabilities request (%s): answering without the model's odds",
+                endpoint.base_url,
+                error,
             )
             return None
         if isinstance(error, openai.OpenAIError):
@@ -116,28 +124,31 @@ class Generation:
                 # vLLM and hosted APIs report usage at the end of a stream when asked.
                 stream_options={"include_usage": True},
             )
-            for chunk in stream:
-                if chunk.usage is not None:
-                    self.usage = {
-                        "prompt_tokens": chunk.usage.prompt_tokens,
-                        "completion_tokens": chunk.usage.completion_tokens,
-                    }
-                if not chunk.choices:
-                    continue
-                piece = chunk.choices[0].delta.content or ""
-                if not piece:
-                    continue
-                self.chunks += 1
-                if self.first_token_at is None:
-                    self.first_token_at = time.perf_counter()
-                self.raw_parts.append(piece)
-                raw = self.raw.lstrip()
-                if NOT_FOUND_MARKER.startswith(raw) or raw.startswith(NOT_FOUND_MARKER):
-                    continue  # the model's "not found" reply is replaced, never streamed
-                visible = checker.feed(raw[released:])
-                released = len(raw)
-                if visible:
-                    yield AnswerDelta(visible)
+            # Closed when the reader stops early too (a client that went away): a stream
+            # left to the garbage collector can deadlock the client's connection pool.
+            with stream:
+                for chunk in stream:
+                    if chunk.usage is not None:
+                        self.usage = {
+                            "prompt_tokens": chunk.usage.prompt_tokens,
+                            "completion_tokens": chunk.usage.completion_tokens,
+                        }
+                    if not chunk.choices:
+                        continue
+                    piece = chunk.choices[0].delta.content or ""
+                    if not piece:
+                        continue
+                    self.chunks += 1
+                    if self.first_token_at is None:
+                        self.first_token_at = time.perf_counter()
+                    self.raw_parts.append(piece)
+                    raw = self.raw.lstrip()
+                    if NOT_FOUND_MARKER.startswith(raw) or raw.startswith(NOT_FOUND_MARKER):
+                        continue  # the model's "not found" reply is replaced, never streamed
+                    visible = checker.feed(raw[released:])
+                    released = len(raw)
+                    if visible:
+                        yield AnswerDelta(visible)
         except Exception as error:
             import openai
 

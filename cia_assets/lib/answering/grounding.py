@@ -220,14 +220,20 @@ _FILE_SUFFIXES = frozenset(
 )
 
 
+def _has_word(text: str, word: str) -> bool:
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(word)}(?![A-Za-z0-9_])", text) is not None
+
+
 def _mentions(text: str, name: str) -> bool:
-    """`text` has `name`, or the last part of a dotted name (`Dataset.update` is defined as
-    `update`; a file name `utils.py` only whole), as a whole word, case-sensitively."""
-    forms = [name]
-    last = name.rsplit(".", 1)[-1]
-    if last != name and last not in _FILE_SUFFIXES:
-        forms.append(last)
-    return any(re.search(rf"(?<![A-Za-z0-9_]){re.escape(form)}(?![A-Za-z0-9_])", text) for form in forms)
+    """`text` has `name` as a whole word, case-sensitively; a dotted name (`Dataset.update`,
+    defined as `update` inside `class Dataset`) when it has every part; a file name
+    (`utils.py`) only whole."""
+    if _has_word(text, name):
+        return True
+    parts = name.split(".")
+    if len(parts) == 1 or parts[-1] in _FILE_SUFFIXES:
+        return False
+    return all(_has_word(text, part) for part in parts)
 
 
 @dataclass(frozen=True)
@@ -271,7 +277,8 @@ def evidence(question: str, blocks: Sequence[tuple[str, str]]) -> Evidence:
     terms = question_terms(question)
     named = named_code(question)
     texts = [f"{path}\n{text}" for path, text in blocks]
-    named_found = [name for name in named if any(_mentions(text, name) for text in texts)]
+    joined = "\n".join(texts)
+    named_found = [name for name in named if _mentions(joined, name)]
     if not terms:
         return Evidence(
             terms=[], missing=[], coverage=1.0, best_block=1.0, named=named, named_found=named_found

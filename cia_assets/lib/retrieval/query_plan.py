@@ -44,6 +44,9 @@ _DOTTED = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _QUOTED = re.compile(r"`([^`\n]+)`|'([A-Za-z_][\w.]*)'|\"([A-Za-z_][\w.]*)\"")
 
 
+_CODE_LITERALS = frozenset({"None", "True", "False", "self", "cls", "null", "true", "false", "nil"})
+
+
 def named_code(question: str) -> list[str]:
     """The code names a text uses (`_getitem_with_mask`, `DataTree.from_dict`, `'fill_value'`),
     as written, first mention first."""
@@ -51,10 +54,19 @@ def named_code(question: str) -> list[str]:
         name
         for match in _QUOTED.finditer(question)
         for name in _DOTTED.findall(next(group for group in match.groups() if group))
+        # Backticks mark code; quotes also mark plain words ("payments"): those must look like code.
+        if match.group(1) is not None or _CODE_SHAPED.fullmatch(name)
     ]
     names += [match.group(0) for match in _CODE_SHAPED.finditer(_QUOTED.sub(" ", question))]
-    # `[n]` names nothing; `e.g.` and `U.S.` are dotted but not code.
-    return [name for name in dict.fromkeys(names) if max(len(part) for part in name.split(".")) > 2]
+    # `[n]` names nothing; `e.g.` and `U.S.` are dotted but not code; a dunder (`__init__`) or a
+    # literal (`None`) is in any code.
+    return [
+        name
+        for name in dict.fromkeys(names)
+        if max(len(part) for part in name.split(".")) > 2
+        and not name.rsplit(".", 1)[-1].startswith("__")
+        and name not in _CODE_LITERALS
+    ]
 
 
 @dataclass(frozen=True)
@@ -113,8 +125,14 @@ _DEFINITION = re.compile(
 
 
 def defines_in(text: str, names: set[str]) -> bool:
-    """The code defines a named name (the last part of a dotted one) somewhere in it."""
-    wanted = {name.rsplit(".", 1)[-1] for name in names}
+    """The code defines a named name somewhere in it: the last part of a dotted one, when the
+    code also names its qualifier (`Dataset.update`: a `def update` beside `Dataset`)."""
+    lowered = text.lower()
+    wanted = {
+        name.rsplit(".", 1)[-1]
+        for name in names
+        if "." not in name or all(part in lowered for part in name.split(".")[:-1])
+    }
     return any(match.group(1).lower() in wanted for match in _DEFINITION.finditer(text))
 
 
