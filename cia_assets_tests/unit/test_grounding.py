@@ -27,6 +27,7 @@ from cia_assets.lib.answering.grounding import (
     quoted_lines,
 )
 from cia_assets.lib.indexing.file_roles import file_role, wanted_roles
+from cia_assets.lib.retrieval.query_plan import defines_in, definition_names, named_identifiers
 from cia_assets.lib.retrieval.search import CodeHit
 
 AUTH = (
@@ -197,6 +198,11 @@ def _hit(path: str, score: float, symbol: str | None = None, text: str = "x") ->
     )  # fmt: skip
 
 
+def _order(hits: list[CodeHit], question: str, *, by_role: bool = True) -> list[CodeHit]:
+    """The answerer's ordering, with the names it takes from the question."""
+    return explanation_order(hits, question, definition_names(named_identifiers(question)), by_role=by_role)
+
+
 def test_an_explanation_reads_source_files_before_tests_and_docs_unless_asked() -> None:
     hits = [
         _hit("tests/test_auth.py", 0.9),
@@ -204,9 +210,9 @@ def test_an_explanation_reads_source_files_before_tests_and_docs_unless_asked() 
         _hit("auth.py", 0.7),
         _hit("ledger.py", 0.6),
     ]
-    ordered = [h.path for h in explanation_order(hits, "How is a refund authorized?")]
+    ordered = [h.path for h in _order(hits, "How is a refund authorized?")]
     assert ordered == ["auth.py", "ledger.py", "tests/test_auth.py", "README.md"]
-    asked = [h.path for h in explanation_order(hits, "How is refund authorization tested?")]
+    asked = [h.path for h in _order(hits, "How is refund authorization tested?")]
     assert asked == ["tests/test_auth.py", "auth.py", "ledger.py", "README.md"]
 
 
@@ -221,7 +227,7 @@ def test_an_explanation_reads_the_definitions_the_question_names_first_in_any_fi
     question = (
         "What does expected_dtype do in _assertIndexedLikeNDArray, and how does _getitem_with_mask mask?"
     )
-    ordered = [(h.path, h.symbol) for h in explanation_order(hits, question)]
+    ordered = [(h.path, h.symbol) for h in _order(hits, question)]
     assert ordered == [
         ("tests/test_variable.py", "VariableSubclassobjects._assertIndexedLikeNDArray"),
         ("core/variable.py", "Variable._getitem_with_mask"),
@@ -234,19 +240,22 @@ def test_an_explanation_reads_the_definitions_the_question_names_first_in_any_fi
         "backends/lru_cache.py", 0.1, "LRUCache", "class LRUCache:\n    def _enforce_size_limit(self, n):\n"
     )
     caller = _hit("backends/file_manager.py", 0.9, "CachingFileManager", "self._cache._enforce_size_limit(3)")
-    ordered = explanation_order([caller, lru], "When does _enforce_size_limit evict?")
+    ordered = _order([caller, lru], "When does _enforce_size_limit evict?")
     assert [h.path for h in ordered] == ["backends/lru_cache.py", "backends/file_manager.py"]
     # Without the role rule (prefer_source_files: false) definitions still come first.
     test_first = [_hit("tests/test_lru.py", 0.9), caller, lru]
-    ordered = explanation_order(test_first, "When does _enforce_size_limit evict?", by_role=False)
+    ordered = _order(test_first, "When does _enforce_size_limit evict?", by_role=False)
     assert [h.path for h in ordered] == [
         "backends/lru_cache.py",
         "tests/test_lru.py",
         "backends/file_manager.py",
     ]
+    # A dotted name's method counts only beside its class: any `def update` is not `Dataset.update`.
+    assert defines_in("class Dataset:\n    def update(self, other): ...", {"dataset.update"})
+    assert not defines_in("def update(self, other): ...", {"dataset.update"})
     # The methods of a class the question names are part of its definition.
     method = _hit("core/indexing.py", 0.1, "DaskIndexingAdapter.__getitem__")
-    ordered = explanation_order([caller, method], "Where does DaskIndexingAdapter call map_blocks?")
+    ordered = _order([caller, method], "Where does DaskIndexingAdapter call map_blocks?")
     assert [h.path for h in ordered] == ["core/indexing.py", "backends/file_manager.py"]
 
 

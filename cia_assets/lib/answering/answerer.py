@@ -139,14 +139,17 @@ class Answerer:
             query,
             search_code(self.project, query, repos=repos, k=settings.top_k, options=ANSWER_SEARCH),
         )
-        hits = explanation_order(hits, question, by_role=settings.prefer_source_files)
+        # The code the question names (`_getitem_with_mask`): its definitions go first and a
+        # long block is cut around them.
+        named = definition_names(named_identifiers(question))
+        hits = explanation_order(hits, question, named, by_role=settings.prefer_source_files)
         prompt = load_prompt(self.config, self._prompts)
         blocks = assemble_context(
             hits,
             self.read_lines,
             max_blocks_per_file=settings.max_chunks_per_file,
             budget_tokens=self._code_budget(prompt, question, history),
-            focus_names=definition_names(named_identifiers(question)),
+            focus_names=named,
             # One long chunk (a 90-line method) would take the whole budget: several files
             # explain more than one.
             max_block_tokens=settings.block_tokens,

@@ -9,7 +9,7 @@ from typing import Any
 
 from cia_assets.lib.answering.citations import ContextBlock, strip_markers
 from cia_assets.lib.indexing.file_roles import file_role, wanted_roles
-from cia_assets.lib.retrieval.query_plan import defines, defines_in, definition_names, named_identifiers
+from cia_assets.lib.retrieval.query_plan import defines, defines_in
 from cia_assets.lib.retrieval.search import CodeHit
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,9 @@ def only_tests_or_vendored(blocks: Sequence[ContextBlock], question: str) -> boo
     return all(file_role(block.path) in ("test", "vendored") for block in blocks)
 
 
-def explanation_order(hits: Sequence[CodeHit], question: str, *, by_role: bool = True) -> list[CodeHit]:
+def explanation_order(
+    hits: Sequence[CodeHit], question: str, named: set[str], *, by_role: bool = True
+) -> list[CodeHit]:
     """The definitions of what the question names first, whatever file they are in (a
     question about a test helper wants that test file), then hits of the roles the question
     wants (source files, plus tests or docs when it asks about those), each group in rank
@@ -173,7 +175,6 @@ def explanation_order(hits: Sequence[CodeHit], question: str, *, by_role: bool =
     the context. `by_role=False` (`answering.prefer_source_files: false`) keeps only the first
     rule."""
     wanted = wanted_roles(question)
-    named = definition_names(named_identifiers(question))
 
     def group(hit: CodeHit) -> int:
         if named and _about_named(hit, named):

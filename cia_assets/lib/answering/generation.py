@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from cia_assets.lib.answering.answer import NOT_FOUND_MARKER, AnswerDelta, AnswerError
 from cia_assets.lib.answering.citations import CitationFilter
@@ -67,10 +67,18 @@ def not_found_odds(client: Any, endpoint: Any, messages: list[dict[str, str]]) -
                 error,
             )
             return None
-        if isinstance(error, openai.OpenAIError):
-            raise AnswerError(f"the model endpoint {endpoint.base_url} failed: {error}") from error
-        raise
+        _raise_endpoint_failure(endpoint, error)
     return odds
+
+
+def _raise_endpoint_failure(endpoint: Any, error: Exception) -> NoReturn:
+    """A failed request to the model endpoint: its API errors become an `AnswerError` naming
+    the endpoint, anything else is raised as it was."""
+    import openai
+
+    if isinstance(error, openai.OpenAIError):
+        raise AnswerError(f"the model endpoint {endpoint.base_url} failed: {error}") from error
+    raise error
 
 
 def first_token_odds(candidates: list[tuple[str, float]]) -> float:
@@ -150,11 +158,7 @@ class Generation:
                     if visible:
                         yield AnswerDelta(visible)
         except Exception as error:
-            import openai
-
-            if isinstance(error, openai.OpenAIError):
-                raise AnswerError(f"the model endpoint {endpoint.base_url} failed: {error}") from error
-            raise
+            _raise_endpoint_failure(endpoint, error)
         self.finished_at = time.perf_counter()
         if self.usage["completion_tokens"] is None:
             from cia_assets.lib.serving.llm_server import count_prompt_tokens

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cia_assets.lib.indexing.lexical import STOPWORDS
-from cia_assets.lib.retrieval.query_plan import named_code
+from cia_assets.lib.retrieval.query_plan import FILE_SUFFIXES, named_code
 
 _FENCED = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.M | re.S)
 _INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
@@ -214,12 +214,6 @@ def question_terms(question: str) -> list[str]:
     return list(terms)
 
 
-_FILE_SUFFIXES = frozenset(
-    {"py", "pyi", "pyx", "js", "jsx", "ts", "tsx", "go", "rs", "java", "kt", "rb", "php", "c", "h"}
-    | {"cc", "cpp", "hpp", "cs", "md", "rst", "txt", "yaml", "yml", "toml", "json", "cfg", "ini", "sh"}
-)
-
-
 def _has_word(text: str, word: str) -> bool:
     return re.search(rf"(?<![A-Za-z0-9_]){re.escape(word)}(?![A-Za-z0-9_])", text) is not None
 
@@ -231,7 +225,7 @@ def _mentions(text: str, name: str) -> bool:
     if _has_word(text, name):
         return True
     parts = name.split(".")
-    if len(parts) == 1 or parts[-1] in _FILE_SUFFIXES:
+    if len(parts) == 1 or parts[-1] in FILE_SUFFIXES:
         return False
     return all(_has_word(text, part) for part in parts)
 

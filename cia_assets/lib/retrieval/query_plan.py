@@ -21,11 +21,15 @@ from cia_assets.lib.indexing import lexical
 from cia_assets.lib.vectorstore.base import SparseVector
 
 _TRACEBACK_FRAME = re.compile(r'File "([^"]+)", line \d+')
-_SOURCE_SUFFIXES = (
-    "py|pyi|pyx|js|jsx|ts|tsx|go|java|kt|rs|rb|php|c|h|cc|cpp|hpp|cs|scala|swift|sh|sql|"
-    "yaml|yml|toml|json|md|rst|html|css"
+# File name extensions that make a word a file name (`fields.py`, `setup.cfg`), not code.
+FILE_SUFFIXES = frozenset(
+    {"py", "pyi", "pyx", "js", "jsx", "ts", "tsx", "go", "java", "kt", "rs", "rb", "php", "c", "h"}
+    | {"cc", "cpp", "hpp", "cs", "scala", "swift", "sh", "sql", "yaml", "yml", "toml", "json"}
+    | {"cfg", "ini", "txt", "md", "rst", "html", "css"}
 )
-_PATH = re.compile(rf"(?<![\w/.-])((?:[\w.-]+/)*[\w.-]+\.(?:{_SOURCE_SUFFIXES}))\b")
+_PATH = re.compile(
+    rf"(?<![\w/.-])((?:[\w.-]+/)*[\w.-]+\.(?:{'|'.join(sorted(FILE_SUFFIXES, key=len, reverse=True))}))\b"
+)
 # `astropy.modeling.separable`, `from sklearn.linear_model import Ridge`: a dotted name of
 # lowercase segments not followed by a call (a module path rather than `obj.method()`).
 _DOTTED_MODULE = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+)(?![\w(])")
