@@ -297,9 +297,21 @@ def test_a_question_about_code_that_is_not_there_abstains(indexed: CiaConfig) ->
     assert answer.answer.startswith("Not found in the indexed code")
     assert "does not mention" in answer.answer and "smtp" in answer.answer  # what was missing
     assert "Searched and read:" in answer.answer  # and what was read
-    # Decided from the retrieved code: the model was not asked (no delta streamed).
-    assert kinds == ["AnswerSources", "Answer"] and answer.not_found_reason == "evidence"
-    assert "generation_ms" not in answer.timings_ms
+    # The retrieved code does not support the question, so the model's low odds on NOT FOUND
+    # are enough: decided from its first token's probabilities, before any delta is streamed.
+    assert kinds == ["AnswerSources", "Answer"] and answer.not_found_reason == "model odds"
+    assert "model_probe_ms" in answer.timings_ms and "generation_ms" not in answer.timings_ms
+
+    # The bar for an unsupported question is its own setting: 0 never asks, whatever the bar
+    # for supported ones is, and turning that one off does not change this question's answer.
+    def with_odds(supported: float, unsupported: float) -> CiaConfig:
+        update = {"abstain_not_found_odds": supported, "abstain_unsupported_odds": unsupported}
+        return indexed.model_copy(update={"answering": indexed.answering.model_copy(update=update)})
+
+    _, unasked = _ask(with_odds(1e-9, 0.0), "How are payment receipts emailed to customers over SMTP?")
+    assert "model_probe_ms" not in unasked.timings_ms and "generation_ms" in unasked.timings_ms
+    _, still = _ask(with_odds(0.0, 0.05), "How are payment receipts emailed to customers over SMTP?")
+    assert still.not_found_reason == "model odds"
 
 
 def test_the_model_s_weight_on_not_found_decides_a_question_near_the_repo_s_code(indexed: CiaConfig) -> None:

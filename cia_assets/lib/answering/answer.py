@@ -55,7 +55,7 @@ class Answer:
     grounding_note: str = ""  # what the answer says about its ungrounded names, "" when none
     # The model wrote no valid marker; the citations are the blocks its names come from.
     inferred_citations: bool = False
-    # Why a "not found" answer is one: "no code", "evidence", "only tests", "model odds"
+    # Why a "not found" answer is one: "no code", "only tests", "model odds"
     # (decided before generation), "model said not found", "no citation", "ungrounded".
     not_found_reason: str = ""
 

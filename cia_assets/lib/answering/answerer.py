@@ -180,11 +180,11 @@ class Answerer:
 
         # Tests alone are no explanation, unless they hold the code the question names.
         only_tests = bool(blocks) and not found.named_found and only_tests_or_vendored(blocks, question)
-        if not blocks or not found.supports_answer(settings.abstain_min_coverage) or only_tests:
-            # Nothing retrieved talks about the question's subject, or only tests and vendored
-            # code do (a fixture is not the implementation asked about): say so, without asking
-            # a model that would explain whatever it was shown.
-            abstained = "no code" if not blocks else "only tests" if only_tests else "evidence"
+        if not blocks or only_tests:
+            # Nothing was retrieved, or only tests and vendored code were (a fixture is not the
+            # implementation asked about): say so, without asking a model that would explain
+            # whatever it was shown.
+            abstained = "no code" if not blocks else "only tests"
             answer = self._finish(
                 request, trace_id, model_name, blocks, repos, "", CitationFilter(set()), timings, usage,
                 found, abstained=abstained,
@@ -197,14 +197,18 @@ class Answerer:
 
         messages = prompt.render(format_sources(blocks), question, history)
         client = chat_client(endpoint, self.config)
-        if settings.abstain_not_found_odds > 0:
-            # The code found may be near the subject without being it (an absent feature of a
-            # repo whose main classes the question names): the model's own weight on NOT FOUND.
+        # The code found may be near the subject without being it (an absent feature of a repo
+        # whose main classes the question names): the model's own weight on NOT FOUND decides,
+        # with a lower bar when the retrieved code does not support the question.
+        supported = found.supports_answer(settings.support_min_coverage)
+        details["supported"] = supported
+        threshold = settings.abstain_not_found_odds if supported else settings.abstain_unsupported_odds
+        if threshold > 0:
             probe_started = time.perf_counter()
             odds = not_found_odds(client, endpoint, messages)
             timings["model_probe_ms"] = round((time.perf_counter() - probe_started) * 1000, 1)
             details["not_found_odds"] = odds
-            if odds is not None and odds >= settings.abstain_not_found_odds:
+            if odds is not None and odds >= threshold:
                 answer = self._finish(
                     request, trace_id, model_name, blocks, repos, "", CitationFilter(set()), timings, usage,
                     found, abstained="model odds",
@@ -286,7 +290,7 @@ class Answerer:
         reason = ""
         if not_found:
             missing = (
-                [] if found.supports_answer(self.config.answering.abstain_min_coverage) else found.missing
+                [] if found.supports_answer(self.config.answering.support_min_coverage) else found.missing
             )
             text = not_found_answer(request.question, repos, blocks, missing, abstained == "only tests")
             reason = abstained or ("model said not found" if declined else "no citation")
