@@ -300,6 +300,7 @@ def test_a_question_about_code_that_is_not_there_abstains(indexed: CiaConfig) ->
     # The retrieved code does not support the question, so the model's low odds on NOT FOUND
     # are enough: decided from its first token's probabilities, before any delta is streamed.
     assert kinds == ["AnswerSources", "Answer"] and answer.not_found_reason == "model odds"
+    assert answer.to_json()["not_found_reason"] == "model odds"  # what API and MCP clients read
     assert "model_probe_ms" in answer.timings_ms and "generation_ms" not in answer.timings_ms
 
     # The bar for an unsupported question is its own setting: 0 never asks, whatever the bar

@@ -92,6 +92,14 @@ def test_citations_are_inferred_from_the_blocks_an_unmarked_answer_names() -> No
     assert attribute("The transfer_between_accounts function moves money.", [AUTH, LEDGER]) == [1]
     assert attribute("It calls authorize_refund(user) for managers.", [AUTH, LEDGER]) == [0]
     assert attribute("A manager may refund.", [AUTH, LEDGER]) == []  # plain words prove nothing
+    # A docstring retold, across its line break and in other case, is a passage of that block
+    # (first: it shares the most), and of AUTH's ("is authorized when the user is a manager");
+    # seven words in a row are not.
+    docstring = 'def ledger_refund(amount):\n    """Refunds are authorized when the user is a\n'
+    docstring += '    manager."""\n'
+    retold = "Refunds are authorized when the user is a manager, or for small amounts."
+    assert attribute(retold, [AUTH, LEDGER, docstring]) == [2, 0]
+    assert attribute("Refunds are authorized when the user is wealthy.", [AUTH, docstring]) == []
 
 
 def test_evidence_is_the_share_of_the_questions_terms_in_the_retrieved_code() -> None:

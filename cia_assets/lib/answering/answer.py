@@ -66,6 +66,8 @@ class Answer:
             "model": self.model,
             "trace_id": self.trace_id,
             "not_found": self.not_found,
+            # Which step said "not found" (the API, the page and MCP clients show why).
+            "not_found_reason": self.not_found_reason or None,
             "ungrounded": self.ungrounded,
         }
 

@@ -127,19 +127,33 @@ _CODE_WORD = re.compile(
 )
 
 
+# Words in a row that an answer must share with a block to have taken a passage from it (a
+# docstring or comment retold): shorter runs ("the user is a manager") occur anywhere.
+PASSAGE_WORDS = 8
+
+
+def _word_runs(text: str) -> set[tuple[str, ...]]:
+    words = [word.lower() for word in _WORD.findall(text)]
+    return {tuple(words[i : i + PASSAGE_WORDS]) for i in range(len(words) - PASSAGE_WORDS + 1)}
+
+
 def attribute(answer: str, blocks: Sequence[str], limit: int = 3) -> list[int]:
     """Indexes of the blocks the answer's code comes from (its backticked names and quoted
-    lines, and code-shaped names written without backticks), most first: the citations of an
-    answer whose model wrote none of its own."""
+    lines, code-shaped names written without backticks, and passages of 8 words or more it
+    shares with a block, across the block's line breaks), most first: the citations of an
+    answer whose model wrote none of its own. A small model asked about plain behaviour often
+    retells the docstring that explains it and names no code at all."""
     spans = inline_spans(answer)
     spans += [
         word for word in dict.fromkeys(_CODE_WORD.findall(_FENCED.sub("", answer))) if word not in spans
     ]
     lines = quoted_lines(answer)
+    runs = _word_runs(_FENCED.sub("", answer))
     counts: list[tuple[int, int]] = []
     for index, text in enumerate(blocks):
         corpus = _Corpus([text])
         found = sum(corpus.has_span(span) for span in spans) + sum(corpus.has_line(line) for line in lines)
+        found += len(runs & _word_runs(text))
         if found:
             counts.append((found, index))
     counts.sort(key=lambda pair: (-pair[0], pair[1]))
