@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -359,3 +360,19 @@ def test_distinct_questions_do_not_grow_the_model_server(llm_config: Callable[..
         sizes.append(_rss_mb(record.pid))
     stop_local_endpoint(config)
     assert sizes[-1] - sizes[0] < 100, sizes
+
+
+def test_a_new_server_reads_a_prompt_as_long_as_an_answer_s_before_the_first_question(
+    llm_config: Callable[..., CiaConfig],
+) -> None:
+    """A fresh server reads its first prompt at half speed (first-touched pages): the start
+    pays for that, not the first person who asks."""
+    config = llm_config()
+    record = ensure_endpoint(config, idle_stop_s=0)
+    try:
+        log_text = Path(record.log_path or "").read_text()
+        assert log_text.count('"POST /v1/chat/completions HTTP/1.1" 200') == 1, log_text[-2000:]
+        read = [int(n) for n in re.findall(r"prompt eval time = .*?/\s*(\d+) tokens", log_text)]
+        assert read and read[0] >= 1000, read
+    finally:
+        stop_local_endpoint(config)
