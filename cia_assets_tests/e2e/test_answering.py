@@ -147,7 +147,15 @@ def test_cia_ask_cites_the_function_that_holds_the_answer(indexed: CiaConfig) ->
     done = _cia(indexed, "ask", "When is a refund authorized?", "--json", "--token", TOKEN_ALL)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
-    assert set(answer) == {"answer", "citations", "model", "trace_id", "not_found", "ungrounded"}
+    assert set(answer) == {
+        "answer",
+        "citations",
+        "model",
+        "trace_id",
+        "not_found",
+        "not_found_reason",
+        "ungrounded",
+    }
     assert answer["model"] == MODEL
     assert answer["citations"] and not answer["not_found"], answer
     # An explanation of the function, in its own words: it names the function and what it checks.

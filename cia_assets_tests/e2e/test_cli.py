@@ -216,7 +216,15 @@ def test_ask_needs_no_token_and_prints_the_answer_once_through_a_pipe(minimal: d
     as_json = _ask(minimal["minimal"], "When does check_permission allow an action?", "--json")
     assert as_json.returncode == 0, as_json.stderr
     answer = json.loads(as_json.stdout)  # only the JSON on stdout
-    assert set(answer) == {"answer", "citations", "model", "trace_id", "not_found", "ungrounded"}
+    assert set(answer) == {
+        "answer",
+        "citations",
+        "model",
+        "trace_id",
+        "not_found",
+        "not_found_reason",
+        "ungrounded",
+    }
 
 
 def test_ask_with_a_token_sees_only_its_repos_and_a_wrong_one_is_refused(minimal: dict[str, Path]) -> None:

@@ -212,7 +212,10 @@ def test_tools_search_and_answer_with_a_full_access_token(indexed: CiaConfig) ->
     assert not ask_error, ask_text
     answer = json.loads(ask_text)
     assert answer == ask_structured
-    assert set(answer) == {"answer", "citations", "sources", "not_found", "ungrounded", "model", "trace_id"}
+    assert set(answer) == {
+        *("answer", "citations", "sources", "not_found", "not_found_reason", "ungrounded", "model"),
+        "trace_id",
+    }
     assert answer["model"] == TINY_MODEL
     # The sources reached the client as a progress notification before the answer returned.
     assert answer["sources"] and {"path", "line_start", "line_end", "symbol", "preview"} <= set(
