@@ -390,6 +390,20 @@ def chat_app(indexed: CiaConfig) -> Iterator[str]:
     thread.join(timeout=10)
 
 
+def test_the_chat_app_loads_the_search_before_the_first_question(indexed: CiaConfig) -> None:
+    from fastapi.testclient import TestClient
+
+    from cia_assets.apps.http.app import create_app
+
+    app = create_app(indexed.config_path, forward_in_background=False)
+    with TestClient(app) as client:
+        assert client.get("/livez").status_code == 200  # alive while it warms up
+        service = app.state.warmed_service
+        assert service.warmed.wait(60)
+        # Loaded with no question asked: the first one's sources need not wait for it.
+        assert service.answerer.project.loaded_embedders
+
+
 def test_openai_client_gets_a_cited_answer_streaming_and_not(chat_app: str) -> None:
     client = openai.OpenAI(base_url=f"{chat_app}/v1", api_key=TOKEN_ALL)
     assert {m.id for m in client.models.list()} == {"cia", "cia/payments", "cia/billing"}

@@ -24,6 +24,7 @@ run time, including the `Caller` alias local to `create_app`.)
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,6 +140,14 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
             status_code=error.status,
             headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None,
         )
+
+    @app.on_event("startup")
+    def _warm_up() -> None:
+        # In the background: the app answers /livez at once, and a question asked meanwhile
+        # waits only for what is still loading.
+        service = service_for(current_config())
+        app.state.warmed_service = service  # what a test or an operator can wait on
+        threading.Thread(target=service.warm_up, name="warm-up", daemon=True).start()
 
     @app.on_event("shutdown")
     def _close() -> None:

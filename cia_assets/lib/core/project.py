@@ -61,6 +61,12 @@ class Project:
         second and 100+ MB: once per model and project."""
         return self._embedder_of(active_model(self.config))
 
+    @property
+    def loaded_embedders(self) -> tuple[str, ...]:
+        """The embedding models this project has loaded so far, by model id."""
+        with self._lock:
+            return tuple(self._embedders)
+
     def embedder_for(self, model_id: str) -> Embedder:
         """The model an index was built with (its index state's `model_id`), which embeds the
         questions asked of that index."""
