@@ -110,6 +110,7 @@ class AskResult(TypedDict):
     citations: list[CitationResult]
     sources: list[SourceResult]
     not_found: bool
+    not_found_reason: str | None  # which step said "not found" (README, "How an answer is made")
     ungrounded: list[str]
     model: str
     trace_id: str
@@ -329,7 +330,8 @@ def build_server(config_path: Path, token: str | None) -> Any:
         Returns answer (Markdown with [n] markers and a Sources list), citations
         [{n, repo, path, line_start, line_end, url}], sources (every block the model read, with
         symbol and a preview of its first lines; also sent as a progress notification before
-        the explanation is generated), not_found, ungrounded, model and trace_id. Slower than
+        the explanation is generated), not_found (and not_found_reason: which step said so),
+        ungrounded, model and trace_id. Slower than
         search_code (a language model generates the answer); prefer search_code to locate
         code. Only repositories this server's token may read are used; `repo` narrows to one."""
         config, grant = state.caller()
@@ -351,8 +353,8 @@ def build_server(config_path: Path, token: str | None) -> Any:
             )  # fmt: skip
             return AskResult(
                 answer=answer["answer"], citations=answer["citations"], sources=answer["sources"],
-                not_found=answer["not_found"], ungrounded=answer["ungrounded"], model=answer["model"],
-                trace_id=answer["trace_id"],
+                not_found=answer["not_found"], not_found_reason=answer["not_found_reason"],
+                ungrounded=answer["ungrounded"], model=answer["model"], trace_id=answer["trace_id"],
             )  # fmt: skip
 
         try:
