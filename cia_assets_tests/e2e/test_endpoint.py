@@ -278,7 +278,10 @@ def test_an_on_demand_server_stops_itself_when_idle_and_the_next_question_restar
     while time.monotonic() < deadline and process_alive(record.pid):
         time.sleep(0.5)
     assert not process_alive(record.pid)
-    assert "no request for 4 s: stopping" in Path(record.log_path or "").read_text()
+    log_text = Path(record.log_path or "").read_text()
+    assert "no request for 4 s: stopping" in log_text
+    # Started for a question, it read no warm-up prompt first: only the four questions.
+    assert log_text.count('"POST /v1/chat/completions HTTP/1.1" 200') == 4
     again = ensure_endpoint(config)
     assert again.pid != record.pid and process_alive(again.pid)
     assert again.fingerprint == record.fingerprint

@@ -179,7 +179,11 @@ def start_llama_server(
                 f"the model server for {gguf.name} exited with {process.returncode}:\n{_tail(log_path)}"
             )
         if is_healthy(base_url, timeout_s=1.0):
-            warm_up(base_url, alias or llm.model, prompt_tokens=_warm_up_tokens(config))
+            if idle_stop_s <= 0:
+                # A server started to stay (`cia serve`, a deployed endpoint) warms up before
+                # anyone asks; one started for a question (`cia ask`, MCP) reads that question
+                # first, which costs it no more than a warm-up would.
+                warm_up(base_url, alias or llm.model, prompt_tokens=_warm_up_tokens(config))
             return LocalServer(pid=process.pid, base_url=base_url, log_path=log_path)
         time.sleep(0.25)
     stop_process(process.pid)
