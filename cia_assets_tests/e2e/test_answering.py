@@ -6,6 +6,7 @@ grounding, abstention, sources before the explanation, conversations, tokens and
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -31,6 +32,7 @@ from cia_assets.lib.core.access import Grant
 from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.observability.traces import TraceStore
+from cia_assets_tests.support.fakes import fake_openai
 from cia_assets_tests.support.materialize import materialize_repo
 from cia_assets_tests.support.net import free_port
 from cia_assets_tests.support.repos import GIT_ENV, GitRepo
@@ -341,6 +343,30 @@ def test_the_model_s_weight_on_not_found_decides_a_question_near_the_repo_s_code
     kinds, asked = _ask(with_threshold(0.0), question)
     assert "model_probe_ms" not in asked.timings_ms and "generation_ms" in asked.timings_ms
     assert asked.not_found_reason != "model odds"
+
+
+def test_an_endpoint_that_refuses_log_probabilities_answers_without_the_odds(
+    indexed: CiaConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An OpenAI-compatible API without log-probabilities (HTTP 400 to the odds request)
+    still answers: the explanation is generated, and a warning says the odds were skipped."""
+
+    def reply(request: dict[str, Any]) -> str:
+        prompt = request["messages"][-1]["content"]
+        cited = re.search(r"^\[(\d+)\] payments/auth\.py", prompt, re.M)
+        assert cited, prompt
+        return f"`authorize_refund` allows a refund for a manager [{cited.group(1)}]."
+
+    with fake_openai(reply, model="remote-coder", refuse_logprobs=True) as fake:
+        llm = indexed.llm.model_copy(
+            update={"engine": "openai", "base_url": fake.base_url, "model": "remote-coder"}
+        )
+        with caplog.at_level(logging.WARNING):
+            kinds, answer = _ask(indexed.model_copy(update={"llm": llm}), "When is a refund authorized?")
+    asked_odds = [r for r in fake.requests if r.get("logprobs")]
+    assert len(asked_odds) == 1 and "refused the log-probabilities request" in caplog.text
+    assert "AnswerDelta" in kinds and not answer.not_found, answer.answer
+    assert [c.path for c in answer.citations] == ["payments/auth.py"]
 
 
 def test_sources_come_before_the_explanation_and_a_follow_up_uses_the_conversation(

@@ -20,7 +20,7 @@ Reply = Callable[[dict[str, Any]], str]
 
 @dataclass
 class FakeOpenAI:
-    """`/v1/models` and non-streaming `/v1/chat/completions`; every request body is kept."""
+    """`/v1/models` and `/v1/chat/completions` (streamed too); every request body is kept."""
 
     reply: Reply
     model: str = "teacher-large"
@@ -35,7 +35,11 @@ class FakeOpenAI:
 
 
 @contextmanager
-def fake_openai(reply: Reply, model: str = "teacher-large") -> Iterator[FakeOpenAI]:
+def fake_openai(
+    reply: Reply, model: str = "teacher-large", *, refuse_logprobs: bool = False
+) -> Iterator[FakeOpenAI]:
+    """With `refuse_logprobs`, a request for log-probabilities gets HTTP 400, as from an API
+    that does not offer them."""
     fake = FakeOpenAI(reply=reply, model=model)
 
     class Handler(BaseHTTPRequestHandler):
@@ -49,6 +53,27 @@ def fake_openai(reply: Reply, model: str = "teacher-large") -> Iterator[FakeOpen
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _stream(self, request: dict[str, Any], text: str) -> None:
+            """OpenAI's server-sent chunks: the text in two deltas, then [DONE]."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            half = len(text) // 2
+            for n, piece in enumerate((text[:half], text[half:])):
+                choice: dict[str, Any] = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                if n == 0 and request.get("logprobs"):
+                    choice["logprobs"] = first_token_logprobs(text)
+                chunk = {
+                    "id": f"chatcmpl-{len(fake.requests)}",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": request.get("model", fake.model),
+                    "choices": [choice],
+                }
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
 
         def do_GET(self) -> None:
             if self.path.rstrip("/").endswith("/models"):
@@ -72,7 +97,15 @@ def fake_openai(reply: Reply, model: str = "teacher-large") -> Iterator[FakeOpen
                 return
             request = json.loads(raw)
             fake.requests.append(request)
+            if refuse_logprobs and request.get("logprobs"):
+                self._send(
+                    400, {"error": {"message": "logprobs are not supported", "type": "invalid_request"}}
+                )
+                return
             text = fake.reply(request)
+            if request.get("stream"):
+                self._stream(request, text)
+                return
             choice: dict[str, Any] = {
                 "index": 0,
                 "finish_reason": "stop",
