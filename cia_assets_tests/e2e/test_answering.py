@@ -32,6 +32,7 @@ from cia_assets.lib.core.access import Grant
 from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.observability.traces import TraceStore
+from cia_assets.lib.serving.endpoint import EndpointRecord, EndpointSpec
 from cia_assets_tests.support.fakes import fake_openai
 from cia_assets_tests.support.materialize import materialize_repo
 from cia_assets_tests.support.net import free_port
@@ -283,9 +284,12 @@ def test_an_invented_identifier_is_flagged_by_the_grounding_check(indexed: CiaCo
     assert len(gated.ungrounded) == 4 and gated.grounding_checked == 4
 
 
-def _ask(config: CiaConfig, question: str, **request: Any) -> tuple[list[str], Answer]:
-    """The kinds of events of one answer in order, and the answer."""
-    answerer = Answerer(config)
+def _ask(
+    config: CiaConfig, question: str, endpoint: EndpointRecord | None = None, **request: Any
+) -> tuple[list[str], Answer]:
+    """The kinds of events of one answer in order, and the answer (from `endpoint` when given,
+    else the live one)."""
+    answerer = Answerer(config, endpoint=endpoint)
     kinds: list[str] = []
     final: Answer | None = None
     try:
@@ -361,8 +365,14 @@ def test_an_endpoint_that_refuses_log_probabilities_answers_without_the_odds(
         llm = indexed.llm.model_copy(
             update={"engine": "openai", "base_url": fake.base_url, "model": "remote-coder"}
         )
+        remote = indexed.model_copy(update={"llm": llm})
+        # Given to this answerer only: the module's live endpoint stays the local server.
+        endpoint = EndpointRecord(
+            version=1, spec=EndpointSpec.from_config(remote), base_url=fake.base_url,
+            started_at="2026-12-06T00:00:00Z", origin="deploy",
+        )  # fmt: skip
         with caplog.at_level(logging.WARNING):
-            kinds, answer = _ask(indexed.model_copy(update={"llm": llm}), "When is a refund authorized?")
+            kinds, answer = _ask(remote, "When is a refund authorized?", endpoint=endpoint)
     asked_odds = [r for r in fake.requests if r.get("logprobs")]
     assert len(asked_odds) == 1 and "refused the log-probabilities request" in caplog.text
     assert "AnswerDelta" in kinds and not answer.not_found, answer.answer
