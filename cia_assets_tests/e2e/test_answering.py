@@ -33,6 +33,7 @@ from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.observability.traces import TraceStore
 from cia_assets.lib.serving.endpoint import EndpointRecord, EndpointSpec
+from cia_assets_tests.support.cli import ANSWER_JSON_KEYS
 from cia_assets_tests.support.fakes import fake_openai
 from cia_assets_tests.support.materialize import materialize_repo
 from cia_assets_tests.support.net import free_port
@@ -150,15 +151,7 @@ def test_cia_ask_cites_the_function_that_holds_the_answer(indexed: CiaConfig) ->
     done = _cia(indexed, "ask", "When is a refund authorized?", "--json", "--token", TOKEN_ALL)
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
-    assert set(answer) == {
-        "answer",
-        "citations",
-        "model",
-        "trace_id",
-        "not_found",
-        "not_found_reason",
-        "ungrounded",
-    }
+    assert set(answer) == ANSWER_JSON_KEYS
     assert answer["model"] == MODEL
     assert answer["citations"] and not answer["not_found"], answer
     # An explanation of the function, in its own words: it names the function and what it checks.

@@ -23,7 +23,7 @@ from cia_assets.lib.answering.citations import Citation, SourcePreview, tidy_ans
 from cia_assets.lib.core.access import Grant
 from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.observability.traces import TraceStore
-from cia_assets_tests.support.cli import CIA, cia
+from cia_assets_tests.support.cli import ANSWER_JSON_KEYS, CIA, cia
 from cia_assets_tests.support.materialize import materialize_repo
 from cia_assets_tests.support.repos import GIT_ENV, SAMPLE_FILES, GitRepo
 
@@ -216,15 +216,7 @@ def test_ask_needs_no_token_and_prints_the_answer_once_through_a_pipe(minimal: d
     as_json = _ask(minimal["minimal"], "When does check_permission allow an action?", "--json")
     assert as_json.returncode == 0, as_json.stderr
     answer = json.loads(as_json.stdout)  # only the JSON on stdout
-    assert set(answer) == {
-        "answer",
-        "citations",
-        "model",
-        "trace_id",
-        "not_found",
-        "not_found_reason",
-        "ungrounded",
-    }
+    assert set(answer) == ANSWER_JSON_KEYS
 
 
 def test_ask_with_a_token_sees_only_its_repos_and_a_wrong_one_is_refused(minimal: dict[str, Path]) -> None:
