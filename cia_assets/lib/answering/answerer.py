@@ -269,7 +269,7 @@ class Answerer:
         abstained: str = "",
     ) -> Answer:
         """The verified answer; `abstained` says why it is "not found" without generation
-        ("no code", "evidence", "only tests", "model odds")."""
+        ("no code", "only tests", "model odds")."""
         # Re-run the check over the whole text: the streamed pieces and the final answer
         # must agree, whatever the chunking of the stream was.
         final_checker = CitationFilter({b.n for b in blocks})

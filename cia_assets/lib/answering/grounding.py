@@ -5,10 +5,10 @@ still name a function that is not in it. So after generation every backticked id
 every quoted code line of the answer is looked up in the blocks it cites, then in the rest of
 the context; what occurs in neither is ungrounded, marked in the answer and counted.
 
-Before generation, `evidence` tells whether the retrieved code talks about the question's
-subject at all (the share of the question's distinctive terms that occur in it): questions about
-code that is not there ("the payments service" in a repo without one) are answered "not found"
-from that, rather than left to a model that will explain whatever it was shown.
+Before generation, `evidence` tells whether the retrieved code supports the question (it has
+the code the question names, or nearly all of its distinctive words). Support does not decide
+"not found" by itself: it sets how sure the model must be of NOT FOUND (the answerer's odds), and
+an unsupported question's answer names the words the code lacks.
 """
 
 from __future__ import annotations
