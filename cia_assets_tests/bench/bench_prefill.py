@@ -7,8 +7,9 @@ The prompt is code from this repository (about what an answer's context holds). 
 loads the model afresh and reads the same tokens `--repeats` times from an empty cache; the
 first read also pays for touching the logits buffer (`logits_all` keeps a context x vocabulary
 array), so the report gives every read. Settings: `logits_all` (log-probabilities, which the
-NOT FOUND odds and the re-ranker need; llama-cpp-python's server default), `flash_attn`, and
-the batch sizes.
+NOT FOUND odds and the re-ranker need; llama-cpp-python's server default), the same
+log-probabilities from the last token's logits only (`last_token_logits`, what CIA's server
+runs), `flash_attn`, and the batch sizes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 SETTINGS = [
+    {"last_token_logits": True, "flash_attn": True, "n_batch": 512, "n_ubatch": 512},
     {"logits_all": True, "flash_attn": False, "n_batch": 512, "n_ubatch": 512},
     {"logits_all": True, "flash_attn": True, "n_batch": 512, "n_ubatch": 512},
     {"logits_all": False, "flash_attn": False, "n_batch": 512, "n_ubatch": 512},
@@ -30,6 +32,7 @@ SETTINGS = [
 def main() -> None:
     from llama_cpp import Llama
 
+    from cia_assets.lib.serving.idle_llama_server import last_token_logits_llama
     from cia_assets.lib.serving.packaged_models import installed_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -37,12 +40,15 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1300)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", type=int, nargs="*", help="indices into SETTINGS (default: all)")
     args = parser.parse_args()
     gguf = str(installed_path(args.model))
     source = (Path(__file__).resolve().parents[2] / "cia_assets/lib/answering/answerer.py").read_text()
     rows = []
-    for setting in SETTINGS:
-        llm = Llama(model_path=gguf, n_ctx=4096, n_threads=args.threads, verbose=False, **setting)
+    for setting in [SETTINGS[i] for i in args.only] if args.only else SETTINGS:
+        options = {key: value for key, value in setting.items() if key != "last_token_logits"}
+        model_class = last_token_logits_llama() if setting.get("last_token_logits") else Llama
+        llm = model_class(model_path=gguf, n_ctx=4096, n_threads=args.threads, verbose=False, **options)
         tokens = llm.tokenize(source.encode())[: args.tokens]
         reads = []
         for _ in range(args.repeats):

@@ -345,37 +345,51 @@ def _rss_mb(pid: int) -> int:
 def test_distinct_questions_do_not_grow_the_model_server(llm_config: Callable[..., CiaConfig]) -> None:
     """Each distinct prompt once left its logits (tokens x vocabulary x 4 bytes) behind in
     llama-cpp-python's prompt cache, uncounted against its size: ~0.8 GB a question for the
-    0.5B, until the kernel killed the server. Its memory must not grow with the questions asked."""
+    0.5B, until the kernel killed the server; and with `logits_all` the server kept a row of
+    logits for every prompt token (`idle_llama_server.last_token_logits_llama`). Its memory
+    must not grow with the questions asked, nor with their length."""
     config = llm_config()
     record = ensure_endpoint(config, idle_stop_s=0)
     assert record.pid is not None
     client = chat_client(record, config)
-    code = Path(__file__).read_text()
-    sizes = []
+    code = Path(__file__).read_text() * 2
+    sizes = [_rss_mb(record.pid)]
     for n in range(4):
-        # ~900 distinct tokens each (the tiny model's vocabulary: ~200 MB of logits a prompt).
-        excerpt = code[n * 3000 : (n + 1) * 3000]
+        # ~1,800 distinct tokens each (the tiny model's vocabulary: ~350 MB of logits a prompt).
+        excerpt = code[n * 6000 : (n + 1) * 6000]
         client.chat.completions.create(
             model=record.model,
             messages=[{"role": "user", "content": f"{excerpt}\nSummarize part {n}."}],
             max_tokens=4,
+            logprobs=True,
+            top_logprobs=5,
         )
         sizes.append(_rss_mb(record.pid))
     stop_local_endpoint(config)
     assert sizes[-1] - sizes[0] < 100, sizes
 
 
-def test_a_new_server_reads_a_prompt_as_long_as_an_answer_s_before_the_first_question(
+def test_a_new_server_has_read_the_answering_prompt_s_fixed_part_before_the_first_question(
     llm_config: Callable[..., CiaConfig],
 ) -> None:
-    """A fresh server reads its first prompt at half speed (first-touched pages): the start
-    pays for that, not the first person who asks."""
+    """The server reuses the KV of the prefix a prompt shares with the one before it: after
+    the warm-up, the first question reads only its sources and question, not the system
+    message too."""
+    from cia_assets.lib.answering.prompts import PACKAGED_PROMPT
+
     config = llm_config()
     record = ensure_endpoint(config, idle_stop_s=0)
     try:
+        messages = PACKAGED_PROMPT.render(
+            sources="[1] a.py lines 1-2\ndef f():\n    return 1", question="What is f?"
+        )
+        response = chat_client(record, config).chat.completions.create(
+            model=record.model, messages=messages, max_tokens=1
+        )
+        assert response.usage is not None
         log_text = Path(record.log_path or "").read_text()
-        assert log_text.count('"POST /v1/chat/completions HTTP/1.1" 200') == 1, log_text[-2000:]
         read = [int(n) for n in re.findall(r"prompt eval time = .*?/\s*(\d+) tokens", log_text)]
-        assert read and read[0] >= 1000, read
+        assert len(read) == 2, log_text[-2000:]  # the warm-up, then the question
+        assert read[1] < response.usage.prompt_tokens / 3, (read, response.usage.prompt_tokens)
     finally:
         stop_local_endpoint(config)

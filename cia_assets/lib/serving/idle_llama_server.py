@@ -7,6 +7,8 @@ none has arrived or run for `--idle_stop_s` seconds, shuts down gracefully; the 
 question starts it again (`ensure_endpoint`). `cia serve` owns its server and passes 0
 (never), stopping it itself.
 
+It also reads prompts without computing the logits of every prompt token (below).
+
 Run as `python -m cia_assets.lib.serving.idle_llama_server --idle_stop_s N <llama_cpp.server args>`.
 """
 
@@ -53,6 +55,45 @@ class IdleTracker:
             return 0.0 if self.active else time.monotonic() - self.last_activity
 
 
+def last_token_logits_llama() -> type:
+    """`llama_cpp.Llama` that returns log-probabilities (the NOT FOUND odds, the re-ranker)
+    while computing logits only for the last token of each decoded batch.
+
+    llama-cpp-python serves `logprobs` only with `logits_all`, which computes and copies the
+    logits of every prompt token (152k vocabulary x 4 bytes each, ~0.9 GB for a 1,500-token
+    prompt) although a completion's log-probabilities read only the row before each token it
+    generates: the prompt's last token, then each generated token, each of which is the last
+    token of the batch that decoded it. Computing only those rows reads a prompt ~25 % faster
+    on 2 cores (`bench_prefill.py`), which is most of what the first token waits for.
+    A class made on call: importing this module must not load llama.cpp."""
+    import llama_cpp
+    import numpy as np
+
+    class LastTokenLogitsLlama(llama_cpp.Llama):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "logits_all": False})
+            # Lets completions ask for logprobs; `eval` below fills the rows they read. Zeroed
+            # lazily by the kernel: only the rows written take memory.
+            self._logits_all = True
+            self.scores = np.zeros((self._n_ctx, self._n_vocab), dtype=np.single)
+
+        def eval(self, tokens: Sequence[int]) -> None:
+            # llama_cpp.Llama.eval, with logits requested for each batch's last token only.
+            self._ctx.kv_cache_seq_rm(-1, self.n_tokens, -1)
+            for start in range(0, len(tokens), self.n_batch):
+                batch = tokens[start : start + self.n_batch]
+                n_past = self.n_tokens
+                self._batch.set_batch(batch=batch, n_past=n_past, logits_all=False)
+                self._ctx.decode(self._batch)
+                self.input_ids[n_past : n_past + len(batch)] = batch
+                last_row = np.ctypeslib.as_array(self._ctx.get_logits_ith(-1), shape=(self._n_vocab,))
+                self.scores[n_past + len(batch) - 1, :] = last_row
+                self.n_tokens += len(batch)
+                self._requires_eval = False
+
+    return LastTokenLogitsLlama
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
     from llama_cpp.server.app import create_app
@@ -66,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     # llama_cpp's own parsing, as its `__main__` does (its annotation says it returns the class).
     server_settings = cast(ServerSettings, parse_model_from_args(ServerSettings, args))
     model_settings = cast(ModelSettings, parse_model_from_args(ModelSettings, args))
+    import llama_cpp
+
+    # The server builds its model as `llama_cpp.Llama(...)` (llama_cpp/server/model.py); in this
+    # process, which only serves, that is the class computing the last token's logits only.
+    llama_cpp.Llama = last_token_logits_llama()  # type: ignore[misc,assignment]
     app = create_app(server_settings=server_settings, model_settings=[model_settings])
     tracker = IdleTracker(app)
     server = uvicorn.Server(uvicorn.Config(tracker, host=server_settings.host, port=server_settings.port))

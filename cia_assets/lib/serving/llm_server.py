@@ -180,10 +180,10 @@ def start_llama_server(
             )
         if is_healthy(base_url, timeout_s=1.0):
             if idle_stop_s <= 0:
-                # A server started to stay (`cia serve`, a deployed endpoint) warms up before
-                # anyone asks; one started for a question (`cia ask`, MCP) reads that question
-                # first, which costs it no more than a warm-up would.
-                warm_up(base_url, alias or llm.model, prompt_tokens=_warm_up_tokens(config))
+                # A server started to stay (`cia serve`, a deployed endpoint) reads the
+                # answering prompt's fixed part before anyone asks; one started for a question
+                # (`cia ask`, MCP) reads it with that question, for the same cost.
+                warm_up(base_url, alias or llm.model)
             return LocalServer(pid=process.pid, base_url=base_url, log_path=log_path)
         time.sleep(0.25)
     stop_process(process.pid)
@@ -192,36 +192,24 @@ def start_llama_server(
     )
 
 
-# The longest prompt worth reading at start: an answer's prompt is about this long (800
-# tokens of code by estimate, the system message, the question), and longer ones cost more
-# at start than they save.
-WARM_UP_MAX_TOKENS = 1536
+def warm_up(base_url: str, model: str) -> None:
+    """Read the packaged answering prompt's fixed part (its system message, ~400 tokens)
+    before anyone asks.
 
+    The server keeps the KV of the prefix a prompt shares with the one before it, so every
+    question after the first reads only its sources and question; without this the first
+    one also read the system message: SWE-QA xarray's first question waited 6.3 s to its first
+    token, the others 2.5-4.0 s. A failed warm-up is only logged: the server answered its
+    health check, and the first question will say more."""
+    from cia_assets.lib.answering.prompts import PACKAGED_PROMPT
 
-def _warm_up_tokens(config: CiaConfig) -> int:
-    llm = config.llm
-    return max(0, min(WARM_UP_MAX_TOKENS, llm.context_tokens - llm.max_answer_tokens - 64))
-
-
-def warm_up(base_url: str, model: str, *, prompt_tokens: int) -> None:
-    """Read one prompt of about `prompt_tokens` tokens before anyone asks.
-
-    A fresh server's first prompt is read at half speed: the pages of its logits buffer (one
-    row of the vocabulary's scores per token, which `logits_all` keeps) and of the model's
-    weights are touched for the first time. On 2 cores the 0.5B took 12.6 s to its first token
-    for SWE-QA's first question, 3.2-4.0 s for each one after. A failed warm-up is only
-    logged: the server answered its health check, and the first question will say more."""
-    if prompt_tokens <= 0:
-        return
     try:
         response = httpx.post(
             f"{base_url.rstrip('/')}/chat/completions",
             json={
                 "model": model,
-                # About one token per " x" in the packaged models' vocabularies.
-                "messages": [{"role": "user", "content": "x" + " x" * (prompt_tokens - 1)}],
+                "messages": PACKAGED_PROMPT.render(sources="", question=""),
                 "max_tokens": 1,
-                "temperature": 0,
             },
             timeout=START_TIMEOUT_S,
         )
