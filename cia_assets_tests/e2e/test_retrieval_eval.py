@@ -555,11 +555,13 @@ def test_the_llm_reranker_reorders_the_first_files_by_its_yes_likelihood(
     # A judge that does not answer (the endpoint is gone) leaves the search's own order.
     assert [f.path for f in search_files(project, question)] == plain
     # Each of the first five files was judged once, the request before the file (a server that
-    # caches prompt prefixes reads the request once), with one token's log-probabilities asked.
+    # caches prompt prefixes reads the request once), with one token's log-probabilities asked,
+    # streamed (llama-cpp-python computes every prompt token's log-probabilities otherwise).
     judged = [str(r["messages"][-1]["content"]) for r in judged_requests]  # type: ignore[index]
     assert len(judged) == min(5, len(plain))
     assert all(text.startswith(f"<request>\n{question}\n</request>") for text in judged)
-    assert all(r["max_tokens"] == 1 and r["logprobs"] is True for r in judged_requests)
+    asked = [(r["max_tokens"], r["logprobs"], r["stream"]) for r in judged_requests]
+    assert asked == [(1, True, True)] * len(judged_requests)
     # The file the judge said yes to moves up; the rest keep the search's order.
     paths = [f.path for f in reranked]
     assert paths[0] == "payments/ledger.py"

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 from cia_assets.lib.answering.answer import NOT_FOUND_MARKER, AnswerDelta, AnswerError
 from cia_assets.lib.answering.citations import CitationFilter
+from cia_assets.lib.serving.first_token import first_token_candidates
 
 log = logging.getLogger(__name__)
 # How many of the first token's likeliest candidates are read: "NOT" is among them whenever it
@@ -31,26 +32,8 @@ def not_found_odds(client: Any, endpoint: Any, messages: list[dict[str, str]]) -
     and 24 absent-feature dev-set questions they ranked real above absent with AUC 0.89 where
     the retrieved code did not support the question (README, "Measuring answers"), hence two
     bars: `answering.abstain_not_found_odds` (0.3) and `abstain_unsupported_odds` (0.05)."""
-    odds: float | None = None
     try:
-        # Read to the end and close: a stream left open is closed later by the garbage
-        # collector, which can run while the client's connection pool holds its lock (the
-        # next request then waits on that lock for ever).
-        with client.chat.completions.create(
-            model=endpoint.request_model,
-            messages=messages,
-            max_tokens=1,
-            temperature=0,
-            stream=True,
-            logprobs=True,
-            top_logprobs=TOP_LOGPROBS,
-        ) as stream:
-            for chunk in stream:
-                choice = chunk.choices[0] if chunk.choices else None
-                if odds is None and choice is not None and choice.logprobs and choice.logprobs.content:
-                    odds = first_token_odds(
-                        [(c.token, c.logprob) for c in choice.logprobs.content[0].top_logprobs or []]
-                    )
+        candidates = first_token_candidates(client, endpoint.request_model, messages, top=TOP_LOGPROBS)
     except Exception as error:
         import openai
 
@@ -68,7 +51,7 @@ def not_found_odds(client: Any, endpoint: Any, messages: list[dict[str, str]]) -
             )
             return None
         _raise_endpoint_failure(endpoint, error)
-    return odds
+    return None if candidates is None else first_token_odds(candidates)
 
 
 def _raise_endpoint_failure(endpoint: Any, error: Exception) -> NoReturn:

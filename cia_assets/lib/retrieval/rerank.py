@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import openai
 
 from cia_assets.lib.learning.redaction import redact
+from cia_assets.lib.serving.first_token import first_token_candidates
 
 if TYPE_CHECKING:
     from cia_assets.lib.retrieval.search import FileHit
@@ -96,19 +97,11 @@ class LlmReranker:
             f'<file path="{file.path}">\n{code}\n</file>\n\n'
             "Is this the file the request is about? Answer yes or no."
         )
-        try:
-            response = self.client.chat.completions.create(
-                model=self.model,
-                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
-                max_tokens=1,
-                temperature=0,
-                logprobs=True,
-                top_logprobs=10,
-            )
-            candidates = response.choices[0].logprobs.content[0].top_logprobs
-        except (AttributeError, IndexError, TypeError) as error:
-            raise RerankError(f"{self.model} returned no log-probabilities for its first token") from error
-        return Judgement(file.path, yes_probability((c.token, c.logprob) for c in candidates))
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        candidates = first_token_candidates(self.client, self.model, messages, top=10)
+        if candidates is None:
+            raise RerankError(f"{self.model} returned no log-probabilities for its first token")
+        return Judgement(file.path, yes_probability(candidates))
 
 
 def yes_probability(candidates: Any) -> float:
