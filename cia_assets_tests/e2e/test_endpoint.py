@@ -361,8 +361,6 @@ def test_distinct_questions_do_not_grow_the_model_server(llm_config: Callable[..
             model=record.model,
             messages=[{"role": "user", "content": f"{excerpt}\nSummarize part {n}."}],
             max_tokens=4,
-            logprobs=True,
-            top_logprobs=5,
         )
         sizes.append(_rss_mb(record.pid))
     stop_local_endpoint(config)
