@@ -391,3 +391,40 @@ def test_a_new_server_has_read_the_answering_prompt_s_fixed_part_before_the_firs
         assert read[1] < response.usage.prompt_tokens / 3, (read, response.usage.prompt_tokens)
     finally:
         stop_local_endpoint(config)
+
+
+def test_a_packaged_model_in_bf16_is_converted_once_and_served(llm_config: Callable[..., CiaConfig]) -> None:
+    """`llm.precision: bf16` serves a copy of the packaged weights that llama.cpp's quantizer
+    made once per machine; `packaged` serves the packaged file itself."""
+    from llama_cpp import Llama
+
+    from cia_assets.lib.serving.llm_server import model_file, served_model_file
+    from cia_assets.lib.serving.packaged_models import PACKAGED_MODELS
+
+    packaged = llm_config(model="Qwen2.5-Coder-0.5B-Instruct", precision="packaged")
+    assert served_model_file(packaged) == model_file(packaged)
+    config = llm_config(model="Qwen2.5-Coder-0.5B-Instruct", precision="bf16")
+    copy = served_model_file(config)
+    assert copy != model_file(config) and copy.name.endswith(".bf16.gguf")
+    made = copy.stat().st_mtime_ns
+    assert served_model_file(config) == copy and copy.stat().st_mtime_ns == made  # converted once
+    # A copy made from another release of the packaged file is made again.
+    made_from = copy.with_name(copy.name + ".source")
+    made_from.write_text("0" * 64 + "\n")
+    assert served_model_file(config) == copy and copy.stat().st_mtime_ns != made
+    assert made_from.read_text().split() == [PACKAGED_MODELS["Qwen2.5-Coder-0.5B-Instruct"].sha256]
+    assert (
+        Llama(model_path=str(copy), vocab_only=True, verbose=False).metadata["general.file_type"] == "32"
+    )  # BF16
+    record = ensure_endpoint(config, idle_stop_s=0)
+    try:
+        assert record.spec.gguf == str(copy)
+        reply = chat_client(record, config).chat.completions.create(
+            model=record.model,
+            messages=[{"role": "user", "content": "Complete with one word: the opposite of hot is"}],
+            max_tokens=3,
+            temperature=0,
+        )
+        assert "cold" in (reply.choices[0].message.content or "").lower()
+    finally:
+        stop_local_endpoint(config)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cia_assets.config import CiaConfig
+from cia_assets.lib.core.cpu import cpu_has_bf16_units
 from cia_assets.lib.core.records import Chunk
 from cia_assets.lib.indexing.embedding_models import (
     EmbeddingModel,
@@ -24,7 +25,6 @@ from cia_assets.lib.indexing.embeddings import (
     EmbeddingCache,
     EmbeddingModelError,
     choose_precision,
-    cpu_has_bf16_units,
     packaged_model_source,
 )
 from cia_assets.lib.indexing.pipeline import ensure_embeddings

