@@ -63,7 +63,7 @@ def last_token_logits_llama() -> type:
     logits of every prompt token (152k vocabulary x 4 bytes each, ~0.9 GB for a 1,500-token
     prompt) although a completion's log-probabilities read only the row before each token it
     generates: the prompt's last token, then each generated token, each of which is the last
-    token of the batch that decoded it. Computing only those rows reads a prompt ~25 % faster
+    token of the batch that decoded it. Computing only those rows reads a prompt 15-25 % faster
     on 2 cores (`bench_prefill.py`), which is most of what the first token waits for.
     A class made on call: importing this module must not load llama.cpp."""
     import llama_cpp
