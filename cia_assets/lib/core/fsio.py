@@ -1,8 +1,9 @@
 """Files that readers never see half-written, and locks that other processes respect.
 
 The one home for both: every stage that publishes a file (a snapshot record, chunk files, an
-alias table, the live endpoint record) writes it with `write_json_atomic` or
-`write_jsonl_atomic`, and every cross-process critical section takes `file_lock`.
+alias table, the live endpoint record, a model file's digest record) writes it with
+`write_json_atomic`, `write_jsonl_atomic` or `write_text_atomic`, and every cross-process
+critical section takes `file_lock`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict[str, Any]]) -> None:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
     _write_atomic(path, write_rows, create_folder=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Plain text, published as one file the way `write_json_atomic` does."""
+
+    def write_text(out: IO[str]) -> None:
+        out.write(text)
+
+    _write_atomic(path, write_text, create_folder=True)
 
 
 def _write_atomic(path: Path, write: Callable[[IO[str]], None], create_folder: bool) -> None:

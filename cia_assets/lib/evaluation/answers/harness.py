@@ -131,7 +131,6 @@ class AnswerHarness:
     ) -> None:
         from cia_assets.lib.answering.answerer import Answerer
         from cia_assets.lib.core.project import Project
-        from cia_assets.lib.retrieval.search import search_code
 
         codebase = config.codebase(source.repo_id)
         mirror = RepoMirror(self.layout.mirror(source.repo_id), config.clone_url(codebase), codebase.branch)
@@ -148,13 +147,13 @@ class AnswerHarness:
                     for case in group:
                         report.skipped[case.case_id] = f"nothing indexed of {source.repo} at {sha[:12]}"
                     continue
-                # The first search after an update opens the collection: kept out of the timings.
-                search_code(project, group[0].question, repos=[source.repo_id], k=1)
                 for model in models:
                     label = model.label(config)
                     answerer = Answerer(model.config(config), endpoint=endpoint(model), project=project)
                     try:
-                        answerer.warm_up()  # as the chat app does when it starts
+                        # As the chat app does when it starts; the first search after an
+                        # update also opens the collection: both kept out of the timings.
+                        answerer.warm_up()
                         for position, case in enumerate(group, start=1):
                             row = ask_case(answerer, case, source.repo_id, model=label, commit=sha)
                             report.rows.append(row)
