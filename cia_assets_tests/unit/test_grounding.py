@@ -190,13 +190,31 @@ def test_file_roles_and_what_a_question_wants() -> None:
     assert file_role("src/app/auth_test.go") == "test"
     assert file_role("tests/conftest.py") == "test"
     assert file_role("docs/user/quickstart.rst") == "doc"
-    assert file_role("HISTORY.rst") == "doc"
+    assert file_role("README") == "doc" and file_role("LICENSE.rst") == "doc"
+    # Changelogs by name, with or without a suffix, and in towncrier-style folders; never a
+    # module that happens to share the name.
+    changelogs = ("HISTORY.rst", "ChangeLog", "NEWS", "doc/whats-new.rst")
+    assert [file_role(p) for p in changelogs] == ["changelog"] * 4
+    assert file_role("docs/changes/1234.bugfix.rst") == "changelog"
+    assert file_role("app/history.py") == "source" and file_role("news.py") == "source"
     assert file_role("requests/packages/urllib3/util.py") == "vendored"
+    # astropy's vendored libraries, C and Python.
+    assert file_role("cextern/cfitsio/ChangeLog") == "vendored"
+    assert file_role("astropy/extern/ply/lex.py") == "vendored"
+    assert file_role("sympy/parsing/latex/_antlr/latexparser.py") == "generated"
+    assert file_role("api/user_pb2.py") == "generated" and file_role("web/package-lock.json") == "generated"
+    assert [file_role(p) for p in ("pyproject.toml", "deploy/values.yaml", "Makefile", "configure")] == [
+        "config"
+    ] * 4
+    assert file_role("cia_assets/config.py") == "source" and file_role("setup.py") == "source"
     assert file_role("packages/web/src/index.ts") == "source"  # a monorepo's own code
     assert file_role("web/node_modules/left-pad/index.js") == "vendored"
     assert wanted_roles("How is a refund authorized?") == {"source"}
     assert wanted_roles("Where is authorize_refund tested?") == {"source", "test"}
     assert wanted_roles("What does the README say about installation?") == {"source", "doc"}
+    assert wanted_roles("What changed in the changelog for 2.0?") == {"source", "changelog"}
+    assert wanted_roles("How do I configure the re-ranker?") == {"source", "config"}
+    assert wanted_roles("Which third-party parser is bundled?") == {"source", "vendored"}
 
 
 def _hit(path: str, score: float, symbol: str | None = None, text: str = "x") -> CodeHit:

@@ -1,4 +1,5 @@
-"""What a file is for (source, test, doc, vendored), from its path, and what a question wants.
+"""What a file is for (source, test, doc, changelog, vendored, generated, config), from its path,
+and what a question wants.
 
 Users index whole repositories: tests, docs, changelogs and vendored packages stay searchable,
 but an explanation of how something works should be read from the code that does it, and
@@ -10,44 +11,90 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-Role = Literal["source", "test", "doc", "vendored"]
+Role = Literal["source", "test", "doc", "changelog", "vendored", "generated", "config"]
 
 _TEST_DIRS = frozenset({"test", "tests", "testing", "__tests__", "spec", "specs", "e2e", "fixtures"})
 # A test package named after its project (`cia_assets_tests/`, `tests_unit/`): its helpers and
 # fakes are test code too, not only its test_*.py files.
 _TEST_DIR_NAME = re.compile(r"^(.+_tests?|tests?_.+)$")
 _TEST_NAME = re.compile(r"^(test_.*|conftest\.py|.*(_test|_tests|\.test|\.spec|_spec|Test|Tests)\.\w+)$")
-_DOC_DIRS = frozenset({"doc", "docs", "documentation", "examples", "changelog", "changes", "news"})
+_DOC_DIRS = frozenset({"doc", "docs", "documentation", "examples"})
 _DOC_SUFFIXES = (".md", ".rst", ".txt", ".adoc", ".markdown")
-_VENDOR_DIRS = frozenset({"vendor", "vendored", "_vendor", "third_party", "thirdparty", "node_modules"})
-
-# Words that say the question is about the tests or the docs themselves.
-_WANTS_TESTS = re.compile(r"\b(tests?|tested|testing|fixtures?|pytest|unittest|spec|coverage)\b", re.I)
-_WANTS_DOCS = re.compile(
-    r"\b(docs?|documentation|documented|readme|changelog|install(ed|ing|ation)?|tutorial|guide)\b", re.I
+# Files a project's readers know by name, with or without a suffix.
+_DOC_NAMES = frozenset({"readme", "authors", "contributors", "contributing", "license", "copying", "notice"})
+_CHANGELOG_DIRS = frozenset({"changelog", "changes", "news", "whatsnew", "release-notes", "releasenotes"})
+_CHANGELOG_NAMES = frozenset({
+    "changelog", "changes", "history", "news", "releases", "release-notes", "release_notes", "whats-new",
+    "whatsnew",
+})  # fmt: skip
+# `extern`/`cextern`: astropy's vendored Python and C libraries (cfitsio's ChangeLog and wcslib's
+# configure script filled half of an explanation's context there).
+_VENDOR_DIRS = frozenset({
+    "vendor", "vendored", "_vendor", "third_party", "thirdparty", "third-party", "3rdparty",
+    "node_modules", "bower_components", "extern", "cextern", "external", "externals",
+})  # fmt: skip
+_GENERATED_DIRS = frozenset({"generated", "_generated", "_antlr"})
+_GENERATED_NAME = re.compile(
+    r"^(.*_pb2(_grpc)?\.pyi?|.*\.pb\.go|.*\.min\.(js|css)|.*[._]generated\.\w+|.*\.g\.dart"
+    r"|package-lock\.json|yarn\.lock|pnpm-lock\.yaml|poetry\.lock|uv\.lock|Cargo\.lock|Pipfile\.lock)$"
 )
+_CONFIG_SUFFIXES = (
+    ".cfg", ".ini", ".toml", ".yaml", ".yml", ".json", ".conf", ".properties", ".m4", ".mk", ".cmake",
+)  # fmt: skip
+_CONFIG_NAMES = frozenset({
+    "makefile", "gnumakefile", "makefile.am", "makefile.in", "dockerfile", "configure", "configure.ac",
+    "configure.in", "cmakelists.txt", "manifest.in", ".gitignore", ".gitattributes", ".editorconfig",
+    ".flake8", ".pylintrc", ".coveragerc", ".dockerignore", ".env.example",
+})  # fmt: skip
+
+# Words that say the question is about the tests, docs, changelog, configuration, generated or
+# vendored code themselves.
+_WANTS = {
+    "test": re.compile(r"\b(tests?|tested|testing|fixtures?|pytest|unittest|spec|coverage)\b", re.I),
+    "doc": re.compile(
+        r"\b(docs?|documentation|documented|readme|install(ed|ing|ation)?|tutorial|guide)\b", re.I
+    ),
+    "changelog": re.compile(r"\b(change ?log|release notes?|what'?s new|changes file)\b", re.I),
+    "config": re.compile(
+        r"\b(config|configs|configuration|configur(e|ed|es|ing)|ya?ml|toml|ini file|makefile"
+        r"|environment variables?|env vars?|deploy\w*|helm|docker\w*|kubernetes|k8s)\b",
+        re.I,
+    ),
+    "generated": re.compile(r"\b(generated|codegen)\b", re.I),
+    "vendored": re.compile(r"\b(vendor\w*|bundled|third[- ]party)\b", re.I),
+}
 
 
 def file_role(path: str) -> Role:
     parts = path.split("/")
     folders = {part.lower() for part in parts[:-1]}
     name = parts[-1]
+    lowered = name.lower()
+    # Known by name only as text (`HISTORY.rst`, `ChangeLog`), never as code (`history.py`).
+    as_text = "." not in lowered or lowered.endswith(_DOC_SUFFIXES)
+    stem = lowered.split(".", 1)[0] if as_text else None
     # A top-level packages/ is a monorepo's own code; one inside a package is vendored
     # (requests/packages/urllib3).
     if folders & _VENDOR_DIRS or "packages" in (part.lower() for part in parts[1:-1]):
         return "vendored"
+    if folders & _GENERATED_DIRS or _GENERATED_NAME.match(name):
+        return "generated"
     if folders & _TEST_DIRS or any(_TEST_DIR_NAME.match(f) for f in folders) or _TEST_NAME.match(name):
         return "test"
-    if name.lower().endswith(_DOC_SUFFIXES) or folders & _DOC_DIRS:
+    if stem in _CHANGELOG_NAMES or folders & _CHANGELOG_DIRS:
+        return "changelog"
+    if lowered.endswith(_DOC_SUFFIXES) or folders & _DOC_DIRS or stem in _DOC_NAMES:
         return "doc"
+    if lowered.endswith(_CONFIG_SUFFIXES) or lowered in _CONFIG_NAMES:
+        return "config"
     return "source"
 
 
 def wanted_roles(question: str) -> frozenset[Role]:
-    """The roles an answer to `question` should be read from first."""
+    """The roles an answer to `question` should be read from first: source files, and the
+    others only when the question asks about them."""
     roles: set[Role] = {"source"}
-    if _WANTS_TESTS.search(question):
-        roles.add("test")
-    if _WANTS_DOCS.search(question):
-        roles.add("doc")
+    for role, asks in _WANTS.items():
+        if asks.search(question):
+            roles.add(role)  # type: ignore[arg-type]
     return frozenset(roles)
