@@ -100,6 +100,15 @@ def test_citations_are_inferred_from_the_blocks_an_unmarked_answer_names() -> No
     retold = "Refunds are authorized when the user is a manager, or for small amounts."
     assert attribute(retold, [AUTH, LEDGER, docstring]) == [2, 0]
     assert attribute("Refunds are authorized when the user is wealthy.", [AUTH, docstring]) == []
+    # Asked "where", a small model names a source's file and lines instead of its number.
+    paths = ["payments/auth.py", "payments/ledger.py"]
+    where = "The check is in `payments/ledger.py` lines 1-4."
+    assert attribute(where, [AUTH, LEDGER]) == []
+    assert attribute(where, [AUTH, LEDGER], paths=paths) == [1]
+    assert attribute("It lives in ledger.py.", [AUTH, LEDGER], paths=paths) == [1]
+    assert attribute("See `auth.py`.", [AUTH, LEDGER], paths=paths) == [0]
+    # Another folder's file of the same name, or a name that only ends like it, is not it.
+    assert attribute("See `billing/auth.py` and myauth.py.", [AUTH, LEDGER], paths=paths) == []
 
 
 def test_evidence_is_the_share_of_the_questions_terms_in_the_retrieved_code() -> None:

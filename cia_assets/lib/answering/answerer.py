@@ -291,7 +291,9 @@ class Answerer:
         if not cited_blocks and text and not declined:
             # A small model often explains without writing markers: cite the blocks its
             # backticked names and quoted lines come from, and say so in the trace.
-            cited_blocks = [blocks[i] for i in attribute(text, [b.text for b in blocks])]
+            cited_blocks = [
+                blocks[i] for i in attribute(text, [b.text for b in blocks], paths=[b.path for b in blocks])
+            ]
             inferred = bool(cited_blocks)
         citations = [block.citation() for block in cited_blocks]
         not_found = not citations or declined

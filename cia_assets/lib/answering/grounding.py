@@ -137,12 +137,28 @@ def _word_runs(text: str) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + PASSAGE_WORDS]) for i in range(len(words) - PASSAGE_WORDS + 1)}
 
 
-def attribute(answer: str, blocks: Sequence[str], limit: int = 3) -> list[int]:
+# A file path or name an answer writes (`astropy/utils/data.py`, `io/fits/base.py`, `data.py`).
+_PATH_MENTION = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.(\w+))(?![\w/-])")
+
+
+def names_path(answer: str, path: str) -> bool:
+    """Whether the answer writes `path`, or a tail of it at a folder boundary (`fits/base.py`,
+    `base.py` of `astropy/io/fits/base.py`)."""
+    for match in _PATH_MENTION.finditer(answer):
+        mention, suffix = match.group(1), match.group(2)
+        if suffix.lower() in FILE_SUFFIXES and (path == mention or path.endswith("/" + mention)):
+            return True
+    return False
+
+
+def attribute(answer: str, blocks: Sequence[str], limit: int = 3, paths: Sequence[str] = ()) -> list[int]:
     """Indexes of the blocks the answer's code comes from (its backticked names and quoted
-    lines, code-shaped names written without backticks, and passages of 8 words or more it
-    shares with a block, across the block's line breaks), most first: the citations of an
-    answer whose model wrote none of its own. A small model asked about plain behaviour often
-    retells the docstring that explains it and names no code at all."""
+    lines, code-shaped names written without backticks, passages of 8 words or more it
+    shares with a block, across the block's line breaks, and the block's file when `paths`
+    gives it and the answer names it), most first: the citations of an answer whose model
+    wrote none of its own. A small model asked about plain behaviour often retells the
+    docstring that explains it and names no code at all; asked "where", it names the file and
+    lines of a source ("in `astropy/utils/data.py` lines 1956-1974") instead of its number."""
     spans = inline_spans(answer)
     spans += [
         word for word in dict.fromkeys(_CODE_WORD.findall(_FENCED.sub("", answer))) if word not in spans
@@ -154,6 +170,8 @@ def attribute(answer: str, blocks: Sequence[str], limit: int = 3) -> list[int]:
         corpus = _Corpus([text])
         found = sum(corpus.has_span(span) for span in spans) + sum(corpus.has_line(line) for line in lines)
         found += len(runs & _word_runs(text))
+        if index < len(paths) and names_path(answer, paths[index]):
+            found += 1
         if found:
             counts.append((found, index))
     counts.sort(key=lambda pair: (-pair[0], pair[1]))
