@@ -659,3 +659,70 @@ def test_eval_answers_indexes_asks_through_the_answering_path_and_reports_every_
     # The harness worked in its own data dir: the live index was never made or moved.
     assert not (config.data_dir / "index").exists()
     assert (config.data_dir / "answer-eval" / "index" / "acme__payments.json").exists()
+
+
+def test_a_packaged_judge_is_served_locally_for_the_judging_only(
+    make_repo: Callable[..., GitRepo],
+    write_config: Callable[..., CiaConfig],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """`--judge`: the judge's model gets a local server of its own once the answers are in,
+    its replies held to each schema, and the server is gone afterwards. ragas itself is
+    replaced here by one real request to that server (the tiny model takes 20-60 s a sample;
+    `test_answer_quality` runs ragas for real)."""
+    import httpx
+    import openai
+
+    from cia_assets.lib.evaluation import answer_quality
+    from cia_assets.lib.evaluation.answers import AnswerHarness, PackagedJudge, source_from_dir
+    from cia_assets.lib.evaluation.answers import harness as harness_module
+    from cia_assets.lib.serving.llm_server import packaged_gguf
+
+    repo = make_repo("payments", PAYMENTS)
+    config = write_config(
+        [{"url": repo.url, "id": "live"}],
+        llm={"model": "SmolLM2-135M-Instruct", "model_path": str(packaged_gguf()), "port": free_port(),
+             "context_tokens": 2048, "max_answer_tokens": 32},
+    )  # fmt: skip
+    judged: dict[str, Any] = {}
+
+    def judge_with_one_request(samples: Any, judge: Any, embedder: Any, *, metrics: Any) -> Any:
+        client = openai.OpenAI(base_url=judge.base_url, api_key="unused")
+        reply = client.chat.completions.create(
+            model=judge.model, messages=[{"role": "user", "content": "Say yes."}], max_tokens=4
+        )
+        judged.update(judge=judge, reply=reply.choices[0].message.content, samples=len(samples))
+        return answer_quality.QualityReport(
+            metrics=tuple(metrics),
+            scores=[{"faithfulness": 0.5, "answer_relevancy": 0.25} for _ in samples],
+            errors=[{} for _ in samples],
+            means={},
+            failures={},
+        )
+
+    monkeypatch.setattr(answer_quality, "score_answers", judge_with_one_request)
+    # Only answers are judged, and the tiny model mostly says "not found": the question is
+    # answered by hand (the answering model's server still starts and stops as in a run).
+    answered = _row("refund", answer="`authorize_refund` allows managers [1].", not_found=False)
+    monkeypatch.setattr(harness_module, "ask_case", lambda *args, **kwargs: answered)
+    cases = [
+        AnswerCase("refund", "acme/payments", None, "When is a refund authorized?",
+                   "`authorize_refund` allows managers.", ("payments/auth.py",)),
+    ]  # fmt: skip
+    sources = {"acme/payments": source_from_dir("acme/payments", repo.path)}
+    harness = AnswerHarness(config, tmp_path / "work")
+    with pytest.raises(AnswerEvalError, match="judge No-Such-Model"):
+        harness.run(cases, sources, judge=PackagedJudge("No-Such-Model"))
+    assert not (tmp_path / "work" / "chunks").exists()  # refused before any indexing
+
+    report = harness.run(cases, sources, judge=PackagedJudge("SmolLM2-135M-Instruct"))
+    row = report.rows[0]
+    judge = judged["judge"]
+    assert judged["samples"] == 1 and judged["reply"] is not None
+    assert judge.schema_grammar and judge.model == "SmolLM2-135M-Instruct"
+    assert judge.base_url.startswith("http://127.0.0.1:")
+    assert (row.faithfulness, row.answer_relevancy) == (0.5, 0.25)
+    assert report.judge == f"SmolLM2-135M-Instruct@{judge.base_url}"
+    with pytest.raises(httpx.TransportError):  # the judge's server stopped with the judging
+        httpx.get(f"{judge.base_url}/models", timeout=2)

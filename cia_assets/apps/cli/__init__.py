@@ -143,6 +143,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--model", action="append", metavar="NAME",
         help="answer with this llm.model (repeatable; default: the config's llm)",
     )  # fmt: skip
+    answers.add_argument(
+        "--judge", nargs="?", const="Qwen2.5-Coder-1.5B-Instruct", metavar="PACKAGED_MODEL",
+        help="judge with ragas using a packaged model on a local server, started after the "
+        "answers (default: Qwen2.5-Coder-1.5B-Instruct)",
+    )  # fmt: skip
     answers.add_argument("--judge-url", help="OpenAI-compatible judge for ragas (default: no ragas)")
     answers.add_argument("--judge-model", help="the judge's model name (with --judge-url)")
     answers.add_argument(

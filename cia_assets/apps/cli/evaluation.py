@@ -8,8 +8,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cia_assets.apps.cli.environment import _load
+
+if TYPE_CHECKING:
+    from cia_assets.lib.evaluation.answer_quality import JudgeEndpoint
 
 EVAL_ANSWERS_HELP = """\
 Measure answers on questions with reference answers (and absent-feature questions).
@@ -20,8 +24,10 @@ cite_hit (a reference file is cited), ref_identifier_recall (share of the refere
 backticked identifiers the answer names), grounded_rate (1 - ungrounded / checked identifiers),
 abstention (absent questions answered not found), false_abstention (real ones answered not
 found), words, and p50/p95 of the time to the sources, to the first text and to the end.
-ragas faithfulness and answer relevancy are added with --judge-url/--judge-model (API key:
-$CIA_JUDGE_API_KEY, else evaluation.judge.api_key).
+ragas faithfulness and answer relevancy are added with --judge (a packaged model, by default
+Qwen2.5-Coder-1.5B-Instruct, on a local llama.cpp server started after the answers; minutes a
+question on 2 cores) or --judge-url/--judge-model (API key: $CIA_JUDGE_API_KEY, else
+evaluation.judge.api_key).
 
 examples:
   cia eval-answers cia_assets_tests/bench/answer_sets/cia_qa.jsonl \\
@@ -67,6 +73,9 @@ def _eval_answers(args: argparse.Namespace) -> int:
     config = _load(args)
     from cia_assets.lib.evaluation import answers as ae
 
+    if args.judge and args.judge_url:
+        print("cia: give --judge (a packaged model) or --judge-url, not both", file=sys.stderr)
+        return 2
     if args.judge_url and not args.judge_model:
         print("cia: --judge-url needs --judge-model (the model name at that endpoint)", file=sys.stderr)
         return 2
@@ -77,12 +86,13 @@ def _eval_answers(args: argparse.Namespace) -> int:
         ids = [i.strip() for value in args.ids or [] for i in value.split(",") if i.strip()]
         cases = ae.select_cases(cases, ids=ids or None, repos=args.repo, limit=args.limit)
         sources = ae.sources_for(config, cases, ae.parse_repo_dirs(args.repo_dir), include=args.include)
-        judge = None
+        # Judged by a packaged model on a local server (`--judge`), an endpoint, or not at all.
+        judge: ae.PackagedJudge | JudgeEndpoint | None = ae.PackagedJudge(args.judge) if args.judge else None
         if args.judge_url:
-            from cia_assets.lib.evaluation.answer_quality import JudgeEndpoint
+            from cia_assets.lib.evaluation.answer_quality import JudgeEndpoint as Endpoint
 
             settings = config.evaluation.judge
-            judge = JudgeEndpoint(
+            judge = Endpoint(
                 base_url=args.judge_url.rstrip("/"),
                 model=args.judge_model,
                 api_key=os.environ.get("CIA_JUDGE_API_KEY") or settings.api_key,

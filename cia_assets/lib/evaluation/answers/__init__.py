@@ -22,7 +22,13 @@ This package re-exports what `cia eval-answers` and its tests use.
 
 from __future__ import annotations
 
-from cia_assets.lib.evaluation.answers.harness import AnswerHarness, ModelChoice, ask_case, score_with_judge
+from cia_assets.lib.evaluation.answers.harness import (
+    AnswerHarness,
+    ModelChoice,
+    PackagedJudge,
+    ask_case,
+    score_with_judge,
+)
 from cia_assets.lib.evaluation.answers.report import LATENCIES, AnswerReport, percentile, summarize
 from cia_assets.lib.evaluation.answers.scoring import (
     CaseRow,
@@ -53,6 +59,7 @@ __all__ = [
     "AnswerReport",
     "CaseRow",
     "ModelChoice",
+    "PackagedJudge",
     "accepted_forms",
     "ask_case",
     "cites_reference",

@@ -33,6 +33,22 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class PackagedJudge:
+    """The ragas judge as a packaged model on a local llama.cpp server (by default the 1.5B,
+    the larger of the two), started for the judging only, after the answering models have
+    stopped: two models need not share 2 cores and their memory. Its replies are held to each
+    step's JSON schema with a grammar (a small judge otherwise copies the schema)."""
+
+    model: str = "Qwen2.5-Coder-1.5B-Instruct"
+
+    def config(self, config: CiaConfig) -> CiaConfig:
+        """The judge's llm settings: its packaged weights as shipped (a judge writes long JSON
+        replies, and the 4-bit file writes faster than a bf16 copy, which it need not make)."""
+        judged = ModelChoice(self.model).config(config)
+        return judged.model_copy(update={"llm": judged.llm.model_copy(update={"precision": "packaged"})})
+
+
+@dataclass(frozen=True)
 class ModelChoice:
     """A model to answer with: `name` is llm.model for it (a packaged model for llama_cpp, the
     served name for remote engines); None keeps the config's llm settings as they are."""
@@ -77,7 +93,7 @@ class AnswerHarness:
         sources: Mapping[str, RepoSource],
         models: Sequence[ModelChoice] = (ModelChoice(),),
         *,
-        judge: JudgeEndpoint | None = None,
+        judge: JudgeEndpoint | PackagedJudge | None = None,
         progress: Callable[[str], None] = lambda _: None,
     ) -> AnswerReport:
         report = AnswerReport()
@@ -97,6 +113,12 @@ class AnswerHarness:
         if len(set(labels)) != len(labels):
             raise AnswerEvalError(f"a model is named twice: {', '.join(labels)}")
         specs = {label: _model_spec(m.config(config), label) for m, label in zip(models, labels, strict=True)}
+        # The packaged judge's model is checked with the answering models, before any indexing.
+        judge_spec = (
+            _model_spec(judge.config(config), f"judge {judge.model}")
+            if isinstance(judge, PackagedJudge)
+            else None
+        )
         with ExitStack() as endpoints:
             started: dict[str, EndpointRecord] = {}
 
@@ -114,7 +136,11 @@ class AnswerHarness:
                     config, sources[repo], repo_cases, models, endpoint, report, index_report, progress
                 )
         report.index_timings = index_report.timing_summary()
-        if judge is not None:
+        if isinstance(judge, PackagedJudge):
+            assert judge_spec is not None
+            with _packaged_judge(config, judge, judge_spec) as judge_endpoint:
+                score_with_judge(report, judge_endpoint, _open_embedder(config), progress=progress)
+        elif judge is not None:
             score_with_judge(report, judge, _open_embedder(config), progress=progress)
         return report
 
@@ -251,6 +277,22 @@ def _model_endpoint(config: CiaConfig, spec: EndpointSpec, label: str) -> Iterat
         if started:
             raise
         raise AnswerEvalError(f"cannot start model {label}: {error}") from error
+
+
+@contextmanager
+def _packaged_judge(config: CiaConfig, judge: PackagedJudge, spec: EndpointSpec) -> Iterator[JudgeEndpoint]:
+    """The packaged judge's local server for the length of the judging."""
+    from cia_assets.lib.evaluation.answer_quality import JudgeEndpoint
+
+    label = f"judge {judge.model}"
+    with _model_endpoint(judge.config(config), spec, label) as record:
+        yield JudgeEndpoint(
+            base_url=record.base_url,
+            model=record.model,
+            api_key=None,
+            timeout_s=config.evaluation.judge.request_timeout_s,
+            schema_grammar=True,
+        )
 
 
 def ask_case(
