@@ -355,7 +355,7 @@ def test_the_judge_scores_answered_real_questions_only(monkeypatch: pytest.Monke
 
     seen: list[Any] = []
 
-    def fake_score(samples: Any, judge: Any, embedder: Any, *, metrics: Any) -> Any:
+    def fake_score(samples: Any, judge: Any, embedder: Any, *, metrics: Any, concurrency: int) -> Any:
         seen.append((list(samples), tuple(metrics)))
         return answer_quality.QualityReport(
             metrics=tuple(metrics),
@@ -687,12 +687,16 @@ def test_a_packaged_judge_is_served_locally_for_the_judging_only(
     )  # fmt: skip
     judged: dict[str, Any] = {}
 
-    def judge_with_one_request(samples: Any, judge: Any, embedder: Any, *, metrics: Any) -> Any:
+    def judge_with_one_request(
+        samples: Any, judge: Any, embedder: Any, *, metrics: Any, concurrency: int
+    ) -> Any:
         client = openai.OpenAI(base_url=judge.base_url, api_key="unused")
         reply = client.chat.completions.create(
             model=judge.model, messages=[{"role": "user", "content": "Say yes."}], max_tokens=4
         )
-        judged.update(judge=judge, reply=reply.choices[0].message.content, samples=len(samples))
+        judged.update(
+            judge=judge, reply=reply.choices[0].message.content, samples=len(samples), concurrency=concurrency
+        )
         return answer_quality.QualityReport(
             metrics=tuple(metrics),
             scores=[{"faithfulness": 0.5, "answer_relevancy": 0.25} for _ in samples],
@@ -720,6 +724,7 @@ def test_a_packaged_judge_is_served_locally_for_the_judging_only(
     row = report.rows[0]
     judge = judged["judge"]
     assert judged["samples"] == 1 and judged["reply"] is not None
+    assert judged["concurrency"] == 1  # the local server has one slot
     assert judge.schema_grammar and judge.model == "SmolLM2-135M-Instruct"
     assert judge.base_url.startswith("http://127.0.0.1:")
     assert (row.faithfulness, row.answer_relevancy) == (0.5, 0.25)

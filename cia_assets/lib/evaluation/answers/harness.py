@@ -139,7 +139,11 @@ class AnswerHarness:
         if isinstance(judge, PackagedJudge):
             assert judge_spec is not None
             with _packaged_judge(config, judge, judge_spec) as judge_endpoint:
-                score_with_judge(report, judge_endpoint, _open_embedder(config), progress=progress)
+                # One request at a time: the local server has one slot, and a queued request
+                # would spend its timeout waiting.
+                score_with_judge(
+                    report, judge_endpoint, _open_embedder(config), concurrency=1, progress=progress
+                )
         elif judge is not None:
             score_with_judge(report, judge, _open_embedder(config), progress=progress)
         return report
@@ -290,7 +294,8 @@ def _packaged_judge(config: CiaConfig, judge: PackagedJudge, spec: EndpointSpec)
             base_url=record.base_url,
             model=record.model,
             api_key=None,
-            timeout_s=config.evaluation.judge.request_timeout_s,
+            # A 1,024-token reply of the 1.5B on 2 cores takes about 90 s.
+            timeout_s=max(config.evaluation.judge.request_timeout_s, 600.0),
             schema_grammar=True,
         )
 
@@ -368,6 +373,7 @@ def score_with_judge(
     judge: JudgeEndpoint,
     embedder: Any,
     *,
+    concurrency: int = 2,
     progress: Callable[[str], None] = lambda _: None,
 ) -> None:
     """ragas' faithfulness and answer relevancy for every real question answered (not "not
@@ -388,7 +394,7 @@ def score_with_judge(
         )
         for r in scored
     ]
-    quality = score_answers(samples, judge, embedder, metrics=RAGAS_METRICS)
+    quality = score_answers(samples, judge, embedder, metrics=RAGAS_METRICS, concurrency=concurrency)
     for row, scores, errors in zip(scored, quality.scores, quality.errors, strict=True):
         row.faithfulness = scores.get("faithfulness")
         row.answer_relevancy = scores.get("answer_relevancy")
