@@ -210,7 +210,9 @@ def test_file_roles_and_what_a_question_wants() -> None:
     # astropy's vendored libraries, C and Python.
     assert file_role("cextern/cfitsio/ChangeLog") == "vendored"
     assert file_role("astropy/extern/ply/lex.py") == "vendored"
+    assert file_role("sympy/external/gmpy.py") == "source"  # sympy's own adapters
     assert file_role("sympy/parsing/latex/_antlr/latexparser.py") == "generated"
+    assert file_role("test/fixtures/sqlite/create_table_generated.sql") == "test"
     assert file_role("api/user_pb2.py") == "generated" and file_role("web/package-lock.json") == "generated"
     assert [file_role(p) for p in ("pyproject.toml", "deploy/values.yaml", "Makefile", "configure")] == [
         "config"

@@ -28,10 +28,11 @@ _CHANGELOG_NAMES = frozenset({
     "whatsnew",
 })  # fmt: skip
 # `extern`/`cextern`: astropy's vendored Python and C libraries (cfitsio's ChangeLog and wcslib's
-# configure script filled half of an explanation's context there).
+# configure script filled half of an explanation's context there). Not `external`: sympy's
+# `sympy/external/` is its own code (the adapters to optional dependencies).
 _VENDOR_DIRS = frozenset({
     "vendor", "vendored", "_vendor", "third_party", "thirdparty", "third-party", "3rdparty",
-    "node_modules", "bower_components", "extern", "cextern", "external", "externals",
+    "node_modules", "bower_components", "extern", "cextern",
 })  # fmt: skip
 _GENERATED_DIRS = frozenset({"generated", "_generated", "_antlr"})
 _GENERATED_NAME = re.compile(
@@ -77,10 +78,12 @@ def file_role(path: str) -> Role:
     # (requests/packages/urllib3).
     if folders & _VENDOR_DIRS or "packages" in (part.lower() for part in parts[1:-1]):
         return "vendored"
-    if folders & _GENERATED_DIRS or _GENERATED_NAME.match(name):
+    if folders & _GENERATED_DIRS:
         return "generated"
     if folders & _TEST_DIRS or any(_TEST_DIR_NAME.match(f) for f in folders) or _TEST_NAME.match(name):
-        return "test"
+        return "test"  # a test fixture named `..._generated.sql` is a test's
+    if _GENERATED_NAME.match(name):
+        return "generated"
     if stem in _CHANGELOG_NAMES or folders & _CHANGELOG_DIRS:
         return "changelog"
     if lowered.endswith(_DOC_SUFFIXES) or folders & _DOC_DIRS or stem in _DOC_NAMES:
