@@ -242,6 +242,12 @@ def test_invalid_citations_are_removed_and_an_answer_without_any_is_not_found(in
     assert lost.not_found and lost.citations == [] and lost.invalid_citations == ["[3]"]
     assert lost.answer.startswith("Not found in the indexed code")
     assert "payments:payments/auth.py#L4-L8" in lost.answer
+    # No marker, but the source's file named (how the 0.5B answers "where"): that source is cited.
+    named = answerer._finish(
+        request, "t" * 32, "m", [block], ["payments"], "It is decided in `payments/auth.py` lines 4-8.",
+        CitationFilter({1}), {}, {}, found,
+    )  # fmt: skip
+    assert not named.not_found and [c.n for c in named.citations] == [1] and named.inferred_citations
 
 
 def test_an_invented_identifier_is_flagged_by_the_grounding_check(indexed: CiaConfig) -> None:

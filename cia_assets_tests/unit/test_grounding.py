@@ -214,9 +214,8 @@ def test_file_roles_and_what_a_question_wants() -> None:
     assert file_role("sympy/parsing/latex/_antlr/latexparser.py") == "generated"
     assert file_role("test/fixtures/sqlite/create_table_generated.sql") == "test"
     assert file_role("api/user_pb2.py") == "generated" and file_role("web/package-lock.json") == "generated"
-    assert [file_role(p) for p in ("pyproject.toml", "deploy/values.yaml", "Makefile", "configure")] == [
-        "config"
-    ] * 4
+    configs = ("pyproject.toml", "deploy/values.yaml", "Makefile", "configure", "CMakeLists.txt")
+    assert [file_role(p) for p in configs] == ["config"] * 5
     assert file_role("cia_assets/config.py") == "source" and file_role("setup.py") == "source"
     assert file_role("packages/web/src/index.ts") == "source"  # a monorepo's own code
     assert file_role("web/node_modules/left-pad/index.js") == "vendored"

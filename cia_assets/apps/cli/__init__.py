@@ -18,6 +18,7 @@ from cia_assets.apps.cli.indexing import INDEX_JOB, _index, _search
 from cia_assets.apps.cli.models import _models_install, _models_list
 from cia_assets.apps.cli.serving import MCP_HELP, _ask, _dev, _mcp, _serve, cli_grant, dev_workspace
 from cia_assets.config import CONFIG_ENV_VAR, ConfigError
+from cia_assets.lib.serving.packaged_models import QWEN_15B
 
 # What the single `cia` module offered, still importable from cia_assets.apps.cli.
 __all__ = [
@@ -144,9 +145,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="answer with this llm.model (repeatable; default: the config's llm)",
     )  # fmt: skip
     answers.add_argument(
-        "--judge", nargs="?", const="Qwen2.5-Coder-1.5B-Instruct", metavar="PACKAGED_MODEL",
+        "--judge", nargs="?", const=QWEN_15B.name, metavar="PACKAGED_MODEL",
         help="judge with ragas using a packaged model on a local server, started after the "
-        "answers (default: Qwen2.5-Coder-1.5B-Instruct)",
+        f"answers (default: {QWEN_15B.name})",
     )  # fmt: skip
     answers.add_argument("--judge-url", help="OpenAI-compatible judge for ragas (default: no ragas)")
     answers.add_argument("--judge-model", help="the judge's model name (with --judge-url)")

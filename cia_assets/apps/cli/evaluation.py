@@ -8,12 +8,8 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cia_assets.apps.cli.environment import _load
-
-if TYPE_CHECKING:
-    from cia_assets.lib.evaluation.answer_quality import JudgeEndpoint
 
 EVAL_ANSWERS_HELP = """\
 Measure answers on questions with reference answers (and absent-feature questions).
@@ -72,6 +68,7 @@ def _eval_retrieval(args: argparse.Namespace) -> int:
 def _eval_answers(args: argparse.Namespace) -> int:
     config = _load(args)
     from cia_assets.lib.evaluation import answers as ae
+    from cia_assets.lib.evaluation.answer_quality import JudgeEndpoint
 
     if args.judge and args.judge_url:
         print("cia: give --judge (a packaged model) or --judge-url, not both", file=sys.stderr)
@@ -89,10 +86,8 @@ def _eval_answers(args: argparse.Namespace) -> int:
         # Judged by a packaged model on a local server (`--judge`), an endpoint, or not at all.
         judge: ae.PackagedJudge | JudgeEndpoint | None = ae.PackagedJudge(args.judge) if args.judge else None
         if args.judge_url:
-            from cia_assets.lib.evaluation.answer_quality import JudgeEndpoint as Endpoint
-
             settings = config.evaluation.judge
-            judge = Endpoint(
+            judge = JudgeEndpoint(
                 base_url=args.judge_url.rstrip("/"),
                 model=args.judge_model,
                 api_key=os.environ.get("CIA_JUDGE_API_KEY") or settings.api_key,

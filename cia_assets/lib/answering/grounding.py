@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from cia_assets.lib.indexing.lexical import STOPWORDS
-from cia_assets.lib.retrieval.query_plan import FILE_SUFFIXES, named_code
+from cia_assets.lib.retrieval.query_plan import FILE_SUFFIXES, named_code, path_mentions
 
 _FENCED = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.M | re.S)
 _INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
@@ -137,18 +137,10 @@ def _word_runs(text: str) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + PASSAGE_WORDS]) for i in range(len(words) - PASSAGE_WORDS + 1)}
 
 
-# A file path or name an answer writes (`astropy/utils/data.py`, `io/fits/base.py`, `data.py`).
-_PATH_MENTION = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.(\w+))(?![\w/-])")
-
-
-def names_path(answer: str, path: str) -> bool:
-    """Whether the answer writes `path`, or a tail of it at a folder boundary (`fits/base.py`,
-    `base.py` of `astropy/io/fits/base.py`)."""
-    for match in _PATH_MENTION.finditer(answer):
-        mention, suffix = match.group(1), match.group(2)
-        if suffix.lower() in FILE_SUFFIXES and (path == mention or path.endswith("/" + mention)):
-            return True
-    return False
+def _names_file(path: str, mentions: Sequence[str]) -> bool:
+    """Whether a mentioned file (`query_plan.path_mentions`) is `path`, or a tail of it at a
+    folder boundary (`fits/base.py`, `base.py` of `astropy/io/fits/base.py`)."""
+    return any(path == mention or path.endswith("/" + mention) for mention in mentions)
 
 
 def attribute(answer: str, blocks: Sequence[str], limit: int = 3, paths: Sequence[str] = ()) -> list[int]:
@@ -165,12 +157,15 @@ def attribute(answer: str, blocks: Sequence[str], limit: int = 3, paths: Sequenc
     ]
     lines = quoted_lines(answer)
     runs = _word_runs(_FENCED.sub("", answer))
+    # The files it names (`astropy/utils/data.py`, `data.py`); module readings (`os.path`) are
+    # not files.
+    files = [m for m in path_mentions(answer) if "." in m.rsplit("/", 1)[-1]] if paths else []
     counts: list[tuple[int, int]] = []
     for index, text in enumerate(blocks):
         corpus = _Corpus([text])
         found = sum(corpus.has_span(span) for span in spans) + sum(corpus.has_line(line) for line in lines)
         found += len(runs & _word_runs(text))
-        if index < len(paths) and names_path(answer, paths[index]):
+        if index < len(paths) and _names_file(paths[index], files):
             found += 1
         if found:
             counts.append((found, index))

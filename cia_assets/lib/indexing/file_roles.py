@@ -50,7 +50,7 @@ _CONFIG_NAMES = frozenset({
 
 # Words that say the question is about the tests, docs, changelog, configuration, generated or
 # vendored code themselves.
-_WANTS = {
+_WANTS: dict[Role, re.Pattern[str]] = {
     "test": re.compile(r"\b(tests?|tested|testing|fixtures?|pytest|unittest|spec|coverage)\b", re.I),
     "doc": re.compile(
         r"\b(docs?|documentation|documented|readme|install(ed|ing|ation)?|tutorial|guide)\b", re.I
@@ -84,11 +84,13 @@ def file_role(path: str) -> Role:
         return "test"  # a test fixture named `..._generated.sql` is a test's
     if _GENERATED_NAME.match(name):
         return "generated"
+    if lowered in _CONFIG_NAMES:
+        return "config"  # before the suffixes: `CMakeLists.txt` is no document
     if stem in _CHANGELOG_NAMES or folders & _CHANGELOG_DIRS:
         return "changelog"
     if lowered.endswith(_DOC_SUFFIXES) or folders & _DOC_DIRS or stem in _DOC_NAMES:
         return "doc"
-    if lowered.endswith(_CONFIG_SUFFIXES) or lowered in _CONFIG_NAMES:
+    if lowered.endswith(_CONFIG_SUFFIXES):
         return "config"
     return "source"
 
@@ -99,5 +101,5 @@ def wanted_roles(question: str) -> frozenset[Role]:
     roles: set[Role] = {"source"}
     for role, asks in _WANTS.items():
         if asks.search(question):
-            roles.add(role)  # type: ignore[arg-type]
+            roles.add(role)
     return frozenset(roles)

@@ -83,19 +83,19 @@ def model_file(config: CiaConfig) -> Path:
 
 
 def served_model_file(config: CiaConfig) -> Path:
-    """The GGUF the local server loads: `model_file`, or a packaged Qwen model's bf16 copy
-    where `llm.precision` resolves to bf16 (`packaged_models.bf16_copy`). A GGUF at
-    `llm.model_path` is served as it is."""
-    path = model_file(config)
-    llm = config.llm
-    if llm.model_path is None and llm.model != SMOLLM2 and llm_precision(llm.precision) == "bf16":
-        from cia_assets.lib.serving.packaged_models import PackagedModelError, bf16_copy
+    """The GGUF the local server loads: a packaged Qwen model's bf16 copy where `llm.precision`
+    resolves to bf16 (`packaged_models.bf16_copy`, which verifies the packaged file itself),
+    else `model_file`. A GGUF at `llm.model_path` is served as it is. Resolved on every
+    question (`EndpointSpec.from_config`): the packaged file is looked up once."""
+    from cia_assets.lib.serving.packaged_models import PACKAGED_MODELS, PackagedModelError, bf16_copy
 
+    llm = config.llm
+    if llm.model_path is None and llm.model in PACKAGED_MODELS and llm_precision(llm.precision) == "bf16":
         try:
             return bf16_copy(llm.model)
         except PackagedModelError as error:
             raise LlmServerError(str(error)) from error
-    return path
+    return model_file(config)
 
 
 def llm_precision(setting: str, *, cpu_has_bf16: bool | None = None) -> str:

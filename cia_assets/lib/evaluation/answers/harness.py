@@ -23,6 +23,7 @@ from cia_assets.lib.evaluation.answers.scoring import CaseRow, error_row, explan
 from cia_assets.lib.evaluation.answers.sets import AnswerCase, AnswerEvalError
 from cia_assets.lib.evaluation.retrieval import Report as IndexReport
 from cia_assets.lib.evaluation.retrieval import RepoSource, RetrievalHarness
+from cia_assets.lib.serving.packaged_models import QWEN_15B
 from cia_assets.lib.sources.git_sync import GitSyncError, RepoMirror
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class PackagedJudge:
     stopped: two models need not share 2 cores and their memory. Its replies are held to each
     step's JSON schema with a grammar (a small judge otherwise copies the schema)."""
 
-    model: str = "Qwen2.5-Coder-1.5B-Instruct"
+    model: str = QWEN_15B.name
 
     def config(self, config: CiaConfig) -> CiaConfig:
         """The judge's llm settings: its packaged weights as shipped (a judge writes long JSON
@@ -113,11 +114,10 @@ class AnswerHarness:
         if len(set(labels)) != len(labels):
             raise AnswerEvalError(f"a model is named twice: {', '.join(labels)}")
         specs = {label: _model_spec(m.config(config), label) for m, label in zip(models, labels, strict=True)}
-        # The packaged judge's model is checked with the answering models, before any indexing.
+        # A packaged judge's model is checked with the answering models, before any indexing.
+        judge_config = judge.config(config) if isinstance(judge, PackagedJudge) else None
         judge_spec = (
-            _model_spec(judge.config(config), f"judge {judge.model}")
-            if isinstance(judge, PackagedJudge)
-            else None
+            _model_spec(judge_config, f"judge {judge_config.llm.model}") if judge_config is not None else None
         )
         with ExitStack() as endpoints:
             started: dict[str, EndpointRecord] = {}
@@ -136,15 +136,14 @@ class AnswerHarness:
                     config, sources[repo], repo_cases, models, endpoint, report, index_report, progress
                 )
         report.index_timings = index_report.timing_summary()
-        if isinstance(judge, PackagedJudge):
-            assert judge_spec is not None
-            with _packaged_judge(config, judge, judge_spec) as judge_endpoint:
+        if judge_config is not None and judge_spec is not None:
+            with _packaged_judge(judge_config, judge_spec) as judge_endpoint:
                 # One request at a time: the local server has one slot, and a queued request
                 # would spend its timeout waiting.
                 score_with_judge(
                     report, judge_endpoint, _open_embedder(config), concurrency=1, progress=progress
                 )
-        elif judge is not None:
+        elif judge is not None and not isinstance(judge, PackagedJudge):
             score_with_judge(report, judge, _open_embedder(config), progress=progress)
         return report
 
@@ -284,18 +283,17 @@ def _model_endpoint(config: CiaConfig, spec: EndpointSpec, label: str) -> Iterat
 
 
 @contextmanager
-def _packaged_judge(config: CiaConfig, judge: PackagedJudge, spec: EndpointSpec) -> Iterator[JudgeEndpoint]:
-    """The packaged judge's local server for the length of the judging."""
+def _packaged_judge(judge_config: CiaConfig, spec: EndpointSpec) -> Iterator[JudgeEndpoint]:
+    """The packaged judge's local server (`PackagedJudge.config`) for the length of the judging."""
     from cia_assets.lib.evaluation.answer_quality import JudgeEndpoint
 
-    label = f"judge {judge.model}"
-    with _model_endpoint(judge.config(config), spec, label) as record:
+    with _model_endpoint(judge_config, spec, f"judge {judge_config.llm.model}") as record:
         yield JudgeEndpoint(
             base_url=record.base_url,
             model=record.model,
             api_key=None,
             # A 1,024-token reply of the 1.5B on 2 cores takes about 90 s.
-            timeout_s=max(config.evaluation.judge.request_timeout_s, 600.0),
+            timeout_s=max(judge_config.evaluation.judge.request_timeout_s, 600.0),
             schema_grammar=True,
         )
 
