@@ -435,7 +435,14 @@ class PromotionConfig(_Strict):
 class FeedbackLoopConfig(_Strict):
     """When user feedback starts a new round of analytics, dataset and adapter."""
 
-    min_new_feedback: int = Field(default=20, ge=1)
+    min_new_feedback: int = Field(
+        default=20, ge=1, description="new votes (one per voter and answer) that start a round"
+    )
+    min_voters: int = Field(
+        default=2,
+        ge=1,
+        description="distinct voters among them: one token alone cannot start training",
+    )
 
 
 class CiaConfig(_Strict):

@@ -522,20 +522,29 @@ def test_page_api_streams_then_feedback_is_recorded(chat_app: str, indexed: CiaC
         headers={"Authorization": f"Bearer {TOKEN_BILLING}"},
     )
     assert other.status_code == 404  # another token's trace is not even acknowledged
-    assert (
+    # A vote is "up", "down", 1 or -1; JSON true, 1.0 or "1" are not votes.
+    for value in ("meh", True, 1.0, "1", 2):
+        refused = httpx.post(
+            f"{chat_app}/api/feedback", json={"trace_id": trace_id, "value": value}, headers=headers
+        )
+        assert refused.status_code == 422 and "up, down, 1 or -1" in refused.text, (value, refused.text)
+    votes = [
         httpx.post(
-            f"{chat_app}/api/feedback", json={"trace_id": trace_id, "value": "meh"}, headers=headers
-        ).status_code
-        == 422
-    )
-    good = httpx.post(
-        f"{chat_app}/api/feedback",
-        json={"trace_id": trace_id, "value": "down", "comment": "missed the ledger"},
-        headers=headers,
-    )
-    assert good.status_code == 200, good.text
+            f"{chat_app}/api/feedback",
+            json={"trace_id": trace_id, "value": value, "comment": f"vote {n}"},
+            headers=headers,
+        )
+        for n, value in enumerate(("up", "up", 1, "down"))
+    ]
+    assert [v.status_code for v in votes] == [200] * 4, votes[-1].text
+    assert [v.json()["status"] for v in votes] == ["recorded", "replaced", "replaced", "replaced"]
+    assert len({v.json()["feedback_id"] for v in votes}) == 1
     store = TraceStore(DataLayout(indexed.data_dir).traces)
     assert store.get_trace(trace_id) is not None
+    # One vote per token and answer: the last one, recorded under the token's name.
+    assert [(f["voter"], f["value"], f["comment"]) for f in store.feedback_for(trace_id)] == [
+        ("all", -1, "vote 3")
+    ]
     assert (
         httpx.post(f"{chat_app}/api/feedback", json={"trace_id": trace_id, "value": "up"}).status_code == 401
     )

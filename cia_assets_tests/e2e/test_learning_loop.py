@@ -116,13 +116,13 @@ def test_feedback_to_promoted_adapter(loop_config: CiaConfig, tmp_path: Path) ->
                 if liked.citations:
                     break
             disliked = service.answerer.ask(AskRequest(question="How are refunds computed?", grant=grant))
-            service.store.add_feedback(liked.trace_id, "up")
-            service.store.add_feedback(disliked.trace_id, "down")
+            service.store.add_feedback(liked.trace_id, "up", voter="alice")
+            service.store.add_feedback(disliked.trace_id, "down", voter="bob")
         finally:
             service.close()
         assert liked.citations, "the liked answer must cite code to become a golden example"
 
-        # Two votes reach the threshold: the sensor requests the learning loop.
+        # Two votes from two voters reach the threshold: the sensor requests the learning loop.
         sensor_resources = {"cia": resources["cia"]}
         tick = feedback_sensor(dg.build_sensor_context(instance=instance, resources=sensor_resources))
         assert isinstance(tick, dg.SensorResult) and tick.run_requests and len(tick.run_requests) == 1

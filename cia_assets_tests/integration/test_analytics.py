@@ -62,12 +62,21 @@ def test_golden_failed_topics_and_drift(write_config: Callable[..., CiaConfig]) 
     mixed = trace("Which kafka topic carries refund events?", created_at=WEEK_2)
     for record in (good, bad, missing, broken, mixed):
         store.add_trace(record)
-    store.add_feedback(good.trace_id, "up")
-    store.add_feedback(good.trace_id, "up")
-    store.add_feedback(good.trace_id, "down")
-    store.add_feedback(bad.trace_id, "down")
-    store.add_feedback(mixed.trace_id, "up")
-    store.add_feedback(mixed.trace_id, "down")
+    for _ in range(3):  # one voter voting again and again is one vote
+        store.add_feedback(good.trace_id, "up", voter="alice")
+    store.add_feedback(good.trace_id, "up", voter="bob")
+    store.add_feedback(mixed.trace_id, "up", voter="alice")
+    store.add_feedback(mixed.trace_id, "down", voter="bob")
+    # Votes stored before the store kept one per voter: the same voter up three times; their
+    # vote through the store then replaces the latest, and only that one counts.
+    with duckdb.connect(str(store.path)) as connection:
+        for n in range(3):
+            connection.execute(
+                "INSERT INTO feedback (feedback_id, trace_id, value, source, voter, created_at) "
+                "VALUES (?, ?, 1, 'http', 'mallory', ?)",
+                [f"legacy{n}", bad.trace_id, WEEK_1],
+            )
+    store.add_feedback(bad.trace_id, "down", voter="mallory")
 
     package_files = _files(analytics_project.project_dir)
     result = _run(config)
@@ -85,8 +94,9 @@ def test_golden_failed_topics_and_drift(write_config: Callable[..., CiaConfig]) 
     )
 
     golden = read_golden_examples(DataLayout(config.data_dir))
-    # The good answer: 2 up, 1 down. The mixed one (1-1) is not golden, nor failed.
-    assert [(g["trace_id"], g["upvotes"], g["downvotes"]) for g in golden] == [(good.trace_id, 2, 1)]
+    # The good answer: up from two voters. The mixed one (one up, one down) is not golden, nor
+    # failed; the bad one counts mallory's last vote only (down), not the three ups before it.
+    assert [(g["trace_id"], g["upvotes"], g["downvotes"]) for g in golden] == [(good.trace_id, 2, 0)]
     assert golden[0]["citations"][0]["path"] == "a.py" and golden[0]["repos"] == ["payments"]
     failed = {f["trace_id"]: f["reason"] for f in read_failed_questions(DataLayout(config.data_dir))}
     assert failed == {bad.trace_id: "rated_down", missing.trace_id: "not_found", broken.trace_id: "error"}
@@ -114,11 +124,12 @@ def test_a_dbt_test_failure_is_a_failed_asset_check(write_config: Callable[..., 
     store = TraceStore(DataLayout(config.data_dir).traces)
     record = trace(created_at=WEEK_1)
     store.add_trace(record)
-    store.add_feedback(record.trace_id, "up")
+    store.add_feedback(record.trace_id, "up", voter="alice")
     # A vote whose trace is gone (the store's API refuses this; a hand-edited file may not).
     connection = duckdb.connect(str(DataLayout(config.data_dir).traces))
     connection.execute(
-        "INSERT INTO feedback (feedback_id, trace_id, value, source, created_at) VALUES (?, ?, 1, 'x', ?)",
+        "INSERT INTO feedback (feedback_id, trace_id, value, source, voter, created_at) "
+        "VALUES (?, ?, 1, 'x', 'alice', ?)",
         ["orphan", "f" * 32, WEEK_1],
     )
     connection.close()

@@ -40,25 +40,33 @@ def _tick(config: CiaConfig, cursor: str | None = None) -> dg.SensorResult:
     return result
 
 
-def test_feedback_sensor_counts_local_votes_from_its_cursor(write_config: Callable[..., CiaConfig]) -> None:
-    config = write_config([], feedback={"min_new_feedback": 3})
+def test_feedback_sensor_counts_votes_per_voter_and_needs_several_voters(
+    write_config: Callable[..., CiaConfig],
+) -> None:
+    config = write_config([], feedback={"min_new_feedback": 3, "min_voters": 2})
     store = TraceStore(DataLayout(config.data_dir).traces)
     assert _tick(config).skip_reason is not None  # no store yet
-    record = trace()
-    store.add_trace(record)
-    store.add_feedback(record.trace_id, "up")
-    store.add_feedback(record.trace_id, "down")
+    first, second, third = trace("one?"), trace("two?"), trace("three?")
+    for record in (first, second, third):
+        store.add_trace(record)
+    for _ in range(4):  # one token voting four times on one answer is one vote
+        store.add_feedback(first.trace_id, "up", voter="alice")
+    store.add_feedback(second.trace_id, "down", voter="alice")
     below = _tick(config)
-    assert not below.run_requests and "2 new feedback" in str(below.skip_reason)
+    assert not below.run_requests and "2 new vote(s) from 1 voter(s)" in str(below.skip_reason)
     assert below.cursor is None  # keeps counting from the same point
-    store.add_feedback(record.trace_id, "up")
-    started = _tick(config, below.cursor)
+    store.add_feedback(third.trace_id, "up", voter="alice")
+    alone = _tick(config, below.cursor)  # enough votes, but one token alone cannot start a round
+    assert not alone.run_requests and "3 new vote(s) from 1 voter(s)" in str(alone.skip_reason)
+    store.add_feedback(first.trace_id, "up", voter="bob")
+    started = _tick(config, alone.cursor)
     assert started.run_requests and len(started.run_requests) == 1
-    assert started.run_requests[0].tags["cia/new_feedback"] == "3"
-    assert started.cursor == '{"local_seq": 3}'
+    assert started.run_requests[0].tags["cia/new_feedback"] == "4"
+    assert started.run_requests[0].tags["cia/new_voters"] == "2"
+    assert started.cursor == '{"local_seq": 7}'
     assert not _tick(config, started.cursor).run_requests
-    store.add_feedback(record.trace_id, "down")
-    assert "1 new feedback" in str(_tick(config, started.cursor).skip_reason)
+    store.add_feedback(first.trace_id, "down", voter="alice")  # a changed vote is new to the cursor
+    assert "1 new vote(s) from 1 voter(s)" in str(_tick(config, started.cursor).skip_reason)
 
 
 def test_feedback_sensor_reads_langfuse_scores_when_configured(
@@ -66,29 +74,37 @@ def test_feedback_sensor_reads_langfuse_scores_when_configured(
 ) -> None:
     config = write_config(
         [],
-        feedback={"min_new_feedback": 2},
+        feedback={"min_new_feedback": 2, "min_voters": 2},
         langfuse={"host": langfuse.url, "public_key": PUBLIC_KEY, "secret_key": SECRET_KEY},
     )
-    # Votes forwarded from the chat app and an annotation made in Langfuse's UI both count;
-    # scores of other names (an evaluator's) do not.
-    langfuse.scores.append({"name": "user-feedback", "value": 1, "timestamp": "2026-11-20T10:00:00Z"})
+    # Votes forwarded from the chat app (the voter in the metadata) and an annotation made in
+    # Langfuse's UI (its author) both count; scores of other names (an evaluator's) do not.
+    langfuse.scores.append(
+        {"name": "user-feedback", "value": 1, "timestamp": "2026-11-20T10:00:00Z", "traceId": "t1",
+         "metadata": {"source": "http", "voter": "alice"}}
+    )  # fmt: skip
     langfuse.annotations.append(
-        {"name": "user-feedback", "value": -1, "timestamp": "2026-11-20T11:00:00Z", "source": "ANNOTATION"}
-    )
+        {"name": "user-feedback", "value": -1, "timestamp": "2026-11-20T11:00:00Z", "source": "ANNOTATION",
+         "traceId": "t1", "authorUserId": "user-42"}
+    )  # fmt: skip
     langfuse.annotations.append({"name": "faithfulness", "value": 0.2, "timestamp": "2026-11-20T12:00:00Z"})
     started = _tick(config)
     assert started.run_requests and started.run_requests[0].tags["cia/new_feedback"] == "2"
+    assert started.run_requests[0].tags["cia/new_voters"] == "2"
     assert started.cursor == '{"langfuse_since": "2026-11-20T11:00:00+00:00"}'
     assert any(r.startswith("GET /api/public/v3/scores") for r in langfuse.requests)
 
     quiet = _tick(config, started.cursor)
-    assert not quiet.run_requests and "0 new feedback" in str(quiet.skip_reason)
+    assert not quiet.run_requests and "0 new vote(s)" in str(quiet.skip_reason)
     langfuse.down = True
     down = _tick(config, started.cursor)
     assert "Langfuse did not answer" in str(down.skip_reason) and down.cursor == started.cursor
     langfuse.down = False
     stamp = datetime(2026, 11, 21, tzinfo=UTC).isoformat().replace("+00:00", "Z")
-    langfuse.annotations += [{"name": "user-feedback", "value": 1, "timestamp": stamp}] * 2
+    vote = {"name": "user-feedback", "value": 1, "timestamp": stamp, "metadata": {"voter": "mallory"}}
+    langfuse.scores += [{**vote, "traceId": f"t{n}"} for n in range(3)]
+    assert "3 new vote(s) from 1 voter(s)" in str(_tick(config, started.cursor).skip_reason)
+    langfuse.annotations.append({**vote, "traceId": "t1", "metadata": None, "authorUserId": "user-42"})
     assert _tick(config, started.cursor).run_requests
 
 

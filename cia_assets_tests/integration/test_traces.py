@@ -82,14 +82,17 @@ def test_store_round_trip_and_feedback_validation(store: TraceStore) -> None:
     assert (stored["prompt_tokens"], stored["first_token_ms"], stored["error"]) == (420, 400.0, None)
     assert stored["forwarded_at"] is None and stored["forward_attempts"] == 0
 
-    feedback = store.add_feedback(record.trace_id, "down", "missed the ledger")
-    assert feedback.value == -1 and store.add_feedback(record.trace_id, "+1").value == 1
-    assert [f["comment"] for f in store.feedback_for(record.trace_id)] == ["missed the ledger", None]
+    feedback = store.add_feedback(record.trace_id, "down", voter="alice", comment="missed the ledger")
+    assert feedback.value == -1 and not feedback.replaced
+    assert store.add_feedback(record.trace_id, 1, voter="bob").value == 1
     with pytest.raises(UnknownTrace, match="unknown trace id 'nope'"):
-        store.add_feedback("nope", "up")
-    for bad in ("meh", 0, 2, True):
+        store.add_feedback("nope", "up", voter="alice")
+    # A vote is up or down: nothing that merely equals 1 or -1 (JSON true, 1.0, "1").
+    for bad in ("meh", 0, 2, True, False, 1.0, -1.0, "1", "+1", None):
         with pytest.raises(ValueError, match="up, down, 1 or -1"):
-            store.add_feedback(record.trace_id, bad)  # type: ignore[arg-type]
+            store.add_feedback(record.trace_id, bad, voter="alice")
+    with pytest.raises(ValueError, match="needs a voter"):
+        store.add_feedback(record.trace_id, "up", voter=" ")
     with pytest.raises(ValueError, match="32 lowercase hex"):
         store.add_trace(trace(trace_id="not-a-trace-id"))
     with pytest.raises(ValueError, match="timezone-aware"):
@@ -105,6 +108,51 @@ def test_store_round_trip_and_feedback_validation(store: TraceStore) -> None:
     # The sensor's cursor: commit order, nothing skipped, nothing repeated.
     first, second = store.feedback_after(0)
     assert second["seq"] > first["seq"] and store.feedback_after(first["seq"]) == [second]
+    assert [(f["voter"], f["value"], f["comment"]) for f in store.feedback_for(record.trace_id)] == [
+        ("alice", -1, "missed the ledger"),
+        ("bob", 1, None),
+    ]
+
+
+def test_one_vote_per_voter_and_trace_the_last_one_counts(store: TraceStore) -> None:
+    record = trace()
+    store.add_trace(record)
+    first = store.add_feedback(record.trace_id, "up", voter="alice")
+    before = store.feedback_after(0)
+    store.mark_forwarded([], [first.feedback_id])
+    for value in ("up", "up", "up", "down"):  # four more votes of one token on one trace
+        again = store.add_feedback(record.trace_id, value, voter="alice", comment=f"vote {value}")
+    assert again.replaced and again.feedback_id == first.feedback_id
+    assert again.created_at == first.created_at and again.updated_at > first.updated_at
+    (row,) = store.feedback_for(record.trace_id)
+    assert (row["value"], row["comment"], row["voter"]) == (-1, "vote down", "alice")
+    # The change is new to a cursor, and pending for Langfuse again under the same score id.
+    assert row["seq"] > before[0]["seq"] and store.feedback_after(before[0]["seq"]) == [row]
+    assert row["forwarded_at"] is None and store.stats()["pending_feedback"] == 1
+    assert store.stats()["feedback"] == 1
+
+
+def test_votes_stored_before_voters_were_recorded_take_the_traces_token(store: TraceStore) -> None:
+    """A store of schema 3 (no voter column) opens with each vote's voter set to its trace's
+    token, and the repeated votes of that time are still stored (nothing is lost)."""
+    record = trace()
+    store.add_trace(record)
+    with duckdb.connect(str(store.path)) as connection:
+        connection.execute("ALTER TABLE feedback DROP COLUMN voter")
+        connection.execute("ALTER TABLE feedback DROP COLUMN updated_at")
+        connection.execute("DELETE FROM schema_version WHERE version = 4")
+        for n, value in enumerate((1, 1, -1)):
+            connection.execute(
+                "INSERT INTO feedback (feedback_id, trace_id, value, source, created_at) "
+                "VALUES (?, ?, ?, 'http', now())",
+                [f"old{n}", record.trace_id, value],
+            )
+    reopened = TraceStore(store.path)
+    rows = reopened.feedback_for(record.trace_id)
+    assert [(r["voter"], r["value"]) for r in rows] == [("alice", 1), ("alice", 1), ("alice", -1)]
+    assert all(r["updated_at"] == r["created_at"] for r in rows)
+    # A new vote of that token replaces its latest one.
+    assert reopened.add_feedback(record.trace_id, "up", voter="alice").feedback_id == "old2"
     assert TraceStore(store.path.parent / "absent.duckdb").stats()["traces"] == 0
 
 
@@ -129,7 +177,7 @@ def test_a_store_from_an_older_version_is_migrated_in_place(tmp_path: Path) -> N
     assert pending[0]["seq"] < pending[1]["seq"] and pending[0]["forward_rejected_at"] is None
     with duckdb.connect(str(path)) as connection:
         versions = connection.execute("SELECT version FROM schema_version ORDER BY 1").fetchall()
-        assert versions == [(1,), (2,), (3,)]
+        assert versions == [(1,), (2,), (3,), (4,)]
         connection.execute("INSERT INTO schema_version VALUES (99)")
     with pytest.raises(TraceStoreError, match="schema version 99, newer"):
         TraceStore(path).stats()
@@ -146,7 +194,7 @@ def test_two_processes_writing_at_once_both_land(store: TraceStore) -> None:
         "for i in range(25):\n"
         "    record = trace(f'question {i} from ' + sys.argv[2])\n"
         "    store.add_trace(record)\n"
-        "    store.add_feedback(record.trace_id, 'up')\n"
+        "    store.add_feedback(record.trace_id, 'up', voter='alice')\n"
     )
     processes = [
         subprocess.Popen([sys.executable, "-c", writer, str(store.path), name]) for name in ("one", "two")
@@ -215,7 +263,7 @@ def test_a_store_held_by_another_process_waits_then_fails_naming_the_file(
 def test_a_snapshot_is_a_consistent_copy_readers_can_hold(store: TraceStore, tmp_path: Path) -> None:
     record = trace()
     store.add_trace(record)
-    store.add_feedback(record.trace_id, "up")
+    store.add_feedback(record.trace_id, "up", voter="alice")
     copy = store.snapshot(tmp_path / "analytics" / "traces.duckdb")
     with duckdb.connect(str(copy), read_only=True) as reader:
         store.add_trace(trace())  # the live store stays writable while the copy is open
@@ -234,7 +282,7 @@ def test_a_trace_and_its_feedback_reach_langfuse(store: TraceStore, langfuse: Fa
     packaged = trace("Where is the ledger?", prompt_version="packaged:3", error="model timed out")
     store.add_trace(record)
     store.add_trace(packaged)
-    feedback = store.add_feedback(record.trace_id, "up", "spot on")
+    feedback = store.add_feedback(record.trace_id, "up", voter="alice", comment="spot on")
     forwarder = LangfuseForwarder(settings(langfuse), store)
     assert forwarder.forward_pending() == ForwardReport(traces=2, feedback=1)
     forwarder.close()
@@ -290,6 +338,15 @@ def test_a_trace_and_its_feedback_reach_langfuse(store: TraceStore, langfuse: Fa
     stats = store.stats()
     assert stats["pending_traces"] == stats["pending_feedback"] == 0
     assert store.get_trace(record.trace_id)["forwarded_at"] is not None  # type: ignore[index]
+    assert score["metadata"] == {"source": "http", "voter": "alice"}
+
+    # A changed vote is sent again as that score (same id and timestamp): Langfuse overwrites it.
+    store.add_feedback(record.trace_id, "down", voter="alice")
+    forwarder = LangfuseForwarder(settings(langfuse), store)
+    assert forwarder.forward_pending() == ForwardReport(traces=0, feedback=1)
+    forwarder.close()
+    resent = langfuse.scores[-1]
+    assert (resent["id"], resent["timestamp"], resent["value"]) == (score["id"], score["timestamp"], -1.0)
 
 
 def test_an_outage_loses_nothing_and_duplicates_nothing(store: TraceStore, langfuse: FakeLangfuse) -> None:
@@ -299,8 +356,8 @@ def test_an_outage_loses_nothing_and_duplicates_nothing(store: TraceStore, langf
     for record in records:
         store.add_trace(record)
     votes = [
-        store.add_feedback(records[0].trace_id, "up"),
-        store.add_feedback(records[3].trace_id, "down", "no"),
+        store.add_feedback(records[0].trace_id, "up", voter="alice"),
+        store.add_feedback(records[3].trace_id, "down", voter="alice", comment="no"),
     ]
     started = time.monotonic()
     report = forwarder.forward_pending()
@@ -364,7 +421,7 @@ def test_the_background_forwarder_retries_until_langfuse_is_back(
             time.sleep(0.5)
             assert store.stats()["pending_traces"] == 1
             langfuse.down = False
-            store.add_feedback(record.trace_id, "up")
+            store.add_feedback(record.trace_id, "up", voter="alice")
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and (
                 store.stats()["pending_traces"] or store.stats()["pending_feedback"]
@@ -384,7 +441,7 @@ def test_wrong_keys_keep_everything_pending_with_the_reason(
 ) -> None:
     record = trace()
     store.add_trace(record)
-    store.add_feedback(record.trace_id, "up")
+    store.add_feedback(record.trace_id, "up", voter="alice")
     report = LangfuseForwarder(settings(langfuse, secret="sk-wrong"), store).forward_pending()
     assert report.error is not None and "401" in report.error and langfuse.url in report.error
     assert "check langfuse.public_key and secret_key" in report.error
@@ -402,8 +459,8 @@ def test_a_payload_langfuse_refuses_is_set_aside_without_blocking_the_rest(
     records = [trace(f"question {i}") for i in range(4)]
     for record in records:
         store.add_trace(record)
-    first_vote = store.add_feedback(records[0].trace_id, "up")
-    store.add_feedback(records[2].trace_id, "down")
+    first_vote = store.add_feedback(records[0].trace_id, "up", voter="alice")
+    store.add_feedback(records[2].trace_id, "down", voter="alice")
     langfuse.refuse_trace_ids = {records[1].trace_id}  # 400 for any batch holding it
     langfuse.refuse_score_trace_ids = {records[2].trace_id}  # 207 for a batch holding it
 

@@ -34,7 +34,7 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from cia_assets.config import CiaConfig, load_config
 from cia_assets.lib.answering.answer import (
@@ -48,7 +48,7 @@ from cia_assets.lib.answering.answer import (
 from cia_assets.lib.answering.service import AssistantService
 from cia_assets.lib.core.access import AccessDenied, Grant, authorize
 from cia_assets.lib.observability.metrics import AnswerMetrics, IndexCollector
-from cia_assets.lib.observability.traces import UnknownTrace
+from cia_assets.lib.observability.traces import UnknownTrace, parse_feedback_value
 from cia_assets.lib.retrieval.search import SearchError
 from cia_assets.lib.serving.endpoint import HealthCache
 from cia_assets.lib.sources.git_sync import path_selected
@@ -94,7 +94,8 @@ class AskBody(BaseModel):
 
 class FeedbackBody(BaseModel):
     trace_id: str = Field(min_length=1, max_length=64)
-    value: Literal["up", "down", 1, -1]
+    # "up", "down", 1 or -1 exactly: true, 1.0 or "1" are refused (422), not read as a vote.
+    value: Annotated[int, BeforeValidator(parse_feedback_value)]
     comment: str | None = Field(default=None, max_length=4000)
 
 
@@ -249,16 +250,21 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
     @app.post("/api/feedback")
     def feedback(body: FeedbackBody, who: Caller) -> dict[str, Any]:
         service = service_for(current_config())
-        value = {"up": 1, "down": -1}.get(str(body.value), body.value)
         trace = service.store.get_trace(body.trace_id)
         # Another token's trace is answered like an unknown one: ids leak nothing.
         if trace is None or trace.get("token_name") != who.name:
             raise ApiError(404, f"unknown trace id {body.trace_id!r}", "not_found_error")
         try:
-            record = service.store.add_feedback(body.trace_id, int(value), body.comment, source="http")
+            record = service.store.add_feedback(
+                body.trace_id, body.value, voter=who.name, comment=body.comment, source="http"
+            )
         except UnknownTrace as error:
             raise ApiError(404, str(error), "not_found_error") from error
-        return {"status": "recorded", "feedback_id": record.feedback_id, "trace_id": body.trace_id}
+        return {
+            "status": "replaced" if record.replaced else "recorded",
+            "feedback_id": record.feedback_id,
+            "trace_id": body.trace_id,
+        }
 
     # -- OpenAI-compatible API ---------------------------------------------------------------
 

@@ -44,40 +44,48 @@ synthetic_refresh_job = dg.define_asset_job(
 def feedback_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResource) -> dg.SensorResult:
     """Counts user feedback that arrived since the last round: from Langfuse's API when
     Langfuse is configured (chat-app votes are forwarded there, and annotations are made
-    there), else from the local trace store. At `feedback.min_new_feedback` it requests the
-    learning loop and starts counting again; below it, it keeps counting from the same point."""
+    there), else from the local trace store. A vote counts once per voter and answer (a voter
+    who changes their mind is not a new vote), and a round needs `feedback.min_new_feedback`
+    such votes from at least `feedback.min_voters` distinct voters, so no single token can
+    start training. Below that it keeps counting from the same point."""
     config = cia.load()
     state = json.loads(context.cursor) if context.cursor else {}
-    threshold = config.feedback.min_new_feedback
     if config.langfuse.enabled:
         from cia_assets.lib.observability.langfuse import feedback_scores_since
 
         since = datetime.fromisoformat(state["langfuse_since"]) if state.get("langfuse_since") else None
         try:
-            stamps = feedback_scores_since(config.langfuse, since)
+            scores = feedback_scores_since(config.langfuse, since)
         except Exception as error:  # Langfuse down: try again next tick, the cursor stays
             return dg.SensorResult(skip_reason=f"Langfuse did not answer: {error}", cursor=context.cursor)
-        new, mark = (
-            len(stamps),
-            {"langfuse_since": max(stamps).isoformat() if stamps else state.get("langfuse_since")},
-        )
+        # A score without a trace (an annotation on a session) is one vote of its own.
+        votes = {(s.voter, s.trace_id or f"score-{n}") for n, s in enumerate(scores)}
+        newest = max((s.timestamp for s in scores), default=None)
+        mark = {"langfuse_since": newest.isoformat() if newest else state.get("langfuse_since")}
     else:
         from cia_assets.lib.observability.traces import TraceStore
 
-        store = TraceStore(config.layout.traces)
-        rows = store.feedback_after(int(state.get("local_seq", 0)), limit=100_000)
-        new, mark = (
-            len(rows),
-            {"local_seq": max((int(r["seq"]) for r in rows), default=state.get("local_seq", 0))},
-        )
-    if new < threshold:
+        rows = TraceStore(config.layout.traces).feedback_after(int(state.get("local_seq", 0)), limit=100_000)
+        votes = {(str(r["voter"]), str(r["trace_id"])) for r in rows}
+        mark = {"local_seq": max((int(r["seq"]) for r in rows), default=state.get("local_seq", 0))}
+    voters = len({voter for voter, _ in votes})
+    settings = config.feedback
+    if len(votes) < settings.min_new_feedback or voters < settings.min_voters:
         return dg.SensorResult(
-            skip_reason=f"{new} new feedback event(s) since the last round; the loop starts at {threshold}",
+            skip_reason=(
+                f"{len(votes)} new vote(s) from {voters} voter(s) since the last round; the loop "
+                f"starts at {settings.min_new_feedback} votes from {settings.min_voters} voters"
+            ),
             cursor=context.cursor,
         )
     cursor = json.dumps({**state, **mark}, sort_keys=True)
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(run_key=f"feedback-{cursor}", tags={"cia/new_feedback": str(new)})],
+        run_requests=[
+            dg.RunRequest(
+                run_key=f"feedback-{cursor}",
+                tags={"cia/new_feedback": str(len(votes)), "cia/new_voters": str(voters)},
+            )
+        ],
         cursor=cursor,
     )
 

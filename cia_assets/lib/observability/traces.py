@@ -11,7 +11,11 @@ analytics models (dbt on DuckDB) and the feedback sensor read these tables:
   `unnest(from_json(hits, '[{"repo": "VARCHAR", "path": "VARCHAR", "line_start": "INTEGER",
   "line_end": "INTEGER", "symbol": "VARCHAR", "score": "DOUBLE"}]'))`. JSON rather than
   STRUCT lists so that a new key in a hit can never make an insert, and so a trace, fail.
-- `feedback`: one row per vote, `value` +1 (up) or -1 (down), on a trace in `traces`.
+- `feedback`: one row per (trace, voter), `value` +1 (up) or -1 (down), on a trace in
+  `traces`; `voter` is the API token's name. A voter who votes again on the same trace
+  changes that row (the last vote counts, `updated_at` says when), so one token cannot stuff
+  a trace with votes; the row keeps its id and `created_at`, which Langfuse uses to overwrite
+  the score it holds instead of adding one.
 - Both tables carry `seq`, a number that grows in commit order (writers are serialized),
   so it is a cursor that never skips a row, unlike `created_at`; and the forwarding state:
   `forwarded_at` (when Langfuse accepted the row; NULL while pending), `forward_attempts`,
@@ -47,9 +51,11 @@ from typing import Any
 
 import duckdb
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 LOCK_WAIT_S = 10.0
 TRACE_ID_PATTERN = re.compile(r"^[0-9a-f]{32}$")
+# The voter of a deployment without tokens (auth off: one user, the laptop's).
+ANONYMOUS_VOTER = "anonymous"
 _FORWARD_STATE = """
     forwarded_at TIMESTAMPTZ,
     forward_attempts INTEGER NOT NULL DEFAULT 0,
@@ -106,6 +112,17 @@ _MIGRATIONS: dict[int, str] = {
         ALTER TABLE traces ADD COLUMN IF NOT EXISTS ungrounded JSON;
         ALTER TABLE traces ADD COLUMN IF NOT EXISTS abstained VARCHAR;
         ALTER TABLE traces ADD COLUMN IF NOT EXISTS sources_ms DOUBLE;
+    """,
+    # Votes stored before voters were recorded could only come from the trace's own token
+    # (the API refuses a vote on another token's trace), so that is their voter. Repeated
+    # votes of that time stay stored; readers count each voter's latest (stg_feedback).
+    4: f"""
+        ALTER TABLE feedback ADD COLUMN IF NOT EXISTS voter VARCHAR;
+        ALTER TABLE feedback ADD COLUMN IF NOT EXISTS updated_at TIMESTAMPTZ;
+        UPDATE feedback SET voter = coalesce(
+            (SELECT t.token_name FROM traces AS t WHERE t.trace_id = feedback.trace_id), '{ANONYMOUS_VOTER}'
+        ) WHERE voter IS NULL;
+        UPDATE feedback SET updated_at = created_at WHERE updated_at IS NULL;
     """,
 }
 _JSON_COLUMNS = ("repos", "hits", "citations", "invalid_citations", "ungrounded")
@@ -184,15 +201,21 @@ class FeedbackRecord:
     value: int  # +1 or -1
     comment: str | None
     source: str  # where the vote came from: http, mcp, ...
-    created_at: datetime
+    voter: str  # the API token's name (ANONYMOUS_VOTER without tokens)
+    created_at: datetime  # the voter's first vote on this trace
+    updated_at: datetime  # their last one, which is the value that counts
+    replaced: bool = False  # this vote changed the voter's earlier one
 
 
-def parse_feedback_value(value: int | str) -> int:
-    """+1/-1 from 1, -1, "+1", "1", "-1", "up" or "down"; anything else is a ValueError."""
-    mapping: dict[int | str, int] = {"up": 1, "down": -1, 1: 1, -1: -1, "1": 1, "+1": 1, "-1": -1}
-    if isinstance(value, bool) or value not in mapping:
+_FEEDBACK_VALUES: dict[int | str, int] = {"up": 1, "down": -1, 1: 1, -1: -1}
+
+
+def parse_feedback_value(value: object) -> int:
+    """+1/-1 from "up", "down", or the integers 1 and -1; anything else (true, 1.0, "1", 2)
+    is a ValueError: a vote is up or down, never a number that happens to equal one."""
+    if type(value) not in (int, str) or value not in _FEEDBACK_VALUES:
         raise ValueError(f"feedback value must be up, down, 1 or -1; got {value!r}")
-    return mapping[value]
+    return _FEEDBACK_VALUES[value]  # type: ignore[index]
 
 
 class TraceStore:
@@ -263,27 +286,49 @@ class TraceStore:
             connection.execute(f"INSERT INTO traces ({columns}) VALUES ({marks})", list(row.values()))
 
     def add_feedback(
-        self, trace_id: str, value: int | str, comment: str | None = None, source: str = "http"
+        self,
+        trace_id: str,
+        value: object,
+        *,
+        voter: str,
+        comment: str | None = None,
+        source: str = "http",
     ) -> FeedbackRecord:
-        """Record a vote on a stored trace. ValueError for a value other than +1/-1/up/down,
-        UnknownTrace (nothing stored) for a trace id the store does not hold."""
-        record = FeedbackRecord(
-            feedback_id=uuid.uuid4().hex,
-            trace_id=trace_id,
-            value=parse_feedback_value(value),
-            comment=comment,
-            source=source,
-            created_at=datetime.now(UTC),
-        )
+        """Record `voter`'s vote on a stored trace; a second vote of theirs on it replaces the
+        first (and is forwarded again). ValueError for a value other than up/down/1/-1 or an
+        empty voter, UnknownTrace (nothing stored) for a trace id the store does not hold."""
+        parsed = parse_feedback_value(value)
+        if not voter.strip():
+            raise ValueError("feedback needs a voter (the API token's name)")
+        now = datetime.now(UTC)
         with self._transaction() as connection:
             known = connection.execute("SELECT 1 FROM traces WHERE trace_id = ?", [trace_id]).fetchone()
             if known is None:
                 raise UnknownTrace(f"unknown trace id {trace_id!r}")
-            connection.execute(
-                "INSERT INTO feedback (feedback_id, trace_id, value, comment, source, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [record.feedback_id, trace_id, record.value, comment, source, record.created_at],
-            )
+            earlier = connection.execute(
+                "SELECT feedback_id, created_at FROM feedback WHERE trace_id = ? AND voter = ? "
+                "ORDER BY seq DESC LIMIT 1",
+                [trace_id, voter],
+            ).fetchone()
+            if earlier is None:
+                record = FeedbackRecord(uuid.uuid4().hex, trace_id, parsed, comment, source, voter, now, now)
+                connection.execute(
+                    "INSERT INTO feedback (feedback_id, trace_id, value, comment, source, voter, "
+                    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [record.feedback_id, trace_id, parsed, comment, source, voter, now, now],
+                )
+            else:
+                record = FeedbackRecord(
+                    earlier[0], trace_id, parsed, comment, source, voter, earlier[1], now, replaced=True
+                )
+                # A new seq: cursors (the feedback sensor) see the change; pending again: the
+                # forwarder sends the new value under the same score id.
+                connection.execute(
+                    "UPDATE feedback SET value = ?, comment = ?, source = ?, updated_at = ?, "
+                    "seq = nextval('feedback_seq'), forwarded_at = NULL, forward_attempts = 0, "
+                    "forward_error = NULL, forward_rejected_at = NULL WHERE feedback_id = ?",
+                    [parsed, comment, source, now, earlier[0]],
+                )
         return record
 
     # -- reading ----------------------------------------------------------------------------

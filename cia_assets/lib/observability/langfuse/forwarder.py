@@ -30,7 +30,7 @@ from cia_assets.lib.observability.langfuse.client import (
     http_client,
     request_options,
 )
-from cia_assets.lib.observability.langfuse.scores import SCORE_NAME
+from cia_assets.lib.observability.langfuse.scores import SCORE_NAME, VOTER_KEY
 
 if TYPE_CHECKING:
     # Only for annotations: importing the package does not load the store (and DuckDB).
@@ -187,7 +187,7 @@ class LangfuseForwarder:
                 value=float(row["value"]),
                 data_type=ScoreDataType.NUMERIC,
                 comment=row["comment"],
-                metadata={"source": row["source"]},
+                metadata={"source": row["source"], VOTER_KEY: row["voter"]},
             )
             for row in rows
         ]

@@ -1,4 +1,4 @@
--- Votes per trace.
+-- Votes per trace, one per voter (stg_feedback keeps each voter's last).
 select
     trace_id,
     count(*) filter (where value > 0) as upvotes,
