@@ -581,7 +581,7 @@ def test_the_reranker_redacts_code_for_an_endpoint_off_this_machine() -> None:
     for remote in (False, True):
         with fake_openai(lambda _: "yes", model="judge") as endpoint:
             client = openai.OpenAI(base_url=endpoint.base_url, api_key="unused")
-            LlmReranker(client, "judge", remote=remote).rerank("which region?", files, top=2)
+            LlmReranker(client, "judge").rerank("which region?", files, top=2)
         assert (secret in endpoint.received_text()) is not remote
         assert "eu-west-1" in endpoint.received_text()
 
@@ -599,7 +599,7 @@ def test_the_reranker_reads_yes_and_no_from_a_real_llama_cpp_server(
     server = start_llama_server(config, log_dir=config.data_dir / "logs")
     try:
         client = openai.OpenAI(base_url=server.base_url, api_key="unused")
-        judgements = LlmReranker(client, config.llm.model, remote=False).judge("refund deadline", files)
+        judgements = LlmReranker(client, config.llm.model).judge("refund deadline", files)
     finally:
         stop_process(server.pid)
     assert [j.path for j in judgements] == [f.path for f in files]

@@ -18,40 +18,7 @@ from cia_assets.lib.core.layout import DataLayout
 from cia_assets_tests.support.fakes import fake_openai, teacher_reply
 from cia_assets_tests.support.materialize import materialize_repo
 from cia_assets_tests.support.repos import SAMPLE_FILES, GitRepo
-
-# Planted where a careless commit would put them; each must never reach the teacher.
-SECRETS = {
-    "aws": "AKIAIOSFODNN7EXAMPLE",
-    "github": "ghp_R7b2Xk9QmV4tL1sN8wE3yU6iO0pA5zD2cF7h",
-    "stripe": "sk_live_51HqLyjWDarjtT1zdp7dcXkLmPqRsTuVwXyZ",
-    "password": "Tr0ub4dor&3-horse-battery",
-    "entropy": "q8ZtV3mK1xR7pW2sL9nB4cF6hJ0dG5yA",
-    "pem_body": "MIIEowIBAAKCAQEA7bq3Yk1J0pQ9x8VwZ2rT",
-}
-SECRET_FILES: dict[str, str | bytes | None] = {
-    "payments/settings.py": (
-        '"""Settings of the payments service."""\n'
-        "\n"
-        f'AWS_ACCESS_KEY_ID = "{SECRETS["aws"]}"\n'
-        f'GITHUB_TOKEN = "{SECRETS["github"]}"\n'
-        f'STRIPE_KEY = "{SECRETS["stripe"]}"\n'
-        f'DB_PASSWORD = "{SECRETS["password"]}"\n'
-        f'SIGNING_SALT = "{SECRETS["entropy"]}"\n'
-        "\n"
-        "\n"
-        "def database_url(host):\n"
-        '    """The connection URL for the ledger database."""\n'
-        '    return f"postgres://ledger@{host}/ledger"\n'
-    ),
-    "payments/keys.py": (
-        "def load_signing_key():\n"
-        '    """The PEM key that signs refund receipts."""\n'
-        '    return """-----BEGIN RSA PRIVATE KEY-----\n'
-        f"{SECRETS['pem_body']}\n"
-        "u8QzL2mN4bV6cX1zA9sD3fG5hJ7kL0pO\n"
-        '-----END RSA PRIVATE KEY-----"""\n'
-    ),
-}
+from cia_assets_tests.support.secrets import SECRET_FILES, leaked
 
 
 def _dataset_assets() -> list[Any]:
@@ -88,7 +55,8 @@ def test_secrets_never_reach_the_teacher_and_bad_pairs_are_dropped(
 
     repo = make_repo("payments", {**SAMPLE_FILES, **SECRET_FILES})
     with fake_openai(teacher_reply) as teacher:
-        config = _indexed(write_config, repo, teacher.base_url)
+        # A teacher off this machine: the requests pass the egress redaction too.
+        config = _indexed(write_config, repo, teacher.off_machine_url)
         instance = dg.DagsterInstance.ephemeral()
         materialize_repo(config, instance, "payments")
         result = dg.materialize(
@@ -98,8 +66,7 @@ def test_secrets_never_reach_the_teacher_and_bad_pairs_are_dropped(
         sent = teacher.received_text() + json.dumps(teacher.requests, ensure_ascii=False)
 
     assert teacher.requests, "the teacher was never asked"
-    for name, secret in SECRETS.items():
-        assert secret not in sent, f"the {name} secret reached the teacher"
+    assert not leaked(sent), "secrets reached the teacher"
     assert "<REDACTED>" in sent
     # The code around the secrets still went, so pairs about those files are possible.
     assert "def database_url(host):" in sent
@@ -136,7 +103,7 @@ def test_secrets_never_reach_the_teacher_and_bad_pairs_are_dropped(
     rows = artifacts.read_jsonl(current.path / "pairs.jsonl")
     assert len(rows) == metadata["pairs"]
     stored = json.dumps(rows)
-    assert not any(secret in stored for secret in SECRETS.values())
+    assert not leaked(stored)
     for row in rows:
         assert "[1]" in row["answer"]
         source = row["source"]

@@ -29,6 +29,13 @@ class FakeOpenAI:
     adapters: list[dict[str, Any]] = field(default_factory=list)  # vLLM load_lora_adapter calls
     base_url: str = ""
 
+    @property
+    def off_machine_url(self) -> str:
+        """This server's base URL as CIA reads one off this machine: 0.0.0.0 is neither
+        `localhost` nor a loopback address, so requests to it pass the egress redaction; Linux
+        delivers them here, so the server itself stays on 127.0.0.1."""
+        return self.base_url.replace("//127.0.0.1:", "//0.0.0.0:", 1)
+
     def received_text(self) -> str:
         """Everything that reached this server, as one string (to search for leaks)."""
         return "\n".join(body.decode("utf-8", "replace") for body in self.raw_bodies)

@@ -48,7 +48,9 @@ class Answer:
     searched: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     usage: dict[str, int | None] = field(default_factory=dict)
-    contexts: list[str] = field(default_factory=list)  # the code the model was shown (evaluation)
+    # The sources as the model was shown them, one block each (evaluation: the judge reads them
+    # with their files and numbers, and a judge off this machine gets them redacted as files).
+    contexts: list[str] = field(default_factory=list)
     # Backticked identifiers and quoted code lines checked, and those no block contains.
     grounding_checked: int = 0
     ungrounded: list[str] = field(default_factory=list)

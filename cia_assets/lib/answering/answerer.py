@@ -334,7 +334,7 @@ class Answerer:
             searched=[b.label for b in blocks],
             timings_ms=timings,
             usage=usage,
-            contexts=[b.text for b in blocks],
+            contexts=[format_sources([b]) for b in blocks],
             grounding_checked=grounding.checked,
             ungrounded=grounding.ungrounded,
             grounding_note=note,

@@ -128,6 +128,14 @@ class SourcePreview(SourceSpan):
         }
 
 
+# A block as format_sources writes it: what reads a prompt back (the egress redaction) finds
+# each block's file and code with this.
+SOURCE_BLOCK = re.compile(
+    r"^\[\d+\] (?P<path>\S+) lines \d+-\d+[^\n]*\n(?P<fence>`{3,})[^\n]*\n(?P<body>.*?)\n(?P=fence)(?=\n|\Z)",
+    re.MULTILINE | re.DOTALL,
+)
+
+
 def format_sources(blocks: Sequence[ContextBlock]) -> str:
     """The sources as the model reads them. Each is fenced; a fence inside the code is
     lengthened past, so code cannot close its block and pose as the prompt."""

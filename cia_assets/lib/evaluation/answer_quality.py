@@ -151,8 +151,29 @@ def score_answers(
     # A self-hosted assistant does not report usage to ragas' analytics host (ragas reads
     # this once, on its first tracked call).
     os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
-    results = _run_in_own_loop(_score(list(samples), judge, embedder, tuple(metrics), concurrency, retries))
+    results = _run_in_own_loop(
+        _score(_for_judge(samples, judge), judge, embedder, tuple(metrics), concurrency, retries)
+    )
     return _report(tuple(metrics), results)
+
+
+def _for_judge(samples: Sequence[RagSample], judge: JudgeEndpoint) -> list[RagSample]:
+    """The samples as a judge may read them. ragas writes them into its prompts as JSON
+    strings, where the egress client sees a context's lines escaped onto one: for a judge off
+    this machine they are redacted here, each context block as the file it shows, and the
+    egress client redacts the request again on the way."""
+    from cia_assets.lib.serving.egress import redact_texts
+    from cia_assets.lib.serving.model_endpoints import is_loopback_url
+
+    if is_loopback_url(judge.base_url):
+        return list(samples)
+    cleaned = []
+    for sample in samples:
+        (question, answer, reference, *contexts), _ = redact_texts(
+            [sample.question, sample.answer, sample.reference, *sample.contexts]
+        )
+        cleaned.append(RagSample(question=question, answer=answer, contexts=contexts, reference=reference))
+    return cleaned
 
 
 def _run_in_own_loop(coroutine: Coroutine[Any, Any, _T]) -> _T:
@@ -177,7 +198,6 @@ async def _score(
     concurrency: int,
     retries: int,
 ) -> list[dict[str, _Outcome]]:
-    from openai import AsyncOpenAI
     from ragas.embeddings.base import BaseRagasEmbedding
     from ragas.llms import llm_factory
     from ragas.metrics.collections import (
@@ -187,11 +207,13 @@ async def _score(
         Faithfulness,
     )
 
+    from cia_assets.lib.serving.egress import async_openai_client
+
     # Retries of invalid replies belong to instructor (it shows the judge its error); the
-    # HTTP client retries only transport failures, once. The client refuses a missing key,
-    # and local servers ignore it.
-    async with AsyncOpenAI(
-        base_url=judge.base_url, api_key=judge.api_key or "unused", timeout=judge.timeout_s, max_retries=1
+    # HTTP client retries only transport failures, once. A judge off this machine reads the
+    # contexts redacted (the egress client).
+    async with async_openai_client(
+        judge.base_url, api_key=judge.api_key, timeout_s=judge.timeout_s, max_retries=1
     ) as client:
         llm = llm_factory(judge.model, client=client, max_tokens=judge.max_tokens, max_retries=retries)
         if judge.schema_grammar:

@@ -1,9 +1,17 @@
-"""Secrets are redacted from code before it is sent to a teacher model.
+"""Secrets are redacted from code before it leaves this machine (see `serving.egress`, the one
+choke point every request to a non-local model endpoint passes), and from the examples the
+learning loop stores.
 
 Two detectors, like a DLP filter at an egress proxy:
 - detect-secrets (Yelp's scanner) with its default plugins finds known formats (cloud keys,
-  tokens of GitHub, Slack, Stripe, JWTs, private keys, basic-auth URLs) and secret keywords
-  (`password = "..."`);
+  tokens of GitHub, Slack, Stripe, JWTs, private keys, basic-auth URLs) and secret keywords.
+  Its keyword plugin reads a file by its type: quoted values in code (`password = "..."`),
+  bare ones in config (`password: hunter2` in YAML, `DB_PASSWORD=...` in a .env file), so the
+  file name is passed when it is known. detect-secrets has no type for .env files: they are
+  scanned as config. In text that is not a program's source (unknown origin, shell scripts,
+  Dockerfiles, docs), lines shaped like a config entry (`key: value`, `export KEY=value`, one
+  bare value) are also scanned as config; in source code such a value is a name
+  (`password: str`, `token = new_token`), not a secret;
 - a Shannon-entropy scan over every token of 20+ characters catches the keys no plugin knows
   (detect-secrets' own entropy plugins report every quoted word when run line by line, with no
   threshold applied, so the limits are applied here).
@@ -17,6 +25,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 PLACEHOLDER = "<REDACTED>"
 MIN_ENTROPY_TOKEN = 20
@@ -30,6 +39,36 @@ _PEM = re.compile(
 )
 # Entropy findings of detect-secrets are replaced by the scan below (see the module docstring).
 _ENTROPY_TYPES = {"Base64 High Entropy String", "Hex High Entropy String"}
+# detect-secrets reads bare `key: value` / `KEY=value` secrets in the files it types as config
+# (by extension); this name gets that reading.
+_AS_CONFIG = "cia-redaction.yaml"
+_CONFIG_SUFFIXES = {".yaml", ".yml", ".cfg", ".ini", ".conf", ".properties", ".toml", ".env"}
+_UNKNOWN = "adhoc-string-scan"  # detect-secrets' own name for text of no file
+# A config entry with one bare value: `password: hunter2`, `export DB_PASSWORD=s3cret`,
+# a Dockerfile's `ENV DB_PASSWORD=s3cret`.
+_CONFIG_LINE = re.compile(r"^\s*(export\s+|ENV\s+|ARG\s+)?[A-Za-z_][\w.-]*\s*[:=]\s*[^\s'\"(\[{][^\s(]*\s*$")
+
+
+# Source files whose bare `key = value` values are names, not secrets: their secrets are quoted.
+_PROGRAM_SUFFIXES = {
+    ".py", ".pyi", ".js", ".jsx", ".mjs", ".cjs", ".ts", ".tsx", ".go", ".java", ".kt", ".kts",
+    ".scala", ".rs", ".c", ".h", ".cc", ".cpp", ".cxx", ".hpp", ".hh", ".cs", ".rb", ".php",
+    ".swift", ".m", ".mm", ".lua", ".dart", ".ex", ".exs", ".erl", ".hs", ".ml", ".clj", ".r", ".jl",
+}  # fmt: skip
+
+
+def _is_program(filename: str | None) -> bool:
+    return filename is not None and PurePosixPath(filename).suffix.lower() in _PROGRAM_SUFFIXES
+
+
+def scan_name(filename: str | None) -> str:
+    """The name detect-secrets scans a file's lines under (see the module docstring)."""
+    if filename is None:
+        return _UNKNOWN
+    name = PurePosixPath(filename).name.lower()
+    if name.startswith(".env") or PurePosixPath(name).suffix in _CONFIG_SUFFIXES:
+        return _AS_CONFIG
+    return filename
 
 
 @dataclass(frozen=True)
@@ -42,6 +81,9 @@ class Finding:
 class Redacted:
     text: str
     findings: tuple[Finding, ...]
+    # The single-line values replaced, so text that repeats one where no detector would see it
+    # (an answer saying "the password is hunter2") can be cleaned too (`scrub`).
+    values: frozenset[str] = frozenset()
 
     @property
     def count(self) -> int:
@@ -65,18 +107,45 @@ def _expand(line: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def _known_format_spans(line: str) -> list[tuple[int, int, str]]:
-    """Call within detect-secrets' `default_settings()` (entered once per text: it is costly)."""
-    from detect_secrets.core.scan import scan_line
+def _known_format_spans(line: str, filename: str) -> list[tuple[int, int, str]]:
+    """Call within detect-secrets' `default_settings()` (entered once per text: it is costly).
+    What `detect_secrets.core.scan.scan_line` does, with a file name: its public function
+    scans every line as a file of no type, which misses the bare values of config files."""
+    from detect_secrets.core.scan import _is_filtered_out, _scan_line
+    from detect_secrets.settings import get_plugins
+    from detect_secrets.util.code_snippet import get_code_snippet
 
+    context = get_code_snippet(lines=[line], line_number=1)
+    found = [
+        secret
+        for plugin in get_plugins()
+        for secret in _scan_line(
+            plugin=plugin,
+            filename=filename,
+            line=line,
+            line_number=0,
+            enable_eager_search=True,
+            context=context,
+        )
+        if not _is_filtered_out(
+            required_filter_parameters=["context"],
+            filename=secret.filename,
+            secret=secret.secret_value,
+            plugin=plugin,
+            line=line,
+            context=context,
+        )
+    ]
     spans = []
-    for secret in scan_line(line):
+    for secret in found:
         if secret.type in _ENTROPY_TYPES or not secret.secret_value:
             continue
         position = line.find(secret.secret_value)
         if position < 0:
             continue
-        start, end = _expand(line, position, position + len(secret.secret_value))
+        start, end = position, position + len(secret.secret_value)
+        if secret.type != "Secret Keyword":  # a keyword's value is whole; `KEY=` stays readable
+            start, end = _expand(line, start, end)
         spans.append((start, end, secret.type))
     return spans
 
@@ -94,11 +163,15 @@ def _entropy_spans(line: str, base64_limit: float, hex_limit: float) -> list[tup
     return spans
 
 
-def redact(text: str, *, base64_limit: float = 4.5, hex_limit: float = 3.0) -> Redacted:
-    """`text` with every detected secret replaced by <REDACTED>, and what was found where."""
-    from detect_secrets.settings import default_settings
+def redact(
+    text: str, *, filename: str | None = None, base64_limit: float = 4.5, hex_limit: float = 3.0
+) -> Redacted:
+    """`text` (the lines of `filename`, when known) with every detected secret replaced by
+    <REDACTED>, and what was found where."""
+    from detect_secrets.settings import default_settings, get_filters, get_settings
 
     findings: list[Finding] = []
+    values: set[str] = set()
 
     def drop_pem(match: re.Match[str]) -> str:
         findings.append(Finding(line=text.count("\n", 0, match.start()) + 1, kind="Private Key"))
@@ -107,16 +180,38 @@ def redact(text: str, *, base64_limit: float = 4.5, hex_limit: float = 3.0) -> R
 
     text = _PEM.sub(drop_pem, text)
     lines = text.split("\n")
+    name = scan_name(filename)
+    program = _is_program(filename)
     with default_settings():
+        # As scan_line does: lines are not read from a file, so no file can be invalid.
+        get_settings().disable_filters("detect_secrets.filters.common.is_invalid_file")
+        get_filters.cache_clear()
         for number, line in enumerate(lines, start=1):
             if not line.strip() or line.strip() == PLACEHOLDER:
                 continue
-            spans = _known_format_spans(line) + _entropy_spans(line, base64_limit, hex_limit)
+            spans = _known_format_spans(line, name) + _entropy_spans(line, base64_limit, hex_limit)
+            if name != _AS_CONFIG and not program and _CONFIG_LINE.match(line):
+                spans += _known_format_spans(line, _AS_CONFIG)
             if not spans:
                 continue
             lines[number - 1] = _replace(line, spans)
             findings.extend(Finding(line=number, kind=kind) for kind in _distinct_kinds(spans))
-    return Redacted(text="\n".join(lines), findings=tuple(findings))
+            values.update(line[start:end] for start, end, _ in spans)
+    return Redacted(text="\n".join(lines), findings=tuple(findings), values=frozenset(values))
+
+
+# Shorter values are too likely to be ordinary words to be replaced wherever they occur.
+MIN_SCRUBBED_VALUE = 6
+
+
+def scrub(text: str, values: Iterable[str]) -> tuple[str, int]:
+    """`text` with every occurrence of the given secret values replaced; how many were."""
+    count = 0
+    for value in sorted((v for v in set(values) if len(v) >= MIN_SCRUBBED_VALUE), key=len, reverse=True):
+        if value in text:
+            count += text.count(value)
+            text = text.replace(value, PLACEHOLDER)
+    return text, count
 
 
 def _distinct_kinds(spans: Iterable[tuple[int, int, str]]) -> list[str]:

@@ -194,7 +194,7 @@ def generate_pairs(
     report = GenerationReport(requested=len(chunks))
     seen: set[str] = set()
     for position, chunk in enumerate(chunks, start=1):
-        redacted = redact(chunk.text, base64_limit=base64_limit, hex_limit=hex_limit)
+        redacted = redact(chunk.text, filename=chunk.path, base64_limit=base64_limit, hex_limit=hex_limit)
         if redacted.count:
             report.redacted_chunks += 1
             report.redactions += redacted.count

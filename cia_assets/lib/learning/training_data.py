@@ -20,6 +20,7 @@ from cia_assets.lib.answering.citations import renumber_markers
 from cia_assets.lib.answering.prompts import PromptTemplate
 from cia_assets.lib.core.records import SourceSpan
 from cia_assets.lib.indexing.chunking import detect_language
+from cia_assets.lib.learning.redaction import redact
 from cia_assets.lib.learning.synthetic import SyntheticPair, source_block
 
 # The commit in a citation link, on a web UI (`/blob/<sha>/`) or the chat app (`/source/<repo>/<sha>/`).
@@ -173,11 +174,13 @@ def golden_example(row: dict[str, Any], read_lines: ReadLines) -> Example | None
                 line_end=end,
                 language=detect_language(citation["path"]) or "",
                 symbol=None,
-                text="\n".join(lines[start - 1 : end]),
+                # Stored redacted, as synthetic pairs are: training data may go to a GPU pod
+                # or a teacher, and an answer may have quoted what it should not have.
+                text=redact("\n".join(lines[start - 1 : end]), filename=citation["path"]).text,
             )
         )
         mapping[int(citation["n"])] = len(sources)
-    answer = renumber(str(row["answer"]), mapping)
+    answer = redact(renumber(str(row["answer"]), mapping)).text
     return Example(
         question=str(row["question"]), answer=answer, sources=tuple(sources), origin="golden", cited=(1,)
     )

@@ -12,7 +12,8 @@ Used by file searches (`search.search_files`) and by the answering context (`sea
 which orders an answer's chunks by their file's place). Off unless `retrieval.reranker.base_url`
 is set: on 2 CPU cores the packaged 0.5B takes ~2.3 s a file and barely tells files apart
 (README, "Measuring retrieval"); on a GPU endpoint it is a few tens of milliseconds a file.
-Code sent to an endpoint off this machine is redacted first.
+Code sent to an endpoint off this machine is redacted on the way (`serving.egress`, which
+makes the client).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
-from cia_assets.lib.learning.redaction import redact
 from cia_assets.lib.serving.first_token import first_token_candidates
 
 if TYPE_CHECKING:
@@ -56,11 +56,11 @@ class Judgement:
 
 @dataclass(frozen=True)
 class LlmReranker:
-    """A yes/no judge behind an OpenAI-compatible endpoint (`client` is an `openai.OpenAI`)."""
+    """A yes/no judge behind an OpenAI-compatible endpoint (`client` is an `openai.OpenAI`
+    from `serving.egress`)."""
 
     client: Any
     model: str
-    remote: bool  # the endpoint is off this machine: code is redacted before it is sent
     weight: float = 1.0  # of the LLM's order against the search's own, in the fusion
 
     def judge(self, request: str, files: Sequence[FileHit]) -> list[Judgement]:
@@ -89,9 +89,6 @@ class LlmReranker:
 
     def _judge_one(self, request: str, file: FileHit) -> Judgement:
         code = "\n...\n".join(chunk.text for chunk in file.chunks[:2])[:FILE_CHARS]
-        if self.remote:
-            code = redact(code).text
-            request = redact(request).text
         prompt = (
             f"<request>\n{request[:REQUEST_CHARS]}\n</request>\n\n"
             f'<file path="{file.path}">\n{code}\n</file>\n\n'

@@ -507,12 +507,13 @@ def stop_local_endpoint(config: CiaConfig) -> None:
 
 
 def chat_client(record: EndpointRecord, config: CiaConfig) -> Any:
-    """The `openai` client for the endpoint: every LLM call goes through it."""
-    import openai
+    """The `openai` client for the endpoint: every LLM call goes through it (and through the
+    egress redaction, when the endpoint is off this machine)."""
+    from cia_assets.lib.serving.egress import openai_client
 
-    return openai.OpenAI(
-        base_url=record.base_url,
-        api_key=(config.llm.api_key if not record.is_local else None) or "unused",
-        timeout=config.llm.request_timeout_s,
+    return openai_client(
+        record.base_url,
+        api_key=config.llm.api_key if not record.is_local else None,
+        timeout_s=config.llm.request_timeout_s,
         max_retries=1,
     )

@@ -44,12 +44,7 @@ def reranker_of(config: CiaConfig) -> LlmReranker | None:
     endpoint = ResolvedEndpoint(
         settings.base_url, settings.model, settings.api_key, "openai", settings.request_timeout_s, 1
     )
-    return LlmReranker(
-        endpoint.client(),
-        settings.model,
-        remote=not is_loopback_url(settings.base_url),
-        weight=settings.weight,
-    )
+    return LlmReranker(endpoint.client(), settings.model, weight=settings.weight)
 
 
 @dataclass(frozen=True)
@@ -66,11 +61,9 @@ class ResolvedEndpoint:
         return f"{self.model}@{self.base_url}"
 
     def client(self) -> Any:
-        import openai
+        from cia_assets.lib.serving.egress import openai_client
 
-        return openai.OpenAI(
-            base_url=self.base_url, api_key=self.api_key or "unused", timeout=self.timeout_s, max_retries=2
-        )
+        return openai_client(self.base_url, api_key=self.api_key, timeout_s=self.timeout_s, max_retries=2)
 
     def complete_json(self, messages: list[dict[str, str]], schema: dict[str, Any] | None = None) -> str:
         """The reply's text, asked for as JSON. llama.cpp is held to `schema` by a grammar;
