@@ -216,6 +216,54 @@ def test_served_endpoint_asset_and_its_blocking_check(
         stop_local_endpoint(config)
 
 
+def _cites_the_wrong_block(request: dict[str, object]) -> str:
+    """A model that answers "What does X do?" from another block of its sources: what it says
+    is in the block it cites, so the citation is valid and the names grounded; it is not X."""
+    messages = request["messages"]
+    assert isinstance(messages, list)
+    prompt = str(messages[-1]["content"])
+    asked_names = re.findall(r"What does (\w+) do\?", prompt)
+    if not asked_names:  # the deployment's test completion
+        return "ready"
+    asked = asked_names[-1]
+    headers = re.findall(r"^\[(\d+)\] \S+ lines \d+-\d+ \(([^)]+)\)$", prompt, re.M)
+    others = [(n, symbol.rsplit(".", 1)[-1]) for n, symbol in headers if asked not in symbol]
+    assert others, prompt
+    number, symbol = others[0]
+    return f"`{symbol}` is defined in this file [{number}]."
+
+
+def test_the_smoke_check_fails_a_wrong_answer_whose_citations_are_valid(
+    write_config: Callable[..., CiaConfig], make_repo: Callable[..., GitRepo]
+) -> None:
+    from cia_assets.defs.resources import build_resources
+    from cia_assets.defs.serving.assets import served_endpoint
+    from cia_assets.defs.serving.checks import answers_smoke_question_with_citation
+    from cia_assets_tests.support.fakes import fake_openai
+
+    repo = make_repo("payments", SAMPLE_FILES)
+    with fake_openai(_cites_the_wrong_block, model="remote-coder") as remote:
+        config = write_config(
+            [{"url": repo.url, "id": "payments"}],
+            llm={"engine": "openai", "base_url": remote.base_url, "model": "remote-coder"},
+        )
+        instance = dg.DagsterInstance.ephemeral()
+        materialize_repo(config, instance, "payments")
+        result = dg.materialize(
+            [served_endpoint, answers_smoke_question_with_citation],
+            instance=instance,
+            resources=build_resources(str(config.config_path)),
+            raise_on_error=False,
+        )
+    [check] = result.get_asset_check_evaluations()
+    # The answer kept valid citations (what the check used to pass on), to the wrong code.
+    assert check.metadata["citations"].value, check.metadata  # type: ignore[union-attr]
+    assert not check.passed
+    assert "not payments:" in str(check.description) and "the only chunk defining it" in str(
+        check.description
+    )
+
+
 def test_any_openai_compatible_endpoint_serves_by_configuration(
     llm_config: Callable[..., CiaConfig], write_config: Callable[..., CiaConfig], tmp_path: Path
 ) -> None:

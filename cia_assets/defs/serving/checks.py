@@ -1,5 +1,5 @@
-"""The gate on what answers questions: a served endpoint that cannot answer a question
-about the indexed code with a valid citation fails its blocking check."""
+"""The gate on what answers questions: a served endpoint that cannot answer a question about
+the indexed code from the code it is about fails its blocking check."""
 
 import dagster as dg
 
@@ -10,8 +10,9 @@ from cia_assets.defs.serving.assets import served_endpoint
 @dg.asset_check(asset=served_endpoint, blocking=True)
 def answers_smoke_question_with_citation(cia: CiaConfigResource) -> dg.AssetCheckResult:
     """Asks the live endpoint about a definition that appears in exactly one indexed chunk;
-    passes when the answer keeps at least one valid citation (a chunk of its context whose
-    lines exist at the indexed commit)."""
+    passes when the answer cites that chunk (a valid citation: its lines exist at the indexed
+    commit) and names or quotes nothing its sources do not hold. A wrong answer with
+    well-formed citations to other code fails."""
     from cia_assets.lib.answering.answer import AnswerError
     from cia_assets.lib.answering.service import AssistantService
     from cia_assets.lib.answering.smoke import smoke_test
@@ -28,7 +29,7 @@ def answers_smoke_question_with_citation(cia: CiaConfigResource) -> dg.AssetChec
     answer = result.answer
     return dg.AssetCheckResult(
         passed=result.passed,
-        description=None if result.passed else "the answer kept no valid citation",
+        description=result.failure,
         metadata={
             "question": result.question,
             "repo": result.repo,
@@ -36,6 +37,7 @@ def answers_smoke_question_with_citation(cia: CiaConfigResource) -> dg.AssetChec
             "cited_expected_chunk": result.cited_expected,
             "citations": [c.link for c in answer.citations],
             "invalid_citations": answer.invalid_citations,
+            "ungrounded": answer.ungrounded,
             "answer": dg.MetadataValue.md(answer.answer),
             "trace_id": answer.trace_id,
             "first_token_ms": answer.timings_ms.get("first_token_ms"),
