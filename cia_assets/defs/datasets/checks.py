@@ -51,11 +51,13 @@ def synthetic_dataset_has_no_secrets(cia: CiaConfigResource) -> dg.AssetCheckRes
     settings = cia.load().datasets
     found = []
     for number, row in enumerate(_rows(cia) or [], start=1):
+        source = row.get("source")
+        # The source's lines are read as their file (a name in code is not a secret).
+        path = str(source["path"]) if isinstance(source, dict) and source.get("path") else None
         for key in ("question", "answer", "source_text"):
             result = redact(
                 str(row.get(key, "")),
-                # The source's lines are read as their file (a name in code is not a secret).
-                filename=(row.get("source") or {}).get("path") if key == "source_text" else None,
+                filename=path if key == "source_text" else None,
                 base64_limit=settings.entropy_limit_base64,
                 hex_limit=settings.entropy_limit_hex,
             )
