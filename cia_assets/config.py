@@ -426,6 +426,15 @@ class PromotionConfig(_Strict):
     """The gate in front of `served_endpoint` and the canary share for a new adapter."""
 
     max_citation_validity_drop: float = Field(default=0.05, ge=0.0, le=1.0)
+    max_cite_hit_drop: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="share of answers citing the question's source file"
+    )
+    max_identifier_recall_drop: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="share of the reference's identifiers an answer names"
+    )
+    max_grounded_rate_drop: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="share of checked names and quotes the sources hold"
+    )
     max_faithfulness_drop: float = Field(default=0.05, ge=0.0, le=1.0)
     canary_share: float = Field(
         default=0.1, ge=0.0, le=1.0, description="share of questions for the challenger"

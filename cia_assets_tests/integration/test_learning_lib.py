@@ -372,3 +372,57 @@ def test_vllm_loads_a_registered_adapter_by_name_and_answers_under_it(
         assert record.request_model == "cia-code-assistant-v4" and record.adapter_version == "4"
         reply = vllm.requests[-1]  # deploy's test completion names the adapter, not the base
         assert reply["model"] == "cia-code-assistant-v4"
+
+
+def test_the_gate_refuses_answers_that_keep_valid_citations_but_say_the_wrong_thing() -> None:
+    """What a challenger trained on corrupted answers writes: the same [1] markers (citation
+    validity cannot tell), a citation shuffled to another file and identifiers the sources do
+    not hold. Cite-hit, identifier recall and grounded rate drop; the verdict refuses it."""
+    from cia_assets.config import PromotionConfig
+    from cia_assets.lib.answering.answer import Answer
+    from cia_assets.lib.answering.citations import Citation
+    from cia_assets.lib.evaluation.heldout import ModelResult
+    from cia_assets.lib.evaluation.heldout_run import gated_drops
+
+    cases = [
+        EvalCase(question=f"How does {name} work?", reference=f"`{name}` checks `{check}` first [1].",
+                 repo="r", path=path, line_start=1, line_end=5, chunk_id=None, origin="synthetic")
+        for name, check, path in (("authorize_refund", "Role.MANAGER", "auth.py"),
+                                  ("post_entry", "Ledger.balance", "ledger.py"))
+    ]  # fmt: skip
+
+    def cite(path: str) -> Citation:
+        return Citation(n=1, repo="r", path=path, line_start=1, line_end=5, url=None, commit_sha="c" * 40)
+
+    def answer(text: str, path: str, checked: int, ungrounded: list[str]) -> Answer:
+        return Answer(
+            text, [cite(path)], "m", "t" * 32, False, grounding_checked=checked, ungrounded=ungrounded
+        )
+
+    good, corrupted = ModelResult(name="champion v1", model="m"), ModelResult(name="challenger v2", model="m")
+    good.answers += [
+        (cases[0], answer("`authorize_refund` checks `Role.MANAGER` [1].", "auth.py", 2, [])),
+        (cases[1], answer("`post_entry` checks `Ledger.balance` [1].", "ledger.py", 2, [])),
+    ]
+    corrupted.answers += [
+        (cases[0], answer("`approve_all` skips `Role.ADMIN` [1].", "ledger.py", 2,
+                          ["approve_all", "Role.ADMIN"])),
+        (cases[1], answer("`post_entry` calls `Ledger.purge` [1].", "ledger.py", 2, ["Ledger.purge"])),
+    ]  # fmt: skip
+    champion, challenger = good.metrics(), corrupted.metrics()
+    assert champion["citation_validity"] == challenger["citation_validity"] == 1.0  # blind to it
+    assert (champion["cites_source_file"], challenger["cites_source_file"]) == (1.0, 0.5)
+    assert (champion["ref_identifier_recall"], challenger["ref_identifier_recall"]) == (1.0, 0.25)
+    assert (champion["grounded_rate"], challenger["grounded_rate"]) == (1.0, 0.25)
+
+    drops = gated_drops(PromotionConfig(), judged=False)  # what rag_eval_results gates on
+    verdict = promotion_verdict(
+        challenger, champion, challenger_version="2", reference_name="champion", max_drops=drops
+    )
+    assert not verdict.passed
+    failed = {reason.split(":")[0] for reason in verdict.reasons if "below" in reason}
+    assert failed == {"cites_source_file", "ref_identifier_recall", "grounded_rate"}
+    same = promotion_verdict(
+        champion, champion, challenger_version="2", reference_name="champion", max_drops=drops
+    )
+    assert same.passed

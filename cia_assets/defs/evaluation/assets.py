@@ -12,7 +12,6 @@ from cia_assets.lib.core import artifacts
 from cia_assets.lib.serving.endpoint import EndpointSpec
 
 EVAL_CODE_VERSION = "1"
-GATED_METRICS = ("citation_validity", "faithfulness")
 
 
 @dg.asset(
@@ -34,11 +33,13 @@ def rag_eval_results(
     Retrieval: Recall@1/5/10 and MRR of each question's source file and source chunk. Answers,
     through the same answering path users get, from the teacher (when it is its own endpoint),
     the base model, the champion adapter and the challenger: citation validity, share citing
-    the source file, and ragas faithfulness, answer relevancy, context precision and recall
-    from the judge endpoint (`evaluation.judge`). The figures go to this asset's metadata (the
-    UI plots them across runs) and to the challenger's MLflow run; the promotion verdict
-    (challenger no worse than the champion, or the base model, on citation validity and
-    faithfulness within `promotion` thresholds) is checked by a blocking check.
+    the source file (cite-hit), reference-identifier recall, grounded rate, and ragas
+    faithfulness, answer relevancy, context precision and recall from the judge endpoint
+    (`evaluation.judge`). The figures go to this asset's metadata (the UI plots them across
+    runs) and to the challenger's MLflow run; the promotion verdict (challenger no worse than
+    the champion, or the base model, on citation validity, cite-hit, identifier recall,
+    grounded rate and faithfulness within `promotion` thresholds) is checked by a blocking
+    check.
     """
     from cia_assets.lib.evaluation.heldout_run import (
         Contenders,

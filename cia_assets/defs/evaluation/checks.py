@@ -1,6 +1,7 @@
 """The gate in front of serving: a challenger adapter that is worse than the champion (or the
-base model) on citation validity or faithfulness, beyond the configured thresholds, fails
-this blocking check, so `served_endpoint` does not run after it and the champion keeps serving."""
+base model) on citation validity, cite-hit, identifier recall, grounded rate or faithfulness,
+beyond the configured thresholds, fails this blocking check, so `served_endpoint` does not
+run after it and the champion keeps serving."""
 
 import dagster as dg
 

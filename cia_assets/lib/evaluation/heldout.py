@@ -4,7 +4,12 @@ the promotion verdict that gates serving.
 - Retrieval: for each eval question, is its source file / source chunk among the top k
   (Recall@k) and at what rank (MRR)?
 - Citations: the share of answers that keep at least one valid citation and no invalid one
-  (citation validity), and the share citing the question's source file.
+  (citation validity), and the share citing the question's source file (cite-hit).
+- What the answers say, scored as `cia eval-answers` scores them (`answers.scoring`): the
+  share of the reference answer's identifiers an answer names (identifier recall) and the
+  share of the names and quoted lines it checked that its sources hold (grounded rate).
+  Citation validity alone cannot tell a wrong answer from a right one: a model that cites [1]
+  whatever it says keeps it; these can.
 - Answer quality: ragas (faithfulness, answer relevancy, context precision and recall) with a
   judge endpoint, when configured.
 Models are compared on the same questions through the same answering path: the teacher (when
@@ -19,6 +24,7 @@ from typing import Any
 
 from cia_assets.lib.answering.answer import Answer
 from cia_assets.lib.core.records import SourceSpan
+from cia_assets.lib.evaluation.answers.scoring import answer_prose, identifier_recall, reference_identifiers
 
 K_VALUES = (1, 5, 10)
 
@@ -107,9 +113,19 @@ class ModelResult:
             for case, answer in self.answers
             if any(c.repo == case.repo and c.path == case.path for c in answer.citations)
         )
+        recalls = [
+            recall
+            for case, answer in self.answers
+            if (identifiers := reference_identifiers(case.reference))
+            and (recall := identifier_recall(answer_prose(answer), identifiers)[0]) is not None
+        ]
+        checked = sum(answer.grounding_checked for answer in answers)
+        ungrounded = sum(len(answer.ungrounded) for answer in answers)
         return {
             "citation_validity": _share(valid, asked),
             "cites_source_file": _share(cites_source, asked),
+            "ref_identifier_recall": round(sum(recalls) / len(recalls), 4) if recalls else None,
+            "grounded_rate": round(max(0.0, 1.0 - ungrounded / checked), 4) if checked else None,
             "not_found_rate": _share(sum(1 for a in answers if a.not_found), asked),
             "invalid_citation_rate": _share(sum(1 for a in answers if a.invalid_citations), asked),
             "error_rate": _share(len(self.errors), asked),

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cia_assets.config import CiaConfig
+from cia_assets.config import CiaConfig, PromotionConfig
 from cia_assets.lib.core import artifacts
 from cia_assets.lib.core.layout import EVAL_FILE
 from cia_assets.lib.evaluation.heldout import EvalCase, ModelResult, Verdict
@@ -154,12 +154,7 @@ def run_heldout_evaluation(
 
     table = {result.name: result.metrics() for result in results}
     by_role = {result.name.split(" ")[0]: table[result.name] for result in results}
-    max_drops = {
-        "citation_validity": config.promotion.max_citation_validity_drop,
-        "faithfulness": config.promotion.max_faithfulness_drop,
-    }
-    if not judged:
-        max_drops.pop("faithfulness")
+    max_drops = gated_drops(config.promotion, judged=judged)
     verdict = promotion_verdict(
         by_role.get("challenger"),
         by_role[contenders.reference_name],
@@ -176,6 +171,18 @@ def run_heldout_evaluation(
         by_role=by_role,
         verdict=verdict,
     )
+
+
+def gated_drops(gate: PromotionConfig, *, judged: bool) -> dict[str, float]:
+    """The metrics the promotion verdict compares, each with the drop it allows; faithfulness
+    only when a judge scored it."""
+    drops = {
+        "citation_validity": gate.max_citation_validity_drop,
+        "cites_source_file": gate.max_cite_hit_drop,
+        "ref_identifier_recall": gate.max_identifier_recall_drop,
+        "grounded_rate": gate.max_grounded_rate_drop,
+    }
+    return drops | ({"faithfulness": gate.max_faithfulness_drop} if judged else {})
 
 
 def _configured_embedder(config: CiaConfig) -> Callable[[], TextEmbedder]:
