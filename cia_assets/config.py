@@ -314,11 +314,15 @@ class LangfuseConfig(_Strict):
 
 
 class ModelEndpointConfig(_Strict):
-    """An OpenAI-compatible endpoint used by the learning loop (teacher, judge). Unset
-    `base_url` means the live served endpoint (in the embedded default: the packaged model)."""
+    """An OpenAI-compatible endpoint used by the learning loop (teacher, judge): `base_url`
+    and the `model` name there; without `base_url`, `model` is a packaged model run on a
+    local llama.cpp server of its own for the job, and with neither (`model: null`), the live
+    served endpoint (`serving.model_endpoints`)."""
 
     base_url: str | None = None
-    model: str | None = Field(default=None, description="model name at base_url (unset: the served one)")
+    model: str | None = Field(
+        default=None, description="at base_url: its model name; else a packaged model; null: the served one"
+    )
     api_key: str | None = None
     request_timeout_s: float = Field(default=120.0, gt=0)
     max_tokens: int = Field(default=384, ge=16)
@@ -333,7 +337,9 @@ class ModelEndpointConfig(_Strict):
 class DatasetsConfig(_Strict):
     """Synthetic Q&A from a teacher, and the training set built from it and golden answers."""
 
-    teacher: ModelEndpointConfig = ModelEndpointConfig()
+    # A larger model than the 0.5B that answers, so the student learns from better answers
+    # than its own (issue: the loop distilled the served model into itself).
+    teacher: ModelEndpointConfig = ModelEndpointConfig(model="Qwen2.5-Coder-1.5B-Instruct")
     synthetic_pairs: int = Field(default=200, ge=1, description="chunks sent to the teacher per run")
     min_chunk_lines: int = Field(default=4, ge=1)
     # Each training example shows its source and a distractor: two 30-line chunks and the
@@ -413,11 +419,12 @@ class MlflowConfig(_Strict):
 class EvaluationConfig(_Strict):
     """How adapters are judged on the held-out split before they may serve."""
 
-    judge: ModelEndpointConfig = ModelEndpointConfig()
+    # The 1.5B judges the 0.5B's answers (and the adapters'); a model never judges itself.
+    judge: ModelEndpointConfig = ModelEndpointConfig(model="Qwen2.5-Coder-1.5B-Instruct")
     max_questions: int = Field(default=50, ge=1)
     top_k: int = Field(default=8, ge=1, le=50)
     ragas: bool = Field(
-        default=True, description="faithfulness, relevancy, context precision/recall (needs judge.base_url)"
+        default=True, description="faithfulness, relevancy, context precision/recall from the judge"
     )
     history_cases: int = Field(default=20, ge=0, description="commit->files cases mined per repo (0 = off)")
 

@@ -1,12 +1,18 @@
 """Learning-loop benchmark on the embedded default (CPU): secret redaction throughput over a
-real source tree, and CPU LoRA training speed on the packaged SmolLM2-135M.
+real source tree, the teacher's seconds per synthetic pair, and CPU LoRA training speed on the
+student.
 
-    .venv/bin/python -m cia_assets_tests.bench.bench_learning [--source DIR] [--steps N] [--out FILE]
+    .venv/bin/python -m cia_assets_tests.bench.bench_learning [--source DIR] [--steps N]
+        [--student MODEL] [--teacher MODEL] [--pairs N] [--out FILE]
 
-Redaction runs over every text file of DIR (default: this project's cia_assets/). Training uses
-synthetic chat examples of the training set's shape (a prompt with two numbered sources of
-30 lines, the default `datasets.max_chunk_lines`, and an answer citing one), the default
-`training.max_seq_tokens` 1536, batch 4, LoRA r 8 on all projections, and prints a JSON report.
+Redaction runs over every text file of DIR (default: this project's cia_assets/). The teacher
+(default: the packaged Qwen2.5-Coder-1.5B, the loop's default, on a llama.cpp server of its
+own as `synthetic_qa_dataset` runs it) writes `--pairs` question/answer pairs from chunks of
+DIR's Python files (0 skips it). Training uses synthetic chat examples of the training set's
+shape (a prompt with two numbered sources of 30 lines, the default `datasets.max_chunk_lines`,
+and an answer citing one), the default `training.max_seq_tokens` 1536, batch 4, LoRA r 8 on
+all projections, on the student (default: the packaged Qwen2.5-Coder-0.5B, the served model;
+SmolLM2-135M-Instruct is the tiny one), and prints a JSON report.
 """
 
 from __future__ import annotations
@@ -58,9 +64,52 @@ def _example(rng: random.Random, n: int) -> dict[str, Any]:
     return {"messages": [*messages, {"role": "assistant", "content": answer}]}
 
 
-def bench_training(steps: int) -> dict[str, Any]:
+def bench_teacher(model: str, source: Path, pairs: int) -> dict[str, Any]:
+    from cia_assets.config import ModelEndpointConfig, load_config
+    from cia_assets.lib.core.records import Chunk, sha256_text
+    from cia_assets.lib.indexing.chunking import chunk_file
+    from cia_assets.lib.learning.synthetic import PAIR_SCHEMA, generate_pairs, sample_chunks
+    from cia_assets.lib.serving.model_endpoints import model_endpoint
+
+    chunks = [
+        Chunk(repo_id="bench", path=str(path.relative_to(source)), line_start=d.line_start,
+              line_end=d.line_end, language=d.language, kind=d.kind, symbol=d.symbol,
+              commit_sha="0" * 40, content_hash=sha256_text(d.text), text=d.text)
+        for path in sorted(source.rglob("*.py"))
+        for d in chunk_file(str(path.relative_to(source)), path.read_bytes())
+    ]  # fmt: skip
+    sample = sample_chunks(chunks, pairs, seed=7, min_lines=4, max_lines=30)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "cia.yaml").write_text(f"data_dir: {tmp}/data\ncodebases: []\n")
+        config = load_config(Path(tmp) / "cia.yaml")
+        started = time.perf_counter()
+        with model_endpoint(config, ModelEndpointConfig(model=model), role="teacher") as teacher:
+            ready = time.perf_counter()
+            report = generate_pairs(
+                sample,
+                lambda messages: teacher.complete_json(messages, PAIR_SCHEMA),
+                teacher_name=teacher.label,
+                base64_limit=4.5,
+                hex_limit=3.0,
+            )
+            done = time.perf_counter()
+    return {
+        "model": model,
+        "server_start_s": round(ready - started, 1),
+        "requested": len(sample),
+        "pairs": len(report.pairs),
+        "seconds_per_request": round((done - ready) / max(1, len(sample)), 1),
+        "dropped": {
+            k: v for k, v in report.counts().items() if k.startswith("dropped") or k == "teacher_errors"
+        },
+        "example": report.pairs[0].to_json() if report.pairs else None,
+    }
+
+
+def bench_training(steps: int, student: str) -> dict[str, Any]:
     from cia_assets.lib.learning.lora_cpu import LoraParams, train_lora_cpu
-    from cia_assets.lib.serving.llm_server import packaged_gguf
+    from cia_assets.lib.serving.llm_server import SMOLLM2, packaged_gguf
+    from cia_assets.lib.serving.packaged_models import installed_path
 
     rng = random.Random(7)
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,14 +137,16 @@ def bench_training(steps: int) -> dict[str, Any]:
             seed=7,
         )
         started = time.perf_counter()
+        base = packaged_gguf() if student == SMOLLM2 else installed_path(student)
         run = train_lora_cpu(
-            base_gguf=packaged_gguf(), train_path=train, eval_path=evaluation, output_dir=folder / "out",
+            base_gguf=base, train_path=train, eval_path=evaluation, output_dir=folder / "out",
             params=params, on_loss=on_loss, threads=2,
         )  # fmt: skip
         total = time.perf_counter() - started
         gguf_mb = run.gguf_path.stat().st_size / 1e6 if run.gguf_path else None
     steady = sorted(times[1:]) or times
     return {
+        "student": student,
         "steps": steps,
         "train_examples": run.train_examples,
         "skipped_too_long": run.skipped_too_long,
@@ -113,9 +164,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--source", type=Path, default=Path(__file__).resolve().parents[2] / "cia_assets")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--student", default="Qwen2.5-Coder-0.5B-Instruct")
+    parser.add_argument("--teacher", default="Qwen2.5-Coder-1.5B-Instruct")
+    parser.add_argument("--pairs", type=int, default=5, help="synthetic pairs the teacher writes (0: skip)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    report = {"redaction": bench_redaction(args.source), "training": bench_training(args.steps)}
+    report: dict[str, Any] = {"redaction": bench_redaction(args.source)}
+    if args.pairs:
+        report["teacher"] = bench_teacher(args.teacher, args.source, args.pairs)
+    if args.steps:
+        report["training"] = bench_training(args.steps, args.student)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -476,3 +476,57 @@ def test_a_packaged_model_in_bf16_is_converted_once_and_served(llm_config: Calla
         assert "cold" in (reply.choices[0].message.content or "").lower()
     finally:
         stop_local_endpoint(config)
+
+
+def test_a_packaged_teacher_runs_on_a_server_of_its_own_for_the_job(
+    llm_config: Callable[..., CiaConfig],
+) -> None:
+    """The learning loop's default teacher and judge are a packaged model other than the served
+    one: started for the job on its own local server, answering in the asked JSON schema,
+    stopped after. (The default is the 1.5B; the 0.5B plays it here, beside the tiny served
+    model, to keep the test short.)"""
+    import httpx
+
+    from cia_assets.config import ModelEndpointConfig
+    from cia_assets.lib.serving.model_endpoints import model_endpoint
+
+    config = llm_config()
+    assert (
+        ModelEndpointConfig().model is None and config.datasets.teacher.model == "Qwen2.5-Coder-1.5B-Instruct"
+    )
+    served = ensure_endpoint(config)
+    try:
+        teacher_settings = ModelEndpointConfig(model=DEFAULT_MODEL, max_tokens=200)
+        with model_endpoint(config, teacher_settings, role="datasets.teacher") as teacher:
+            assert teacher.engine == "llama_cpp" and teacher.model == DEFAULT_MODEL
+            assert teacher.base_url != served.base_url
+            schema = {
+                "type": "object",
+                "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
+                "required": ["question", "answer"],
+            }
+            reply = json.loads(
+                teacher.complete_json(
+                    [
+                        {
+                            "role": "user",
+                            "content": "In JSON, ask and answer one short question about Python lists.",
+                        }
+                    ],
+                    schema,
+                )
+            )
+            assert set(reply) == {"question", "answer"}
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{teacher.base_url}/models", timeout=2)
+        assert current_endpoint(config) == served  # the served endpoint is untouched
+        # The served model itself (or none named) is the live endpoint, not a second server.
+        with model_endpoint(config, ModelEndpointConfig(model=None), role="datasets.teacher") as same:
+            assert same.base_url == served.base_url
+        with (
+            pytest.raises(ValueError, match=r"datasets\.teacher\.model: 'gpt-9' is not a packaged model"),
+            model_endpoint(config, ModelEndpointConfig(model="gpt-9"), role="datasets.teacher"),
+        ):
+            pass
+    finally:
+        stop_local_endpoint(config)

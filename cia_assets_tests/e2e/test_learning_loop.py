@@ -49,7 +49,9 @@ def loop_config(
     config = write_config(
         [{"url": repo.url, "id": "payments", "web_url": "https://git.example.com/acme/payments"}],
         llm={"port": 8650, "drain_s": 0, "context_tokens": 2048, "max_answer_tokens": 48},
-        datasets={"synthetic_pairs": 12, "min_chunk_lines": 1, "eval_share": 0.3},
+        # The served tiny model teaches itself here (test size); the packaged 1.5B teacher is
+        # measured in bench_learning.
+        datasets={"synthetic_pairs": 12, "min_chunk_lines": 1, "eval_share": 0.3, "teacher": {"model": None}},
         training={"max_steps": 4, "batch_size": 2, "max_seq_tokens": 1024, "learning_rate": 0.0005},
         evaluation={"max_questions": 3, "judge": {"base_url": judge_url, "model": "judge"}},
         promotion={"canary_share": 0.5},

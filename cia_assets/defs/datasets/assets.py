@@ -37,9 +37,10 @@ def synthetic_qa_dataset(
     Chunks are sampled across repos, languages and symbol kinds; secrets are redacted from the
     code before any request (detect-secrets plus high-entropy strings); duplicates, replies
     that are not the asked JSON and answers that do not cite their source are dropped and
-    counted. The teacher is `datasets.teacher` in cia.yaml: a hosted API, a large vLLM model,
-    or (unset) the live served endpoint. A run that yields no pair publishes nothing, so the
-    previous dataset stays current.
+    counted. The teacher is `datasets.teacher` in cia.yaml: by default the packaged
+    Qwen2.5-Coder-1.5B on a local llama.cpp server of its own for the run; a hosted API or a
+    large vLLM model at `base_url`; `model: null` is the live served endpoint. A run that
+    yields no pair publishes nothing, so the previous dataset stays current.
     """
     from cia_assets.lib.indexing.pipeline import read_chunks
     from cia_assets.lib.learning.synthetic import (
@@ -50,7 +51,8 @@ def synthetic_qa_dataset(
         strata_counts,
     )
     from cia_assets.lib.learning.synthetic_refresh import indexed_commits
-    from cia_assets.lib.serving.model_endpoints import resolve_endpoint
+    from cia_assets.lib.serving.endpoint import EndpointError
+    from cia_assets.lib.serving.model_endpoints import model_endpoint
 
     project = cia.load()
     layout = cia.layout()
@@ -85,16 +87,19 @@ def synthetic_qa_dataset(
         min_lines=settings.min_chunk_lines,
         max_lines=settings.max_chunk_lines,
     )
-    teacher = resolve_endpoint(project, settings.teacher)
-    context.log.info(f"asking {teacher.label} for {len(sample)} pairs from {len(chunks)} chunks")
-    report = generate_pairs(
-        sample,
-        lambda messages: teacher.complete_json(messages, PAIR_SCHEMA),
-        teacher_name=teacher.label,
-        base64_limit=settings.entropy_limit_base64,
-        hex_limit=settings.entropy_limit_hex,
-        progress=lambda done, total: context.log.debug(f"{done}/{total}") if done % 10 == 0 else None,
-    )
+    try:
+        with model_endpoint(project, settings.teacher, role="datasets.teacher") as teacher:
+            context.log.info(f"asking {teacher.label} for {len(sample)} pairs from {len(chunks)} chunks")
+            report = generate_pairs(
+                sample,
+                lambda messages: teacher.complete_json(messages, PAIR_SCHEMA),
+                teacher_name=teacher.label,
+                base64_limit=settings.entropy_limit_base64,
+                hex_limit=settings.entropy_limit_hex,
+                progress=lambda done, total: context.log.debug(f"{done}/{total}") if done % 10 == 0 else None,
+            )
+    except (ValueError, EndpointError) as error:  # an unknown packaged model, a server that did not start
+        raise dg.Failure(description=f"the teacher cannot answer: {error}") from error
     counts = {**report.counts(), "kept_from_previous": len(kept)}
     if not report.pairs:
         raise dg.Failure(

@@ -140,15 +140,23 @@ def run_heldout_evaluation(
     compared. `embedder` loads the embedding model ragas scores with, only when a judge is
     configured (default: the configured one). Raises HeldoutRunError when a model cannot start."""
     from cia_assets.lib.evaluation.heldout import promotion_verdict, retrieval_metrics
+    from cia_assets.lib.serving.endpoint import EndpointSpec
+    from cia_assets.lib.serving.model_endpoints import own_server_model, packaged_model_config
 
     retrieval = retrieval_metrics(cases, search)
     log(f"retrieval on {len(cases)} questions: {retrieval}")
     results = [answer_with(config, name, spec, cases, log) for name, spec in contenders.variants]
-    if config.datasets.teacher.base_url:
+    teacher = config.datasets.teacher
+    if teacher.base_url:
         results.insert(0, answer_with_teacher(config, cases, log))
-    # The packaged 135M model cannot judge (its replies do not follow ragas' schemas): answer
-    # quality is scored only with a judge endpoint configured.
-    judged = config.evaluation.ragas and bool(config.evaluation.judge.base_url)
+    elif (packaged_teacher := own_server_model(config, teacher)) is not None:
+        # The teacher's own answers on the same path: what the student is learning toward.
+        spec = EndpointSpec.from_config(packaged_model_config(config, packaged_teacher))
+        results.insert(0, answer_with(config, "teacher", spec, cases, log))
+    # Answer quality is scored by a judge of its own: an endpoint at `evaluation.judge.base_url`
+    # or a packaged model (the 1.5B by default). The served model does not judge itself.
+    judge = config.evaluation.judge
+    judged = config.evaluation.ragas and bool(judge.base_url or own_server_model(config, judge))
     if judged:
         score_quality(config, results, embedder or _configured_embedder(config), log)
 
@@ -255,29 +263,37 @@ def score_quality(
     """ragas scores of each model's answers from the judge endpoint (`evaluation.judge`), into
     each result's `quality` and `quality_failures`."""
     from cia_assets.lib.evaluation.answer_quality import JudgeEndpoint, RagSample, score_answers
-    from cia_assets.lib.serving.model_endpoints import resolve_endpoint
+    from cia_assets.lib.serving.model_endpoints import model_endpoint
 
-    judge = resolve_endpoint(config, config.evaluation.judge)
-    endpoint = JudgeEndpoint(
-        base_url=judge.base_url,
-        model=judge.model,
-        api_key=judge.api_key,
-        timeout_s=judge.timeout_s,
-        # llama.cpp holds a judge to each step's JSON schema with a grammar; others use JSON mode.
-        schema_grammar=judge.engine == "llama_cpp",
-    )
     model = embedder()
-    for result in results:
-        samples = [
-            RagSample(question=c.question, answer=a.answer, contexts=list(a.contexts), reference=c.reference)
-            for c, a in result.answers
-        ]
-        if not samples:
-            continue
-        report = score_answers(samples, endpoint, model)
-        result.quality = dict(report.means)
-        result.quality_failures = dict(report.failures)
-        log(f"{result.name} quality (judge {judge.label}): {report.means}")
+    # A packaged judge's server runs for the judging only, after the answering servers stopped.
+    with model_endpoint(config, config.evaluation.judge, role="evaluation.judge") as judge:
+        endpoint = JudgeEndpoint(
+            base_url=judge.base_url,
+            model=judge.model,
+            api_key=judge.api_key,
+            # A local judge on 2 cores writes ragas' long JSON replies slowly.
+            timeout_s=judge.timeout_s if judge.engine != "llama_cpp" else max(judge.timeout_s, 600.0),
+            # llama.cpp holds a judge to each step's JSON schema with a grammar; others use JSON mode.
+            schema_grammar=judge.engine == "llama_cpp",
+        )
+        for result in results:
+            samples = [
+                RagSample(
+                    question=c.question, answer=a.answer, contexts=list(a.contexts), reference=c.reference
+                )
+                for c, a in result.answers
+            ]
+            if not samples:
+                continue
+            # One request at a time to a local server (it has one slot: a queued request would
+            # spend its timeout waiting).
+            report = score_answers(
+                samples, endpoint, model, concurrency=1 if judge.engine == "llama_cpp" else 2
+            )
+            result.quality = dict(report.means)
+            result.quality_failures = dict(report.failures)
+            log(f"{result.name} quality (judge {judge.label}): {report.means}")
 
 
 def markdown_table(table: dict[str, dict[str, float | None]]) -> str:

@@ -1,14 +1,19 @@
 """The learning loop's model endpoints (teacher, judge), resolved to something callable.
 
-Unset `base_url` means the live served endpoint (the packaged model in the embedded default),
-started on demand like any question would start it. Every call goes through the `openai`
-client, so a hosted API, vLLM, Ollama or llama.cpp plug in by configuration.
+`base_url` names any OpenAI-compatible endpoint. Without it, `model` names a packaged model
+(the teacher's default: Qwen2.5-Coder-1.5B-Instruct, larger than the 0.5B that answers), run
+on a local llama.cpp server of its own for the length of the job; with neither, or `model`
+being the served model, it is the live served endpoint, started on demand like any question
+would start it. Every call goes through the `openai` client (`serving.egress`), so a hosted
+API, vLLM, Ollama or llama.cpp plug in by configuration.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -79,6 +84,65 @@ class ResolvedEndpoint:
             response_format=response_format,
         )
         return response.choices[0].message.content or ""
+
+
+@contextmanager
+def model_endpoint(
+    config: CiaConfig, settings: ModelEndpointConfig, *, role: str
+) -> Iterator[ResolvedEndpoint]:
+    """The endpoint `settings` (the `role`'s: teacher, judge) names, for the length of a job
+    (see the module docstring). A packaged model's own server is stopped on exit."""
+    from cia_assets.lib.serving.llm_server import SMOLLM2
+    from cia_assets.lib.serving.packaged_models import PACKAGED_MODELS
+
+    if settings.base_url or not own_server_model(config, settings):
+        yield resolve_endpoint(config, settings)
+        return
+    name = settings.model or ""
+    if name not in PACKAGED_MODELS and name != SMOLLM2:
+        known = ", ".join([*PACKAGED_MODELS, SMOLLM2])
+        raise ValueError(
+            f"{config.config_path}: {role}.model: {name!r} is not a packaged model ({known}); "
+            f"set {role}.base_url to serve another model"
+        )
+    from cia_assets.lib.serving.endpoint import EndpointSpec, temporary_endpoint
+
+    own = packaged_model_config(config, name)
+    with temporary_endpoint(own, EndpointSpec.from_config(own), note=f"{role}: {name}") as record:
+        yield ResolvedEndpoint(
+            base_url=record.base_url,
+            model=record.request_model,
+            api_key=None,
+            engine=record.spec.engine,
+            timeout_s=settings.request_timeout_s,
+            max_tokens=settings.max_tokens,
+        )
+
+
+def own_server_model(config: CiaConfig, settings: ModelEndpointConfig) -> str | None:
+    """The packaged model `settings` runs on a local server of its own, None when it is the
+    served endpoint or one at `base_url`."""
+    if settings.base_url or not settings.model or config.llm.engine != "llama_cpp":
+        return None
+    if settings.model == config.llm.model and config.llm.model_path is None:
+        return None
+    return settings.model
+
+
+def packaged_model_config(config: CiaConfig, name: str) -> CiaConfig:
+    """`config` with the packaged model `name` as its llama.cpp model, with no adapter, in its
+    4-bit weights as shipped: a teacher or judge writes long replies, which the 4-bit file
+    writes faster than a bf16 copy (and needs no conversion)."""
+    llm = config.llm.model_copy(
+        update={
+            "model": name,
+            "model_path": None,
+            "adapter": None,
+            "adapter_version": None,
+            "precision": "packaged",
+        }
+    )
+    return config.model_copy(update={"llm": llm})
 
 
 def resolve_endpoint(config: CiaConfig, settings: ModelEndpointConfig) -> ResolvedEndpoint:
