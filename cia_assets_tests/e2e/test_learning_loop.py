@@ -7,6 +7,8 @@ serving as a canary), then promotion, and a question answered by the new adapter
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from dagster._core.errors import DagsterAssetCheckFailedError
 from cia_assets.config import CiaConfig
 from cia_assets_tests.support.fakes import fake_openai, ragas_judge_reply
 from cia_assets_tests.support.materialize import materialize_repo
+from cia_assets_tests.support.net import free_port
 from cia_assets_tests.support.repos import SAMPLE_FILES, GitRepo
 
 BILLING_RULES: dict[str, str | bytes | None] = {
@@ -188,5 +191,103 @@ def test_feedback_to_promoted_adapter(loop_config: CiaConfig, tmp_path: Path) ->
         finally:
             service.close()
         assert answer.model == f"SmolLM2-135M-Instruct+{version.gguf_path}"
+    finally:
+        stop_local_endpoint(config)
+
+
+_MARKER = re.compile(r"\[(\d+)\]")
+_BACKTICKED = re.compile(r"`[^`\n]+`")
+
+
+def _corrupt(example: dict[str, object], rng: random.Random) -> dict[str, object]:
+    """The example with its answer made wrong the two ways a bad teacher is: each citation
+    moved to another source of the prompt, and every named identifier replaced by one no
+    source holds."""
+    messages = [dict(m) for m in example["messages"]]  # type: ignore[attr-defined]
+    sources = sorted(
+        {int(n) for n in re.findall(r"^\[(\d+)\] \S+ lines", str(messages[-2]["content"]), re.M)}
+    )
+    answer = str(messages[-1]["content"])
+    answer = _MARKER.sub(lambda m: f"[{next(n for n in sources if n != int(m.group(1)))}]", answer)
+    answer = _BACKTICKED.sub(lambda _: f"`purge_{rng.choice(['ledger', 'accounts', 'tokens'])}_now`", answer)
+    messages[-1]["content"] = answer
+    return {**example, "messages": messages}
+
+
+def test_an_adapter_trained_on_corrupted_answers_is_refused_and_the_base_keeps_serving(
+    write_config: Callable[..., CiaConfig], make_repo: Callable[..., GitRepo], judge_url: str
+) -> None:
+    """The gate fails when it should: a challenger trained on answers whose citations are
+    shuffled and whose identifiers are invented learns to write them, scores below the base
+    model on what answers say (cite-hit, identifier recall, grounded rate), is refused by the
+    blocking check, and serves nothing: the base model keeps every question."""
+    from cia_assets.defs.datasets.assets import synthetic_qa_dataset, training_dataset
+    from cia_assets.defs.evaluation.assets import rag_eval_results
+    from cia_assets.defs.evaluation.checks import challenger_no_worse_than_champion
+    from cia_assets.defs.resources import build_resources
+    from cia_assets.defs.serving.assets import served_endpoint
+    from cia_assets.defs.training.assets import lora_adapter
+    from cia_assets.lib.core import artifacts
+    from cia_assets.lib.core.layout import EVAL_FILE, TRAIN_FILE
+    from cia_assets.lib.learning.registry import CHALLENGER, CHAMPION, AdapterRegistry
+    from cia_assets.lib.serving.endpoint import current_endpoint, ensure_endpoint, stop_local_endpoint
+    from cia_assets_tests.support.fakes import teacher_reply
+
+    repo = make_repo("payments", {**SAMPLE_FILES, **BILLING_RULES})
+    with fake_openai(teacher_reply, model="teacher") as teacher:
+        config = write_config(
+            [{"url": repo.url, "id": "payments"}],
+            llm={"port": free_port(), "drain_s": 0, "context_tokens": 2048, "max_answer_tokens": 48},
+            # Short sources keep each training example a few hundred tokens (CPU seconds).
+            datasets={"synthetic_pairs": 16, "min_chunk_lines": 1, "max_chunk_lines": 10, "eval_share": 0.3,
+                      "teacher": {"base_url": teacher.base_url, "model": "teacher"}},
+            # Enough steps at a high rate for the tiny model to learn what it is shown.
+            training={"max_steps": 16, "batch_size": 2, "max_seq_tokens": 768, "learning_rate": 0.003},
+            evaluation={"max_questions": 4, "judge": {"base_url": judge_url, "model": "judge"}},
+        )  # fmt: skip
+        resources = build_resources(str(config.config_path))
+        instance = dg.DagsterInstance.ephemeral()
+        materialize_repo(config, instance, "payments")
+        assert dg.materialize(
+            [synthetic_qa_dataset, training_dataset], instance=instance, resources=resources
+        ).success
+    layout = config.layout
+    honest = artifacts.require_current(layout.training_datasets, "training_dataset")
+    rng = random.Random(5)
+    version, folder = artifacts.new_version(layout.training_datasets)
+    train = [_corrupt(e, rng) for e in artifacts.read_jsonl(honest.path / TRAIN_FILE)]
+    artifacts.write_jsonl(folder / TRAIN_FILE, train)
+    (folder / EVAL_FILE).write_bytes((honest.path / EVAL_FILE).read_bytes())  # the same eval questions
+    artifacts.publish(layout.training_datasets, version, {**honest.summary, "corrupted": True})
+    assert all("purge_" in str(e["messages"][-1]["content"]) for e in train)  # type: ignore[index]
+
+    try:
+        before = ensure_endpoint(config)
+        result = dg.materialize(
+            [lora_adapter, rag_eval_results, challenger_no_worse_than_champion, served_endpoint],
+            instance=instance,
+            resources=build_resources(str(config.config_path)),
+            raise_on_error=False,
+        )
+        trained = result.asset_materializations_for_node("lora_adapter")[0].metadata
+        losses = [point["loss"] for point in trained["loss_curve"].value]  # type: ignore[union-attr]
+        assert losses[-1] < losses[0] / 2, losses  # it learned the corrupted answers
+        evaluation = {
+            k: v.value
+            for k, v in result.asset_materializations_for_node("rag_eval_results")[0].metadata.items()
+        }
+        [check] = result.get_asset_check_evaluations()
+        assert not check.passed, check.description
+        assert evaluation["verdict"] == "failed"
+        below = [r for r in evaluation["verdict_reasons"] if "below" in r]  # type: ignore[union-attr]
+        assert below, evaluation["verdict_reasons"]
+        # Refused: nothing was served after it, and the base model answers every question.
+        assert not result.asset_materializations_for_node("served_endpoint")
+        live = current_endpoint(config)
+        assert live == before and live is not None and live.adapter is None and live.canary is None
+        registry = AdapterRegistry(config)
+        assert registry.by_alias(CHAMPION) is None
+        challenger = registry.by_alias(CHALLENGER)
+        assert challenger is not None and registry.get(challenger.version).tags["evaluation"] == "failed"
     finally:
         stop_local_endpoint(config)
