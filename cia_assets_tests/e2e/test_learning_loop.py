@@ -209,7 +209,10 @@ def _corrupt(example: dict[str, object], rng: random.Random) -> dict[str, object
     )
     answer = str(messages[-1]["content"])
     answer = _MARKER.sub(lambda m: f"[{next(n for n in sources if n != int(m.group(1)))}]", answer)
-    answer = _BACKTICKED.sub(lambda _: f"`purge_{rng.choice(['ledger', 'accounts', 'tokens'])}_now`", answer)
+    invented = f"`purge_{rng.choice(['ledger', 'accounts', 'tokens'])}_now`"
+    answer = (
+        _BACKTICKED.sub(lambda _: invented, answer) if "`" in answer else f"{answer} It calls {invented}."
+    )
     messages[-1]["content"] = answer
     return {**example, "messages": messages}
 
@@ -279,8 +282,11 @@ def test_an_adapter_trained_on_corrupted_answers_is_refused_and_the_base_keeps_s
         [check] = result.get_asset_check_evaluations()
         assert not check.passed, check.description
         assert evaluation["verdict"] == "failed"
-        below = [r for r in evaluation["verdict_reasons"] if "below" in r]  # type: ignore[union-attr]
-        assert below, evaluation["verdict_reasons"]
+        below = {r.split(":")[0] for r in evaluation["verdict_reasons"] if "below" in r}  # type: ignore[union-attr]
+        # Refused on what the answers say, which citation validity alone could not see.
+        assert below & {"cites_source_file", "ref_identifier_recall", "grounded_rate"}, evaluation[
+            "verdict_reasons"
+        ]
         # Refused: nothing was served after it, and the base model answers every question.
         assert not result.asset_materializations_for_node("served_endpoint")
         live = current_endpoint(config)
