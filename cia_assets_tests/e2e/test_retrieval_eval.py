@@ -569,23 +569,6 @@ def test_the_llm_reranker_reorders_the_first_files_by_its_yes_likelihood(
     assert [f.score for f in reranked] == sorted((f.score for f in reranked), reverse=True)
 
 
-def test_the_reranker_redacts_code_for_an_endpoint_off_this_machine() -> None:
-    import openai
-
-    from cia_assets.lib.retrieval.rerank import LlmReranker
-    from cia_assets_tests.support.fakes import fake_openai
-
-    secret = "AKIAIOSFODNN7EXAMPLE"
-    settings = f'AWS_ACCESS_KEY_ID = "{secret}"\nREGION = "eu-west-1"\n'
-    files = [_file_hit("payments/settings.py", settings)] * 2
-    for remote in (False, True):
-        with fake_openai(lambda _: "yes", model="judge") as endpoint:
-            client = openai.OpenAI(base_url=endpoint.base_url, api_key="unused")
-            LlmReranker(client, "judge").rerank("which region?", files, top=2)
-        assert (secret in endpoint.received_text()) is not remote
-        assert "eu-west-1" in endpoint.received_text()
-
-
 def test_the_reranker_reads_yes_and_no_from_a_real_llama_cpp_server(
     write_config: Callable[..., CiaConfig],
 ) -> None:
