@@ -975,6 +975,41 @@ def test_cia_serve_restarts_a_model_server_that_died_and_stops_it_on_exit(indexe
     assert not process_alive(final.pid)
 
 
+def test_a_killed_cia_serve_leaves_no_model_server_behind(indexed: CiaConfig) -> None:
+    """`cia serve` stops its model server in a `finally`, which SIGKILL (or `cia dev` giving up
+    on a slow shutdown) never runs: the server it owns watches it and ends with it."""
+
+    from cia_assets.lib.serving.endpoint import current_endpoint, stop_local_endpoint
+    from cia_assets.lib.serving.llm_server import process_alive
+
+    stop_local_endpoint(indexed)  # so that this `cia serve` starts, and owns, the server
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cia_assets.apps.cli", "serve", "--config", str(indexed.config_path),
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        record = current_endpoint(indexed)
+        assert record is not None and record.pid is not None and process_alive(record.pid)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    while process_alive(record.pid) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not process_alive(record.pid), "the model server outlived the cia serve that owned it"
+
+
 def test_metrics_expose_latency_tokens_and_index_freshness(chat_app: str, indexed: CiaConfig) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -23,7 +23,7 @@ def serve(config: CiaConfig, *, host: str | None = None, port: int | None = None
 
     host = host or config.chat.host
     port = port or config.chat.port
-    record = ensure_endpoint(config, idle_stop_s=0)  # this command owns and stops its server
+    record = ensure_endpoint(config, idle_stop_s=0, owned=True)  # this command owns and stops its server
     print(f"cia: model {record.model} answering at {record.base_url} ({record.engine})", file=sys.stderr)
     link = f"http://{host}:{port}/"
     tokens = accepted_tokens(config)
@@ -41,7 +41,7 @@ def serve(config: CiaConfig, *, host: str | None = None, port: int | None = None
         # `served_endpoint` materialization whose server then died) is started again.
         while not stop.wait(SUPERVISE_INTERVAL_S):
             try:
-                ensure_endpoint(config, idle_stop_s=0)
+                ensure_endpoint(config, idle_stop_s=0, owned=True)
             except Exception:
                 log.exception("the model endpoint is down and could not be restarted")
 

@@ -283,6 +283,7 @@ def _launch(
     version: int,
     origin: str,
     idle_stop_s: float = 0.0,
+    owned: bool = False,
     **extra: Any,
 ) -> EndpointRecord:
     if spec.engine in LOCAL_ENGINES:
@@ -305,6 +306,8 @@ def _launch(
             adapter=spec.adapter,
             alias=spec.model,
             idle_stop_s=idle_stop_s,
+            # A server this process owns ends with it, even if it is killed before stopping it.
+            exit_with_parent=owned,
         )
         return EndpointRecord(
             version=version,
@@ -365,13 +368,18 @@ def choose_endpoint(
 
 
 def ensure_endpoint(
-    config: CiaConfig, *, idle_stop_s: float | None = None, health: HealthCache | None = None
+    config: CiaConfig,
+    *,
+    idle_stop_s: float | None = None,
+    health: HealthCache | None = None,
+    owned: bool = False,
 ) -> EndpointRecord:
     """A healthy live endpoint, started or restarted if needed (see the module docstring).
 
     A local server started here stops itself after `idle_stop_s` without a request (default
     `llm.idle_stop_s`): the command that started it does not stay to stop it. `cia serve`
-    passes 0 and stops its server when it stops."""
+    passes 0 and `owned`: it stops its server when it stops, and a server it started ends
+    when it does, however it ends."""
     idle = config.llm.idle_stop_s if idle_stop_s is None else idle_stop_s
     health = health or HealthCache()
     record = current_endpoint(config)
@@ -385,20 +393,20 @@ def ensure_endpoint(
                 return record
             # An on-demand record whose settings changed in cia.yaml: replace it.
             new = _launch(config, wanted, version=record.version + 1, origin="on-demand",
-                          idle_stop_s=idle, previous_version=record.version)  # fmt: skip
+                          idle_stop_s=idle, owned=owned, previous_version=record.version)  # fmt: skip
             _make_live(config, new)
             if record.is_local and record.pid and record.pid != new.pid:
                 stop_process(record.pid)
             return new
         if record is None:
-            new = _launch(config, wanted, version=1, origin="on-demand", idle_stop_s=idle)
+            new = _launch(config, wanted, version=1, origin="on-demand", idle_stop_s=idle, owned=owned)
         elif record.is_local:
             log.warning("model server of endpoint v%d is not running (stopped when idle, or died); "
                         "starting it", record.version)  # fmt: skip
             if record.pid and process_alive(record.pid):
                 stop_process(record.pid)  # alive but not listening: hung, never left behind
             new = _launch(config, record.spec, version=record.version + 1, origin="restart",
-                          idle_stop_s=idle, previous_version=record.version,
+                          idle_stop_s=idle, owned=owned, previous_version=record.version,
                           note=f"restart of v{record.version}")  # fmt: skip
             # The canary runs in its own process and keeps serving its share.
             new = replace(new, canary=record.canary, canary_share=record.canary_share)
@@ -486,7 +494,7 @@ def temporary_endpoint(config: CiaConfig, spec: EndpointSpec, *, note: str) -> I
     """An endpoint for `spec` that is never made live (evaluation compares models with it);
     a local server started for it is stopped on exit."""
     try:
-        record = _launch(config, spec, version=0, origin="evaluation", note=note)
+        record = _launch(config, spec, version=0, origin="evaluation", note=note, owned=True)
     except LlmServerError as error:
         raise EndpointError(str(error)) from error
     try:

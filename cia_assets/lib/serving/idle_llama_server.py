@@ -5,7 +5,9 @@ left to stop it, so without this every shell that asked a question would leave ~
 behind. Like a scale-to-zero Deployment: the server counts requests in flight and, once
 none has arrived or run for `--idle_stop_s` seconds, shuts down gracefully; the next
 question starts it again (`ensure_endpoint`). `cia serve` owns its server and passes 0
-(never), stopping it itself.
+(never), stopping it itself; with `--exit_with_parent` (`cia serve`, an evaluation's or a
+teacher's server) the server also stops when the process that started it is gone however it
+ended (SIGKILL included, when no `finally` runs), like a parent-death signal.
 
 It also reads prompts without computing the logits of every prompt token (below).
 
@@ -15,6 +17,7 @@ Run as `python -m cia_assets.lib.serving.idle_llama_server --idle_stop_s N <llam
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
@@ -25,6 +28,7 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CHECK_INTERVAL_S = 1.0
+PARENT_GONE_GRACE_S = 10.0
 
 
 class IdleTracker:
@@ -102,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--idle_stop_s", type=float, default=0.0, help="0: never stop")
+    parser.add_argument(
+        "--exit_with_parent", action="store_true", help="stop when the starting process is gone"
+    )
     add_args_from_model(parser, Settings)
     args = parser.parse_args(argv)
     # llama_cpp's own parsing, as its `__main__` does (its annotation says it returns the class).
@@ -125,6 +132,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                     server.should_exit = True  # uvicorn's own graceful shutdown
 
         threading.Thread(target=stop_when_idle, name="idle-stop", daemon=True).start()
+    if args.exit_with_parent:
+        parent = os.getppid()
+
+        def stop_with_parent() -> None:
+            # A process whose parent ended is handed to another (init): its parent id changes.
+            while os.getppid() == parent:
+                time.sleep(CHECK_INTERVAL_S)
+            print(f"the starting process {parent} is gone: stopping", flush=True)
+            server.should_exit = True
+            time.sleep(PARENT_GONE_GRACE_S)  # a request in flight may finish; nobody waits longer
+            os._exit(0)
+
+        threading.Thread(target=stop_with_parent, name="parent-watch", daemon=True).start()
     server.run()
 
 

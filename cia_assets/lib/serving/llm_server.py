@@ -157,10 +157,12 @@ def start_llama_server(
     adapter: str | None = None,
     alias: str | None = None,
     idle_stop_s: float = 0.0,
+    exit_with_parent: bool = False,
 ) -> LocalServer:
     """Start llama.cpp's server for the configured GGUF (plus a LoRA adapter GGUF) on the
     first free port from `llm.port`, and wait until it answers. With `idle_stop_s` > 0 the
-    server stops itself after that long without a request (`idle_llama_server`)."""
+    server stops itself after that long without a request; with `exit_with_parent`, when
+    this process is gone (`idle_llama_server`)."""
     llm = config.llm
     gguf = served_model_file(config)
     port = free_port(llm.host, llm.port)
@@ -187,6 +189,8 @@ def start_llama_server(
     ]  # fmt: skip
     if adapter:
         command += ["--lora_path", adapter]
+    if exit_with_parent:
+        command.append("--exit_with_parent")
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command,
