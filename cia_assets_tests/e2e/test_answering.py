@@ -915,38 +915,34 @@ def test_cia_ask_sends_its_trace_to_langfuse_and_a_down_langfuse_costs_nothing(
         langfuse.close()
 
 
+def _start_cia_serve(config: CiaConfig, port: int) -> subprocess.Popen[bytes]:
+    """`cia serve` in a process of its own, once its /healthz answers."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cia_assets.apps.cli", "serve", "--config", str(config.config_path),
+         "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"cia serve did not answer on port {port} (exit code {process.poll()})")
+        time.sleep(0.2)
+
+
 def test_cia_serve_restarts_a_model_server_that_died_and_stops_it_on_exit(indexed: CiaConfig) -> None:
     import signal
 
     from cia_assets.lib.serving.endpoint import current_endpoint, ensure_endpoint
 
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cia_assets.apps.cli",
-            "serve",
-            "--config",
-            str(indexed.config_path),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    process = _start_cia_serve(indexed, port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
         before = ensure_endpoint(indexed)
         assert before.pid is not None
         os.killpg(before.pid, signal.SIGKILL)
@@ -983,22 +979,8 @@ def test_a_killed_cia_serve_leaves_no_model_server_behind(indexed: CiaConfig) ->
     from cia_assets.lib.serving.llm_server import process_alive
 
     stop_local_endpoint(indexed)  # so that this `cia serve` starts, and owns, the server
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cia_assets.apps.cli", "serve", "--config", str(indexed.config_path),
-         "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
+    process = _start_cia_serve(indexed, free_port())
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
         record = current_endpoint(indexed)
         assert record is not None and record.pid is not None and process_alive(record.pid)
     finally:
