@@ -47,6 +47,9 @@ class RagSample:
     reference: str
 
 
+LOCAL_JUDGE_TIMEOUT_S = 600.0
+
+
 @dataclass(frozen=True)
 class JudgeEndpoint:
     """A concrete OpenAI-compatible endpoint (the caller resolves "the served one")."""
@@ -59,6 +62,24 @@ class JudgeEndpoint:
     # llama.cpp's server takes the reply's JSON schema in `response_format` and compiles it
     # into a grammar: a small local judge then writes an instance, not a copy of the schema.
     schema_grammar: bool = False
+
+    @classmethod
+    def at(
+        cls, base_url: str, model: str, *, engine: str, api_key: str | None, timeout_s: float
+    ) -> JudgeEndpoint:
+        """The judge at an endpoint CIA started or resolved. A local llama.cpp server holds the
+        replies to each step's schema with a grammar, and on 2 cores writes ragas' long JSON
+        replies slowly (a 1,024-token reply of the 1.5B takes about 90 s): at least
+        LOCAL_JUDGE_TIMEOUT_S a request."""
+        local = engine == "llama_cpp"
+        timeout = max(timeout_s, LOCAL_JUDGE_TIMEOUT_S) if local else timeout_s
+        return cls(base_url, model, api_key, timeout, schema_grammar=local)
+
+    @property
+    def concurrency(self) -> int:
+        """Requests in flight: one for llama.cpp's server (the one a grammar is sent to), which
+        has one slot, so a queued request would spend its timeout waiting."""
+        return 1 if self.schema_grammar else 2
 
 
 @dataclass(frozen=True)
@@ -131,19 +152,21 @@ def score_answers(
     embedder: TextEmbedder | BaseRagasEmbedding,
     *,
     metrics: Sequence[str] = METRICS,
-    concurrency: int = 2,
+    concurrency: int | None = None,
     retries: int = 1,
 ) -> QualityReport:
     """Score `samples` with ragas, `judge` as the LLM and `embedder` for answer relevancy.
 
     Synchronous for the caller (a Dagster asset): the metrics run in an event loop owned by
-    this call. `concurrency` bounds the (sample, metric) pairs in flight, each of which makes
-    one to a few judge requests in turn. `retries` is how often instructor asks the judge
-    again, showing it the validation error, after an unparseable reply.
+    this call. `concurrency` (default: the judge's) bounds the (sample, metric) pairs in
+    flight, each of which makes one to a few judge requests in turn. `retries` is how often
+    instructor asks the judge again, showing it the validation error, after an unparseable
+    reply.
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown ragas metrics {unknown}; known: {list(METRICS)}")
+    concurrency = judge.concurrency if concurrency is None else concurrency
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     if not samples:
@@ -162,7 +185,7 @@ def _for_judge(samples: Sequence[RagSample], judge: JudgeEndpoint) -> list[RagSa
     strings, where the egress client sees a context's lines escaped onto one: for a judge off
     this machine they are redacted here, each context block as the file it shows, and the
     egress client redacts the request again on the way."""
-    from cia_assets.lib.serving.egress import redact_texts
+    from cia_assets.lib.learning.redaction import redact_texts
     from cia_assets.lib.serving.model_endpoints import is_loopback_url
 
     if is_loopback_url(judge.base_url):

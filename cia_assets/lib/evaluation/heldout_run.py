@@ -268,14 +268,8 @@ def score_quality(
     model = embedder()
     # A packaged judge's server runs for the judging only, after the answering servers stopped.
     with model_endpoint(config, config.evaluation.judge, role="evaluation.judge") as judge:
-        endpoint = JudgeEndpoint(
-            base_url=judge.base_url,
-            model=judge.model,
-            api_key=judge.api_key,
-            # A local judge on 2 cores writes ragas' long JSON replies slowly.
-            timeout_s=judge.timeout_s if judge.engine != "llama_cpp" else max(judge.timeout_s, 600.0),
-            # llama.cpp holds a judge to each step's JSON schema with a grammar; others use JSON mode.
-            schema_grammar=judge.engine == "llama_cpp",
+        endpoint = JudgeEndpoint.at(
+            judge.base_url, judge.model, engine=judge.engine, api_key=judge.api_key, timeout_s=judge.timeout_s
         )
         for result in results:
             samples = [
@@ -286,11 +280,7 @@ def score_quality(
             ]
             if not samples:
                 continue
-            # One request at a time to a local server (it has one slot: a queued request would
-            # spend its timeout waiting).
-            report = score_answers(
-                samples, endpoint, model, concurrency=1 if judge.engine == "llama_cpp" else 2
-            )
+            report = score_answers(samples, endpoint, model)
             result.quality = dict(report.means)
             result.quality_failures = dict(report.failures)
             log(f"{result.name} quality (judge {judge.label}): {report.means}")

@@ -23,9 +23,11 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+
+from cia_assets.lib.answering.citations import SOURCE_BLOCK
 
 PLACEHOLDER = "<REDACTED>"
 MIN_ENTROPY_TOKEN = 20
@@ -231,3 +233,33 @@ def _replace(line: str, spans: list[tuple[int, int, str]]) -> str:
         position = end
     out.append(line[position:])
     return "".join(out)
+
+
+def redact_texts(texts: Sequence[str]) -> tuple[list[str], int]:
+    """Each text redacted (a context block as the file it shows), then every value found to be
+    a secret in any of them removed from all of them: an answer or a reference that repeats a
+    secret in prose cannot be told from prose on its own. Returns the texts and how many
+    secrets were removed."""
+    first = [_redact_one(text) for text in texts]
+    values = frozenset().union(*(found for _, _, found in first))
+    out, total = [], 0
+    for text, count, _ in first:
+        text, repeated = scrub(text, values)
+        out.append(text)
+        total += count + repeated
+    return out, total
+
+
+def _redact_one(text: str) -> tuple[str, int, frozenset[str]]:
+    parts: list[Redacted] = []
+    position = 0
+    for block in SOURCE_BLOCK.finditer(text):
+        parts.append(redact(text[position : block.start("body")]))
+        parts.append(redact(block.group("body"), filename=block.group("path")))
+        position = block.end("body")
+    parts.append(redact(text[position:]))
+    return (
+        "".join(p.text for p in parts),
+        sum(p.count for p in parts),
+        frozenset().union(*(p.values for p in parts)),
+    )

@@ -9,7 +9,7 @@ judged again); `localhost` and loopback addresses are this machine, anything els
 content, `prompt` and `input`. A context block in the answering prompt's format
 (`citations.format_sources`) is scanned as the file it shows, so detect-secrets reads a
 YAML or .env file's bare values; other text is scanned as text of unknown origin
-(`redaction.redact`). A body that is not JSON is refused for such a host: it cannot be read,
+(`redaction.redact_texts`). A body that is not JSON is refused for such a host: it cannot be read,
 so it cannot be checked.
 """
 
@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from cia_assets.lib.answering.citations import SOURCE_BLOCK
-from cia_assets.lib.learning.redaction import Redacted, redact, scrub
+from cia_assets.lib.learning.redaction import redact_texts
 from cia_assets.lib.serving.model_endpoints import is_loopback_url
 
 if TYPE_CHECKING:
@@ -59,36 +57,6 @@ def async_openai_client(
         timeout=timeout_s,
         max_retries=max_retries,
         http_client=openai.DefaultAsyncHttpxClient(transport=_AsyncRedactingTransport()),
-    )
-
-
-def redact_texts(texts: Sequence[str]) -> tuple[list[str], int]:
-    """Each text redacted (a context block as the file it shows), then every value found to be
-    a secret in any of them removed from all of them: an answer or a reference that repeats a
-    secret in prose cannot be told from prose on its own. Returns the texts and how many
-    secrets were removed."""
-    first = [_redact_one(text) for text in texts]
-    values = frozenset().union(*(found for _, _, found in first))
-    out, total = [], 0
-    for text, count, _ in first:
-        text, repeated = scrub(text, values)
-        out.append(text)
-        total += count + repeated
-    return out, total
-
-
-def _redact_one(text: str) -> tuple[str, int, frozenset[str]]:
-    parts: list[Redacted] = []
-    position = 0
-    for block in SOURCE_BLOCK.finditer(text):
-        parts.append(redact(text[position : block.start("body")]))
-        parts.append(redact(block.group("body"), filename=block.group("path")))
-        position = block.end("body")
-    parts.append(redact(text[position:]))
-    return (
-        "".join(p.text for p in parts),
-        sum(p.count for p in parts),
-        frozenset().union(*(p.values for p in parts)),
     )
 
 

@@ -72,7 +72,7 @@ def model_file(config: CiaConfig) -> Path:
             except PackagedModelError as error:
                 raise LlmServerError(str(error)) from error
         else:
-            known = ", ".join([*PACKAGED_MODELS, SMOLLM2])
+            known = ", ".join(local_model_names())
             raise LlmServerError(
                 f"{config.config_path}: llm.model: {name!r} is not a packaged model ({known}); "
                 "set llm.model_path to its GGUF file"
@@ -80,6 +80,14 @@ def model_file(config: CiaConfig) -> Path:
     if not path.is_file():
         raise LlmServerError(f"{config.config_path}: llm.model_path: {path} is not a file")
     return path
+
+
+def local_model_names() -> list[str]:
+    """What `llm.model` (and a teacher's or judge's `model` without a base_url) may name with
+    no file: the packaged Qwen2.5-Coder models and the tiny SmolLM2."""
+    from cia_assets.lib.serving.packaged_models import PACKAGED_MODELS
+
+    return [*PACKAGED_MODELS, SMOLLM2]
 
 
 def served_model_file(config: CiaConfig) -> Path:

@@ -92,15 +92,14 @@ def model_endpoint(
 ) -> Iterator[ResolvedEndpoint]:
     """The endpoint `settings` (the `role`'s: teacher, judge) names, for the length of a job
     (see the module docstring). A packaged model's own server is stopped on exit."""
-    from cia_assets.lib.serving.llm_server import SMOLLM2
-    from cia_assets.lib.serving.packaged_models import PACKAGED_MODELS
+    from cia_assets.lib.serving.llm_server import local_model_names
 
-    if settings.base_url or not own_server_model(config, settings):
+    name = own_server_model(config, settings)
+    if name is None:
         yield resolve_endpoint(config, settings)
         return
-    name = settings.model or ""
-    if name not in PACKAGED_MODELS and name != SMOLLM2:
-        known = ", ".join([*PACKAGED_MODELS, SMOLLM2])
+    if name not in local_model_names():
+        known = ", ".join(local_model_names())
         raise ValueError(
             f"{config.config_path}: {role}.model: {name!r} is not a packaged model ({known}); "
             f"set {role}.base_url to serve another model"

@@ -45,8 +45,9 @@ class PackagedJudge:
     def config(self, config: CiaConfig) -> CiaConfig:
         """The judge's llm settings: its packaged weights as shipped (a judge writes long JSON
         replies, and the 4-bit file writes faster than a bf16 copy, which it need not make)."""
-        judged = ModelChoice(self.model).config(config)
-        return judged.model_copy(update={"llm": judged.llm.model_copy(update={"precision": "packaged"})})
+        from cia_assets.lib.serving.model_endpoints import packaged_model_config
+
+        return packaged_model_config(config, self.model)
 
 
 @dataclass(frozen=True)
@@ -138,11 +139,7 @@ class AnswerHarness:
         report.index_timings = index_report.timing_summary()
         if judge_config is not None and judge_spec is not None:
             with _packaged_judge(judge_config, judge_spec) as judge_endpoint:
-                # One request at a time: the local server has one slot, and a queued request
-                # would spend its timeout waiting.
-                score_with_judge(
-                    report, judge_endpoint, _open_embedder(config), concurrency=1, progress=progress
-                )
+                score_with_judge(report, judge_endpoint, _open_embedder(config), progress=progress)
         elif judge is not None and not isinstance(judge, PackagedJudge):
             score_with_judge(report, judge, _open_embedder(config), progress=progress)
         return report
@@ -288,13 +285,12 @@ def _packaged_judge(judge_config: CiaConfig, spec: EndpointSpec) -> Iterator[Jud
     from cia_assets.lib.evaluation.answer_quality import JudgeEndpoint
 
     with _model_endpoint(judge_config, spec, f"judge {judge_config.llm.model}") as record:
-        yield JudgeEndpoint(
-            base_url=record.base_url,
-            model=record.model,
+        yield JudgeEndpoint.at(
+            record.base_url,
+            record.model,
+            engine=record.engine,
             api_key=None,
-            # A 1,024-token reply of the 1.5B on 2 cores takes about 90 s.
-            timeout_s=max(judge_config.evaluation.judge.request_timeout_s, 600.0),
-            schema_grammar=True,
+            timeout_s=judge_config.evaluation.judge.request_timeout_s,
         )
 
 
@@ -371,7 +367,6 @@ def score_with_judge(
     judge: JudgeEndpoint,
     embedder: Any,
     *,
-    concurrency: int = 2,
     progress: Callable[[str], None] = lambda _: None,
 ) -> None:
     """ragas' faithfulness and answer relevancy for every real question answered (not "not
@@ -392,7 +387,7 @@ def score_with_judge(
         )
         for r in scored
     ]
-    quality = score_answers(samples, judge, embedder, metrics=RAGAS_METRICS, concurrency=concurrency)
+    quality = score_answers(samples, judge, embedder, metrics=RAGAS_METRICS, concurrency=judge.concurrency)
     for row, scores, errors in zip(scored, quality.scores, quality.errors, strict=True):
         row.faithfulness = scores.get("faithfulness")
         row.answer_relevancy = scores.get("answer_relevancy")
