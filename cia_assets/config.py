@@ -1,8 +1,9 @@
 """The typed project config: `cia.yaml` is the single source of truth. Longer than 600
 lines: one schema, every setting in one place.
 
-Relative paths in the file (`data_dir`, a local codebase `url`, a model `path`) resolve
-against the directory holding the file, so the same file works from any working directory.
+Relative paths in the file (`data_dir`, a local codebase `url`, a model `path`, a question
+set) resolve against the directory holding the file, so the same file works from any working
+directory.
 `${VAR}` in a string value is replaced by that environment variable, so secrets (a Qdrant
 API key) stay out of the file, like a Helm value fed from a Secret.
 """
@@ -427,6 +428,11 @@ class EvaluationConfig(_Strict):
         default=True, description="faithfulness, relevancy, context precision/recall from the judge"
     )
     history_cases: int = Field(default=20, ge=0, description="commit->files cases mined per repo (0 = off)")
+    question_sets: list[Path] = Field(
+        default_factory=list,
+        description="fixed question sets (JSONL, SWE-QA's format; `absent: true` rows should be "
+        "answered 'not found') asked of every compared model beside the eval split",
+    )
 
 
 class PromotionConfig(_Strict):
@@ -441,6 +447,9 @@ class PromotionConfig(_Strict):
     )
     max_grounded_rate_drop: float = Field(
         default=0.05, ge=0.0, le=1.0, description="share of checked names and quotes the sources hold"
+    )
+    max_abstention_drop: float = Field(
+        default=0.1, ge=0.0, le=1.0, description="share of absent-feature questions answered 'not found'"
     )
     max_faithfulness_drop: float = Field(default=0.05, ge=0.0, le=1.0)
     canary_share: float = Field(
@@ -576,6 +585,11 @@ def _load_cached(config_path: Path, _mtime_ns: int, _size: int) -> CiaConfig:
         value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
         if isinstance(value, str):
             raw[section][key] = str((base / value).resolve())
+    sets = raw.get("evaluation", {}).get("question_sets") if isinstance(raw.get("evaluation"), dict) else None
+    if isinstance(sets, list):
+        raw["evaluation"]["question_sets"] = [
+            str((base / value).resolve()) if isinstance(value, str) else value for value in sets
+        ]
     if "data_dir" not in raw:
         raise ConfigError(f"{config_path}: data_dir: required (a directory for clones, indexes, caches)")
     if "codebases" not in raw:

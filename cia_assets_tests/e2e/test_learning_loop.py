@@ -7,6 +7,7 @@ serving as a canary), then promotion, and a question answered by the new adapter
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -218,12 +219,13 @@ def _corrupt(example: dict[str, object], rng: random.Random) -> dict[str, object
 
 
 def test_an_adapter_trained_on_corrupted_answers_is_refused_and_the_base_keeps_serving(
-    write_config: Callable[..., CiaConfig], make_repo: Callable[..., GitRepo], judge_url: str
+    write_config: Callable[..., CiaConfig], make_repo: Callable[..., GitRepo], judge_url: str, tmp_path: Path
 ) -> None:
     """The gate fails when it should: a challenger trained on answers whose citations are
     shuffled and whose identifiers are invented learns to write them, scores below the base
     model on what answers say (cite-hit, identifier recall, grounded rate), is refused by the
-    blocking check, and serves nothing: the base model keeps every question."""
+    blocking check, and serves nothing: the base model keeps every question. Both also answer
+    a fixed question set (one real, one absent-feature question), scored beside the split."""
     from cia_assets.defs.datasets.assets import synthetic_qa_dataset, training_dataset
     from cia_assets.defs.evaluation.assets import rag_eval_results
     from cia_assets.defs.evaluation.checks import challenger_no_worse_than_champion
@@ -237,6 +239,14 @@ def test_an_adapter_trained_on_corrupted_answers_is_refused_and_the_base_keeps_s
     from cia_assets_tests.support.fakes import teacher_reply
 
     repo = make_repo("payments", {**SAMPLE_FILES, **BILLING_RULES})
+    fixed_set = [
+        {"id": "rule-3", "repo": "acme/payments", "question": "What does apply_rule_3 do to an invoice?",
+         "reference_answer": "`apply_rule_3` adds 3 to `invoice.total`.",
+         "reference_files": ["billing/rule_3.py"]},
+        {"id": "no-graphql", "repo": "acme/payments", "absent": True,
+         "question": "How does the GraphQL gateway stitch the payments schema?"},
+    ]  # fmt: skip
+    (tmp_path / "fixed.jsonl").write_text("".join(json.dumps(row) + "\n" for row in fixed_set))
     with fake_openai(teacher_reply, model="teacher") as teacher:
         config = write_config(
             [{"url": repo.url, "id": "payments"}],
@@ -246,7 +256,8 @@ def test_an_adapter_trained_on_corrupted_answers_is_refused_and_the_base_keeps_s
                       "teacher": {"base_url": teacher.base_url, "model": "teacher"}},
             # Enough steps at a high rate for the tiny model to learn what it is shown.
             training={"max_steps": 16, "batch_size": 2, "max_seq_tokens": 768, "learning_rate": 0.003},
-            evaluation={"max_questions": 4, "judge": {"base_url": judge_url, "model": "judge"}},
+            evaluation={"max_questions": 4, "judge": {"base_url": judge_url, "model": "judge"},
+                        "question_sets": ["fixed.jsonl"]},
         )  # fmt: skip
         resources = build_resources(str(config.config_path))
         instance = dg.DagsterInstance.ephemeral()
@@ -282,6 +293,12 @@ def test_an_adapter_trained_on_corrupted_answers_is_refused_and_the_base_keeps_s
         [check] = result.get_asset_check_evaluations()
         assert not check.passed, check.description
         assert evaluation["verdict"] == "failed"
+        # The fixed set was asked of both, scored, and gated (abstention included).
+        assert evaluation["question_set"] == 2
+        assert {"base/set_cite_hit", "base/set_abstention", "challenger/set_abstention"} <= set(evaluation)
+        assert any(r.startswith("set_abstention:") for r in evaluation["verdict_reasons"])  # type: ignore[union-attr]
+        report = json.loads(Path(str(evaluation["report"])).read_text())
+        assert [row["case_id"] for row in report["question_set"]["base"]] == ["rule-3", "no-graphql"]
         below = {r.split(":")[0] for r in evaluation["verdict_reasons"] if "below" in r}  # type: ignore[union-attr]
         # Refused on what the answers say, which citation validity alone could not see.
         assert below & {"cites_source_file", "ref_identifier_recall", "grounded_rate"}, evaluation[

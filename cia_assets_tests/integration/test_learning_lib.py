@@ -426,3 +426,96 @@ def test_the_gate_refuses_answers_that_keep_valid_citations_but_say_the_wrong_th
         champion, champion, challenger_version="2", reference_name="champion", max_drops=drops
     )
     assert same.passed
+
+
+def test_the_fixed_question_set_is_loaded_for_configured_codebases_and_gates_abstention(
+    write_config: Callable[..., CiaConfig], tmp_path: Path
+) -> None:
+    """`evaluation.question_sets`: a set's repo ("owner/name") means the configured codebase of
+    that id or last part; others are left out with the reason; a bad row names its file and
+    line. A challenger that stops answering "not found" on absent-feature questions is refused
+    on abstention (the eval split has no such question), one that keeps it passes."""
+    from cia_assets.config import PromotionConfig
+    from cia_assets.lib.evaluation.answers.scoring import CaseRow
+    from cia_assets.lib.evaluation.answers.sets import AnswerEvalError
+    from cia_assets.lib.evaluation.heldout import ModelResult
+    from cia_assets.lib.evaluation.heldout_run import gated_drops, load_question_set
+
+    sets = tmp_path / "sets"
+    sets.mkdir()
+    rows = [
+        {"id": "q1", "repo": "acme/payments", "commit": None, "question": "How are refunds authorized?",
+         "reference_answer": "`authorize_refund` checks `Role.MANAGER`.", "reference_files": ["auth.py"]},
+        {"id": "q2", "repo": "payments", "question": "How is the GraphQL schema stitched?", "absent": True},
+        {"id": "q3", "repo": "other/elsewhere", "question": "What does run do?",
+         "reference_answer": "It runs.", "reference_files": ["run.py"]},
+    ]  # fmt: skip
+    (sets / "fixed.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    config = write_config(
+        [{"url": str(tmp_path / "payments-repo"), "id": "payments"}],
+        evaluation={"question_sets": ["sets/fixed.jsonl"]},  # relative to the config file
+    )
+    assert config.evaluation.question_sets == [sets / "fixed.jsonl"]
+    fixed = load_question_set(config)
+    assert [(c.case_id, c.repo, c.absent) for c in fixed.cases] == [
+        ("q1", "payments", False),
+        ("q2", "payments", True),
+    ]
+    assert fixed.skipped == ("q3: other/elsewhere is not a configured codebase",)
+
+    (sets / "fixed.jsonl").write_text(
+        json.dumps(rows[0]) + "\n" + json.dumps({"id": "q9", "repo": "payments"})
+    )
+    with pytest.raises(AnswerEvalError, match=r"fixed\.jsonl:2: 'question' is missing"):
+        load_question_set(config)
+
+    def row(case_id: str, *, absent: bool, not_found: bool, cite_hit: bool | None = None) -> CaseRow:
+        return CaseRow(
+            case_id=case_id, repo="payments", commit=None, model="m", absent=absent, question="?",
+            reference_files=[], cite_hit=cite_hit, recall=None if absent else 1.0, not_found=not_found,
+            ungrounded=[], grounding_checked=2,
+        )  # fmt: skip
+
+    champion = ModelResult(name="champion v1", model="m")
+    champion.set_rows += [row("q1", absent=False, not_found=False, cite_hit=True),
+                          row("q2", absent=True, not_found=True)]  # fmt: skip
+    invents = ModelResult(name="challenger v2", model="m")
+    invents.set_rows += [row("q1", absent=False, not_found=False, cite_hit=True),
+                         row("q2", absent=True, not_found=False)]  # fmt: skip
+    assert champion.metrics()["set_abstention"] == 1.0 and invents.metrics()["set_abstention"] == 0.0
+    assert invents.metrics()["set_cite_hit"] == 1.0 and invents.metrics()["set_false_abstention"] == 0.0
+    assert "set_abstention" not in gated_drops(PromotionConfig(), judged=False)
+    drops = gated_drops(PromotionConfig(), judged=False, question_set=True)
+    verdict = promotion_verdict(
+        invents.metrics(), champion.metrics(), challenger_version="2", reference_name="champion",
+        max_drops=drops,
+    )  # fmt: skip
+    assert not verdict.passed
+    assert [r.split(":")[0] for r in verdict.reasons if "below" in r] == ["set_abstention"]
+    same = promotion_verdict(
+        champion.metrics(), champion.metrics(), challenger_version="2", reference_name="champion",
+        max_drops=drops,
+    )  # fmt: skip
+    assert same.passed
+
+
+def test_a_golden_answer_that_repeats_its_sources_secret_is_stored_without_it() -> None:
+    """The source is redacted as the file it is (a YAML password); the answer repeats the value
+    in prose, where no detector would see it on its own: it is scrubbed there too."""
+    sha = "d" * 40
+    config_lines = ["database:", "  host: db.internal", "  password: hunter2hunter2", "  pool: 5"]
+
+    def read(repo: str, commit: str | None, path: str) -> list[str] | None:
+        return config_lines if (repo, path) == ("pay", "deploy/config.yaml") else None
+
+    row = {
+        "question": "What password does the service use for hunter2hunter2 logins?",
+        "answer": "It connects to db.internal with the password hunter2hunter2 [1].",
+        "citations": [{"n": 1, "repo": "pay", "path": "deploy/config.yaml", "line_start": 1, "line_end": 4,
+                       "url": f"https://git.example.com/pay/blob/{sha}/deploy/config.yaml#L1-L4"}],
+    }  # fmt: skip
+    example = golden_example(row, read)
+    assert example is not None
+    assert "hunter2hunter2" not in example.sources[0].text and "host: db.internal" in example.sources[0].text
+    assert example.answer == f"It connects to db.internal with the password {PLACEHOLDER} [1]."
+    assert "hunter2hunter2" not in example.question

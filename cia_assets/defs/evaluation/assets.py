@@ -11,7 +11,7 @@ from cia_assets.defs.training.assets import lora_adapter
 from cia_assets.lib.core import artifacts
 from cia_assets.lib.serving.endpoint import EndpointSpec
 
-EVAL_CODE_VERSION = "1"
+EVAL_CODE_VERSION = "2"
 
 
 @dg.asset(
@@ -35,16 +35,20 @@ def rag_eval_results(
     the base model, the champion adapter and the challenger: citation validity, share citing
     the source file (cite-hit), reference-identifier recall, grounded rate, and ragas
     faithfulness, answer relevancy, context precision and recall from the judge endpoint
-    (`evaluation.judge`). The figures go to this asset's metadata (the UI plots them across
+    (`evaluation.judge`). With `evaluation.question_sets`, every model also answers those fixed
+    questions, scored as `cia eval-answers` scores them (`set_cite_hit`, `set_abstention`, ...).
+    The figures go to this asset's metadata (the UI plots them across
     runs) and to the challenger's MLflow run; the promotion verdict (challenger no worse than
     the champion, or the base model, on citation validity, cite-hit, identifier recall,
-    grounded rate and faithfulness within `promotion` thresholds) is checked by a blocking
-    check.
+    grounded rate, faithfulness and the fixed set's figures and abstention within `promotion`
+    thresholds) is checked by a blocking check.
     """
+    from cia_assets.lib.evaluation.answers.sets import AnswerEvalError
     from cia_assets.lib.evaluation.heldout_run import (
         Contenders,
         HeldoutRunError,
         load_eval_cases,
+        load_question_set,
         run_heldout_evaluation,
     )
     from cia_assets.lib.learning.registry import CHALLENGER, CHAMPION
@@ -59,6 +63,16 @@ def rag_eval_results(
     cases = load_eval_cases(dataset, config.evaluation.max_questions)
     if not cases:
         raise dg.Failure(description=f"training set {dataset.version} has no eval examples")
+    try:
+        question_set = load_question_set(config)
+    except AnswerEvalError as error:
+        raise dg.Failure(description=f"evaluation.question_sets: {error}") from error
+    if config.evaluation.question_sets and not question_set.cases:
+        raise dg.Failure(
+            description="evaluation.question_sets: no question is about a configured codebase ("
+            + "; ".join(question_set.skipped[:5])
+            + ")"
+        )
     top_k = config.evaluation.top_k
 
     registry = mlflow.registry()
@@ -72,6 +86,7 @@ def rag_eval_results(
             cases,
             search=lambda case: search_code(project, case.question, repos=[case.repo], k=max(10, top_k)),
             contenders=Contenders.of(base, champion=champion, challenger=challenger),
+            question_set=question_set,
             embedder=embedder.model,
             log=context.log.info,
         )
@@ -93,6 +108,8 @@ def rag_eval_results(
         "answer_quality": (
             "ragas with the configured judge" if evaluation.judged else "not scored: no judge configured"
         ),
+        "question_set": len(question_set.cases),
+        "question_set_skipped": dg.MetadataValue.json(list(question_set.skipped)),
         "challenger_version": challenger.version if challenger else "none",
         "champion_version": champion.version if champion else "none",
     }

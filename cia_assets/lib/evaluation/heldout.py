@@ -12,6 +12,9 @@ the promotion verdict that gates serving.
   whatever it says keeps it; these can.
 - Answer quality: ragas (faithfulness, answer relevancy, context precision and recall) with a
   judge endpoint, when configured.
+- A fixed question set (`evaluation.question_sets`), when configured: the same questions in
+  every run, scored as `cia eval-answers` scores them, with abstention (the share of
+  absent-feature questions answered "not found"); its figures are named `set_<metric>`.
 Models are compared on the same questions through the same answering path: the teacher (when
 it is a separate endpoint), the base model, the champion adapter and the challenger.
 """
@@ -24,9 +27,17 @@ from typing import Any
 
 from cia_assets.lib.answering.answer import Answer
 from cia_assets.lib.core.records import SourceSpan
-from cia_assets.lib.evaluation.answers.scoring import answer_prose, identifier_recall, reference_identifiers
+from cia_assets.lib.evaluation.answers.report import summarize
+from cia_assets.lib.evaluation.answers.scoring import (
+    CaseRow,
+    answer_prose,
+    identifier_recall,
+    reference_identifiers,
+)
 
 K_VALUES = (1, 5, 10)
+# What a fixed question set adds to a model's figures (each as `set_<name>`).
+SET_METRICS = ("cite_hit", "ref_identifier_recall", "grounded_rate", "abstention", "false_abstention")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +113,7 @@ class ModelResult:
     errors: list[str] = field(default_factory=list)
     quality: dict[str, float | None] = field(default_factory=dict)
     quality_failures: dict[str, int] = field(default_factory=dict)
+    set_rows: list[CaseRow] = field(default_factory=list)  # the fixed question set's answers
 
     def citation_metrics(self) -> dict[str, float | None]:
         """Shares of all questions asked (a question whose answer failed counts against)."""
@@ -131,8 +143,18 @@ class ModelResult:
             "error_rate": _share(len(self.errors), asked),
         }
 
+    def set_metrics(self) -> dict[str, float | None]:
+        """The fixed question set's figures (none when no set was asked)."""
+        if not self.set_rows:
+            return {}
+        summary = summarize(self.set_rows)
+        asked = len(self.set_rows)
+        return {f"set_{name}": summary[name] for name in SET_METRICS} | {
+            "set_error_rate": _share(summary["errors"], asked)
+        }
+
     def metrics(self) -> dict[str, float | None]:
-        return {**self.citation_metrics(), **self.quality}
+        return {**self.citation_metrics(), **self.quality, **self.set_metrics()}
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 Retrieval is measured on the eval split's questions; then each compared model (the teacher when
 it is its own endpoint, the base model, the champion adapter, the challenger) answers them
-through the same answering path users get, the judge scores the answers with ragas when one is
-configured, and the challenger gets its promotion verdict. `heldout` holds the metrics and the
-verdict rule; this module runs them and writes the report.
+through the same answering path users get, and the fixed question set's when one is configured
+(asked of the live index at each codebase's branch head), the judge scores the eval split's
+answers with ragas when one is configured, and the challenger gets its promotion verdict.
+`heldout` holds the metrics and the verdict rule; this module runs them and writes the report.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cia_assets.lib.evaluation.heldout import EvalCase, ModelResult, Verdict
 if TYPE_CHECKING:
     from cia_assets.lib.core.records import SourceSpan
     from cia_assets.lib.evaluation.answer_quality import TextEmbedder
+    from cia_assets.lib.evaluation.answers.sets import AnswerCase
     from cia_assets.lib.learning.registry import AdapterVersion
     from cia_assets.lib.serving.endpoint import EndpointRecord, EndpointSpec
 
@@ -37,6 +39,38 @@ def load_eval_cases(dataset: artifacts.ArtifactVersion, max_questions: int) -> l
     """The first `max_questions` questions of a training set's eval split."""
     rows = artifacts.read_jsonl(dataset.path / EVAL_FILE)
     return [EvalCase.from_example(row) for row in rows][:max_questions]
+
+
+@dataclass(frozen=True)
+class QuestionSet:
+    """The fixed questions every compared model answers (`evaluation.question_sets`), each
+    case's repo renamed to the configured codebase it means; `skipped` says which were left
+    out and why."""
+
+    cases: tuple[AnswerCase, ...] = ()
+    skipped: tuple[str, ...] = ()
+
+
+def load_question_set(config: CiaConfig) -> QuestionSet:
+    """The configured sets' cases about configured codebases: at most
+    `evaluation.max_questions` real and as many absent-feature questions per repo. A set that
+    cannot be read or has a bad row raises AnswerEvalError naming its file and line."""
+    import dataclasses
+
+    from cia_assets.lib.evaluation.answers.sets import load_sets, select_cases
+    from cia_assets.lib.evaluation.answers.sources import configured_codebase
+
+    if not config.evaluation.question_sets:
+        return QuestionSet()
+    cases: list[AnswerCase] = []
+    skipped: list[str] = []
+    for case in load_sets(config.evaluation.question_sets):
+        codebase = configured_codebase(config, case.repo)
+        if codebase is None:
+            skipped.append(f"{case.case_id}: {case.repo} is not a configured codebase")
+        else:
+            cases.append(dataclasses.replace(case, repo=codebase.repo_id))
+    return QuestionSet(tuple(select_cases(cases, limit=config.evaluation.max_questions)), tuple(skipped))
 
 
 @dataclass(frozen=True)
@@ -93,6 +127,9 @@ class HeldoutEvaluation:
                 ]
                 for r in self.results
             },
+            "question_set": {
+                r.name: [row.to_json() for row in r.set_rows] for r in self.results if r.set_rows
+            },
             "errors": {r.name: r.errors for r in self.results if r.errors},
             "quality_failures": {r.name: r.quality_failures for r in self.results if r.quality_failures},
         }
@@ -133,26 +170,31 @@ def run_heldout_evaluation(
     *,
     search: Callable[[EvalCase], Sequence[SourceSpan]],
     contenders: Contenders,
+    question_set: QuestionSet = QuestionSet(),
     embedder: Callable[[], TextEmbedder] | None = None,
     log: Log,
 ) -> HeldoutEvaluation:
-    """Retrieval with `search`, then every contender's answers (and the teacher's), scored and
-    compared. `embedder` loads the embedding model ragas scores with, only when a judge is
-    configured (default: the configured one). Raises HeldoutRunError when a model cannot start."""
+    """Retrieval with `search`, then every contender's answers (and the teacher's) to the eval
+    split and to `question_set`, scored and compared. `embedder` loads the embedding model
+    ragas scores with, only when a judge is configured (default: the configured one). Raises
+    HeldoutRunError when a model cannot start."""
     from cia_assets.lib.evaluation.heldout import promotion_verdict, retrieval_metrics
     from cia_assets.lib.serving.endpoint import EndpointSpec
     from cia_assets.lib.serving.model_endpoints import own_server_model, packaged_model_config
 
     retrieval = retrieval_metrics(cases, search)
     log(f"retrieval on {len(cases)} questions: {retrieval}")
-    results = [answer_with(config, name, spec, cases, log) for name, spec in contenders.variants]
+    fixed = question_set.cases
+    if question_set.skipped:
+        log(f"question set: left out {len(question_set.skipped)}: {'; '.join(question_set.skipped)}")
+    results = [answer_with(config, name, spec, cases, fixed, log) for name, spec in contenders.variants]
     teacher = config.datasets.teacher
     if teacher.base_url:
-        results.insert(0, answer_with_teacher(config, cases, log))
+        results.insert(0, answer_with_teacher(config, cases, fixed, log))
     elif (packaged_teacher := own_server_model(config, teacher)) is not None:
         # The teacher's own answers on the same path: what the student is learning toward.
         spec = EndpointSpec.from_config(packaged_model_config(config, packaged_teacher))
-        results.insert(0, answer_with(config, "teacher", spec, cases, log))
+        results.insert(0, answer_with(config, "teacher", spec, cases, fixed, log))
     # Answer quality is scored by a judge of its own: an endpoint at `evaluation.judge.base_url`
     # or a packaged model (the 1.5B by default). The served model does not judge itself.
     judge = config.evaluation.judge
@@ -162,7 +204,7 @@ def run_heldout_evaluation(
 
     table = {result.name: result.metrics() for result in results}
     by_role = {result.name.split(" ")[0]: table[result.name] for result in results}
-    max_drops = gated_drops(config.promotion, judged=judged)
+    max_drops = gated_drops(config.promotion, judged=judged, question_set=bool(fixed))
     verdict = promotion_verdict(
         by_role.get("challenger"),
         by_role[contenders.reference_name],
@@ -181,16 +223,26 @@ def run_heldout_evaluation(
     )
 
 
-def gated_drops(gate: PromotionConfig, *, judged: bool) -> dict[str, float]:
+def gated_drops(gate: PromotionConfig, *, judged: bool, question_set: bool = False) -> dict[str, float]:
     """The metrics the promotion verdict compares, each with the drop it allows; faithfulness
-    only when a judge scored it."""
+    only when a judge scored it; the fixed question set's figures (abstention among them) when
+    one was asked."""
     drops = {
         "citation_validity": gate.max_citation_validity_drop,
         "cites_source_file": gate.max_cite_hit_drop,
         "ref_identifier_recall": gate.max_identifier_recall_drop,
         "grounded_rate": gate.max_grounded_rate_drop,
     }
-    return drops | ({"faithfulness": gate.max_faithfulness_drop} if judged else {})
+    if judged:
+        drops["faithfulness"] = gate.max_faithfulness_drop
+    if question_set:
+        drops |= {
+            "set_cite_hit": gate.max_cite_hit_drop,
+            "set_ref_identifier_recall": gate.max_identifier_recall_drop,
+            "set_grounded_rate": gate.max_grounded_rate_drop,
+            "set_abstention": gate.max_abstention_drop,
+        }
+    return drops
 
 
 def _configured_embedder(config: CiaConfig) -> Callable[[], TextEmbedder]:
@@ -203,7 +255,12 @@ def _configured_embedder(config: CiaConfig) -> Callable[[], TextEmbedder]:
 
 
 def answer_with(
-    config: CiaConfig, name: str, spec: EndpointSpec, cases: Sequence[EvalCase], log: Log
+    config: CiaConfig,
+    name: str,
+    spec: EndpointSpec,
+    cases: Sequence[EvalCase],
+    fixed: Sequence[AnswerCase],
+    log: Log,
 ) -> ModelResult:
     """The answers of the model `spec` serves, from an endpoint started for the evaluation."""
     from cia_assets.lib.serving.endpoint import EndpointError, temporary_endpoint
@@ -211,14 +268,16 @@ def answer_with(
     result = ModelResult(name=name, model=spec.adapter or spec.model)
     try:
         with temporary_endpoint(config, spec, note=f"evaluation: {name}") as record:
-            ask_all(config, record, cases, result)
+            ask_all(config, record, cases, fixed, result)
     except EndpointError as error:
         raise HeldoutRunError(f"cannot start the {name} model for evaluation: {error}") from error
-    log(f"{name}: {result.citation_metrics()}")
+    log(f"{name}: {result.citation_metrics() | result.set_metrics()}")
     return result
 
 
-def answer_with_teacher(config: CiaConfig, cases: Sequence[EvalCase], log: Log) -> ModelResult:
+def answer_with_teacher(
+    config: CiaConfig, cases: Sequence[EvalCase], fixed: Sequence[AnswerCase], log: Log
+) -> ModelResult:
     """The answers of the teacher endpoint (`datasets.teacher`, which must have a base_url)."""
     from cia_assets.lib.serving.model_endpoints import remote_endpoint_record
 
@@ -229,19 +288,25 @@ def answer_with_teacher(config: CiaConfig, cases: Sequence[EvalCase], log: Log) 
         update={"llm": config.llm.model_copy(update={"api_key": teacher.api_key})}
     )
     result = ModelResult(name="teacher", model=record.model)
-    ask_all(teacher_config, record, cases, result)
-    log(f"teacher: {result.citation_metrics()}")
+    ask_all(teacher_config, record, cases, fixed, result)
+    log(f"teacher: {result.citation_metrics() | result.set_metrics()}")
     return result
 
 
 def ask_all(
-    config: CiaConfig, record: EndpointRecord, cases: Sequence[EvalCase], result: ModelResult
+    config: CiaConfig,
+    record: EndpointRecord,
+    cases: Sequence[EvalCase],
+    fixed: Sequence[AnswerCase],
+    result: ModelResult,
 ) -> None:
     """Ask every case's question of `record`, as an eval grant limited to the case's repo; an
-    answer that fails is counted in `result.errors`."""
+    answer that fails is counted in `result.errors`. Then the fixed set's questions, asked and
+    scored as `cia eval-answers` does (a failed one is a row with its error)."""
     from cia_assets.lib.answering.answer import AnswerError, AskRequest
     from cia_assets.lib.answering.answerer import Answerer
     from cia_assets.lib.core.access import Grant
+    from cia_assets.lib.evaluation.answers.harness import ask_case
 
     answerer = Answerer(config, endpoint=record)
     try:
@@ -253,6 +318,9 @@ def ask_all(
                 result.answers.append((case, answerer.ask(request)))
             except AnswerError as error:
                 result.errors.append(f"{case.question[:80]}: {error}")
+        for fixed_case in fixed:
+            row = ask_case(answerer, fixed_case, fixed_case.repo, model=result.name, commit=None)
+            result.set_rows.append(row)
     finally:
         answerer.close()
 

@@ -20,7 +20,7 @@ from cia_assets.lib.answering.citations import renumber_markers
 from cia_assets.lib.answering.prompts import PromptTemplate
 from cia_assets.lib.core.records import SourceSpan
 from cia_assets.lib.indexing.chunking import detect_language
-from cia_assets.lib.learning.redaction import redact
+from cia_assets.lib.learning.redaction import redact, scrub
 from cia_assets.lib.learning.synthetic import SyntheticPair, source_block
 
 # The commit in a citation link, on a web UI (`/blob/<sha>/`) or the chat app (`/source/<repo>/<sha>/`).
@@ -157,6 +157,7 @@ def golden_example(row: dict[str, Any], read_lines: ReadLines) -> Example | None
         return None
     sources: list[Source] = []
     mapping: dict[int, int] = {}
+    secrets: set[str] = set()
     for citation in citations:
         url = citation.get("url") or ""
         found = _BLOB_SHA.search(url)
@@ -166,6 +167,8 @@ def golden_example(row: dict[str, Any], read_lines: ReadLines) -> Example | None
             return None
         if int(citation["n"]) in mapping:
             continue
+        redacted = redact("\n".join(lines[start - 1 : end]), filename=citation["path"])
+        secrets |= redacted.values
         sources.append(
             Source(
                 repo=citation["repo"],
@@ -176,14 +179,15 @@ def golden_example(row: dict[str, Any], read_lines: ReadLines) -> Example | None
                 symbol=None,
                 # Stored redacted, as synthetic pairs are: training data may go to a GPU pod
                 # or a teacher, and an answer may have quoted what it should not have.
-                text=redact("\n".join(lines[start - 1 : end]), filename=citation["path"]).text,
+                text=redacted.text,
             )
         )
         mapping[int(citation["n"])] = len(sources)
-    answer = redact(renumber(str(row["answer"]), mapping)).text
-    return Example(
-        question=str(row["question"]), answer=answer, sources=tuple(sources), origin="golden", cited=(1,)
-    )
+    # An answer that repeats a source's secret in prose reads as prose on its own: the values
+    # found in its sources are scrubbed from it and from the question.
+    answer, _ = scrub(redact(renumber(str(row["answer"]), mapping)).text, secrets)
+    question, _ = scrub(redact(str(row["question"])).text, secrets)
+    return Example(question=question, answer=answer, sources=tuple(sources), origin="golden", cited=(1,))
 
 
 def build_split(

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cia_assets.config import CiaConfig
+from cia_assets.config import CiaConfig, CodebaseConfig
 from cia_assets.lib.evaluation.answers.sets import AnswerCase, AnswerEvalError
 from cia_assets.lib.evaluation.retrieval import RepoSource
 
@@ -67,6 +67,13 @@ def parse_repo_dirs(values: Iterable[str]) -> dict[str, Path]:
     return dirs
 
 
+def configured_codebase(config: CiaConfig, repo: str) -> CodebaseConfig | None:
+    """The configured codebase a set's repo name means: the one whose id is the name or its
+    last part (`cia`, `sqlfluff` for `sqlfluff/sqlfluff`)."""
+    configured = {c.repo_id: c for c in config.codebases}
+    return configured.get(repo) or configured.get(repo.rsplit("/", 1)[-1])
+
+
 def sources_for(
     config: CiaConfig,
     cases: Sequence[AnswerCase],
@@ -85,7 +92,6 @@ def sources_for(
             f"--repo-dir {', '.join(unused)}: no selected question is about it "
             f"(repos of the selected questions: {', '.join(repos) or 'none'})"
         )
-    configured = {c.repo_id: c for c in config.codebases}
     sources: dict[str, RepoSource] = {}
     for repo in repos:
         if repo in repo_dirs:
@@ -93,7 +99,7 @@ def sources_for(
             globs = {"include": tuple(include)} if include else {}
             sources[repo] = source_from_dir(repo, repo_dirs[repo], commits, **globs)
             continue
-        codebase = configured.get(repo) or configured.get(repo.rsplit("/", 1)[-1])
+        codebase = configured_codebase(config, repo)
         if codebase is not None:
             sources[repo] = RepoSource(
                 repo=repo,
