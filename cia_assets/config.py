@@ -11,8 +11,10 @@ API key) stay out of the file, like a Helm value fed from a Secret.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
@@ -22,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 CONFIG_ENV_VAR = "CIA_CONFIG"
 DEFAULT_CONFIG_NAME = "cia.yaml"
+_log = logging.getLogger(__name__)
 REPO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # ${VAR} or ${VAR:-default}: the default keeps the embedded config usable with nothing set.
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -274,6 +277,17 @@ class ChatConfig(_Strict):
         "of repos without a web_url link to its /source page; default http://{host}:{port}",
     )
     tokens: tuple[AccessToken, ...] = ()
+    max_request_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1024,
+        description="larger request bodies are refused (413) before they are read",
+    )
+    metrics_listen: str | None = Field(
+        default=None,
+        pattern=r"^[^\s:]*:\d{1,5}$",
+        description="HOST:PORT where `cia serve` also serves /metrics without a token, for a scraper "
+        "(an address only it can reach); /metrics on the app's own port always needs a token",
+    )
 
     @property
     def resolved_public_url(self) -> str:
@@ -544,6 +558,40 @@ _SECTIONS = (
     "embedding", "vector_store", "chunking", "llm", "retrieval", "answering", "chat", "langfuse",
     "datasets", "training", "mlflow", "evaluation", "promotion", "feedback",
 )  # fmt: skip
+
+
+class LiveConfig:
+    """The config of a long-running server, re-read when the file changes (tokens rotate live).
+    An edit that breaks the file does not take the server down: it keeps the last valid config,
+    logs the error (file and key) once, and `error` says what is wrong until a valid file is
+    read again."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = resolve_config_path(path)
+        self.error: str | None = None
+        self._last: CiaConfig | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> CiaConfig:
+        """The file's config, or the last valid one while it is broken (ConfigError when it
+        has never been valid)."""
+        try:
+            config = load_config(self.path)
+        except ConfigError as error:
+            with self._lock:
+                if self._last is None:
+                    raise
+                message = str(error)
+                if message != self.error:
+                    _log.error("%s; serving with the last valid configuration until it is fixed", message)
+                self.error = message
+                return self._last
+        with self._lock:
+            if self.error is not None:
+                _log.warning("%s: valid again, in use", self.path)
+                self.error = None
+            self._last = config
+        return config
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -141,7 +141,11 @@ class _State:
     """The token, and the answering service of the current config (rebuilt when cia.yaml changes)."""
 
     def __init__(self, config_path: Path, token: str | None) -> None:
+        from cia_assets.config import LiveConfig
+
         self.config_path = config_path
+        # Re-read when cia.yaml changes; an edit that breaks it keeps the last valid config.
+        self.live = LiveConfig(config_path)
         self.token = (token or "").strip() or None
         self._service: AssistantService | None = None
         self._ask_lock = threading.Lock()
@@ -153,11 +157,11 @@ class _State:
         """The current config and this token's grant in it; a ToolError with no data otherwise."""
         from mcp.server.mcpserver.exceptions import ToolError
 
-        from cia_assets.config import ConfigError, load_config
+        from cia_assets.config import ConfigError
         from cia_assets.lib.core.access import AccessDenied, authorize
 
         try:
-            config = load_config(self.config_path)  # cached until the file changes
+            config = self.live.current()
         except ConfigError as error:
             raise ToolError(f"the CIA server's configuration cannot be read: {error}") from error
         if self.token is None:

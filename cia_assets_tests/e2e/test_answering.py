@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -36,7 +37,7 @@ from cia_assets.lib.serving.endpoint import EndpointRecord, EndpointSpec
 from cia_assets_tests.support.cli import ANSWER_JSON_KEYS
 from cia_assets_tests.support.fakes import fake_openai
 from cia_assets_tests.support.materialize import materialize_repo
-from cia_assets_tests.support.net import free_port
+from cia_assets_tests.support.net import free_port, start_cia_serve
 from cia_assets_tests.support.repos import GIT_ENV, GitRepo
 
 TOKEN_ALL = "token-all-0123456789"
@@ -671,8 +672,6 @@ def test_source_api_checks_the_token_the_repo_the_commit_and_the_path(
 
 
 def test_healthz_is_ready_only_while_the_model_server_answers(chat_app: str, indexed: CiaConfig) -> None:
-    import signal
-
     from cia_assets.lib.serving.endpoint import current_endpoint, ensure_endpoint
     from cia_assets.lib.serving.llm_server import process_alive
 
@@ -915,33 +914,11 @@ def test_cia_ask_sends_its_trace_to_langfuse_and_a_down_langfuse_costs_nothing(
         langfuse.close()
 
 
-def _start_cia_serve(config: CiaConfig, port: int) -> subprocess.Popen[bytes]:
-    """`cia serve` in a process of its own, once its /healthz answers."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cia_assets.apps.cli", "serve", "--config", str(config.config_path),
-         "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )  # fmt: skip
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"cia serve did not answer on port {port} (exit code {process.poll()})")
-        time.sleep(0.2)
-
-
 def test_cia_serve_restarts_a_model_server_that_died_and_stops_it_on_exit(indexed: CiaConfig) -> None:
-    import signal
-
     from cia_assets.lib.serving.endpoint import current_endpoint, ensure_endpoint
 
     port = free_port()
-    process = _start_cia_serve(indexed, port)
+    process = start_cia_serve(indexed.config_path, port)
     try:
         before = ensure_endpoint(indexed)
         assert before.pid is not None
@@ -971,20 +948,22 @@ def test_cia_serve_restarts_a_model_server_that_died_and_stops_it_on_exit(indexe
     assert not process_alive(final.pid)
 
 
-def test_a_killed_cia_serve_leaves_no_model_server_behind(indexed: CiaConfig) -> None:
-    """`cia serve` stops its model server in a `finally`, which SIGKILL (or `cia dev` giving up
-    on a slow shutdown) never runs: the server it owns watches it and ends with it."""
+@pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "crash"])
+def test_a_killed_cia_serve_leaves_no_model_server_behind(indexed: CiaConfig, ending: signal.Signals) -> None:
+    """`cia serve` stops its model server in a `finally`, which SIGKILL (a crash, or `cia dev`
+    giving up on a slow shutdown) never runs, nor does SIGTERM after uvicorn re-raises it: the
+    server it owns watches it and ends with it (SIGINT: the test above)."""
 
     from cia_assets.lib.serving.endpoint import current_endpoint, stop_local_endpoint
     from cia_assets.lib.serving.llm_server import process_alive
 
     stop_local_endpoint(indexed)  # so that this `cia serve` starts, and owns, the server
-    process = _start_cia_serve(indexed, free_port())
+    process = start_cia_serve(indexed.config_path, free_port())
     try:
         record = current_endpoint(indexed)
         assert record is not None and record.pid is not None and process_alive(record.pid)
     finally:
-        process.kill()
+        process.send_signal(ending)
         process.wait(timeout=30)
     deadline = time.monotonic() + 20
     while process_alive(record.pid) and time.monotonic() < deadline:
@@ -1006,7 +985,7 @@ def test_metrics_expose_latency_tokens_and_index_freshness(chat_app: str, indexe
         headers={"Authorization": f"Bearer {TOKEN_ALL}"},
         timeout=120,
     ).raise_for_status()
-    text = httpx.get(f"{chat_app}/metrics").text
+    text = httpx.get(f"{chat_app}/metrics", headers={"Authorization": f"Bearer {TOKEN_ALL}"}).text
     samples = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)

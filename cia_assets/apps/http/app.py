@@ -14,8 +14,13 @@
 - `POST /api/ask` (server-sent events for the page), `POST /api/feedback`, `GET /api/repos`.
 
 Every route but the pages (`/`, `/source/...`), `/healthz`, `/livez` and static files needs
-`Authorization: Bearer <token>` with a token from cia.yaml's `chat.tokens`; the token decides
-which repos retrieval (and the source page) may open.
+`Authorization: Bearer <token>` with a token from cia.yaml's `chat.tokens` (`/metrics` and
+`/openapi.json` too); the token decides which repos retrieval (and the source page) may open.
+`RequestGate` checks it, and the body's size (`chat.max_request_bytes`), before any route
+reads the body: an unauthenticated or oversized request costs no memory.
+
+cia.yaml is re-read when it changes (`LiveConfig`); an edit that breaks it keeps the app on the
+last valid config and shows the error on `/healthz` until it is fixed.
 
 (No `from __future__ import annotations` here: FastAPI reads the dependency annotations at
 run time, including the `Caller` alias local to `create_app`.)
@@ -30,13 +35,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, BeforeValidator, Field
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cia_assets.config import CiaConfig, load_config
+from cia_assets.config import CiaConfig, LiveConfig
 from cia_assets.lib.answering.answer import (
     Answer,
     AnswerDelta,
@@ -99,18 +106,106 @@ class FeedbackBody(BaseModel):
     comment: str | None = Field(default=None, max_length=4000)
 
 
+# What anyone may open: the pages (they hold no code; their scripts call the API with the
+# token the page keeps), static files, and the probes.
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/livez"})
+PUBLIC_PREFIXES = ("/static/", "/source/")
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+class RequestGate:
+    """Before a route runs, and before its body is read: the bearer token of every route but
+    the public ones (401, the grant put in the request's state for `Caller`), and the body's
+    size (413 above `chat.max_request_bytes`, by its Content-Length or, when chunked, as it is
+    read). The body is then handed to the route as read (at most the limit)."""
+
+    def __init__(self, app: ASGIApp, live: LiveConfig) -> None:
+        self.app = app
+        self.live = live
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        config = self.live.current()
+        limit = config.chat.max_request_bytes
+        too_large = f"the request body is larger than chat.max_request_bytes ({limit} bytes)"
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _refuse(send, 413, too_large, "request_too_large")
+            return
+        if not is_public(scope["path"]):
+            authorization = headers.get("authorization") or ""
+            token = authorization[7:].strip() if authorization.lower().startswith("bearer ") else None
+            try:
+                scope.setdefault("state", {})["grant"] = authorize(config, token)
+            except AccessDenied as error:
+                await _refuse(send, 401, str(error), "authentication_error")
+                return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS") and not length:
+            await self.app(scope, receive, send)
+            return
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > limit:
+                await _refuse(send, 413, too_large, "request_too_large")
+                return
+            if not message.get("more_body", False):
+                break
+        handed = False
+
+        async def replay() -> Message:
+            nonlocal handed
+            if not handed:
+                handed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # the client going away, for a streaming response
+
+        await self.app(scope, replay, send)
+
+
+async def _refuse(send: Send, status: int, message: str, kind: str) -> None:
+    """An error in the API's shape (as `ApiError`), sent before anything of the request ran."""
+    payload = json.dumps({"error": {"message": message, "type": kind}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
 def create_app(config_path: str | Path | None = None, *, forward_in_background: bool = True) -> FastAPI:
     """The app for one config file (re-read when it changes, so tokens can rotate live)."""
-    app = FastAPI(title="CIA", summary="Answers about your code, with citations", version="1")
+    # The OpenAPI document is served below, behind the token like every API route; no docs
+    # pages (a browser opening them would send no token).
+    app = FastAPI(
+        title="CIA",
+        summary="Answers about your code, with citations",
+        version="1",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    live = LiveConfig(config_path)
+    app.add_middleware(RequestGate, live=live)
     services: dict[int, AssistantService] = {}
     registry = CollectorRegistry()
+    app.state.metrics_registry = registry  # `cia serve` also exposes it on chat.metrics_listen
     metrics = AnswerMetrics(registry)
-    registry.register(IndexCollector(str(config_path) if config_path else None))
+    registry.register(IndexCollector(live.current))
     # /healthz's memo of the endpoint's last good check (probes come every few seconds).
     endpoint_checks = HealthCache()
 
     def current_config() -> CiaConfig:
-        return load_config(config_path)
+        return live.current()
 
     def service_for(config: CiaConfig) -> AssistantService:
         key = id(config)
@@ -123,14 +218,10 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
             )
         return services[key]
 
-    def grant(authorization: Annotated[str | None, Header()] = None) -> Grant:
-        token = None
-        if authorization and authorization.lower().startswith("bearer "):
-            token = authorization[7:].strip()
-        try:
-            return authorize(current_config(), token)
-        except AccessDenied as error:
-            raise ApiError(401, str(error), "authentication_error") from error
+    def grant(request: Request) -> Grant:
+        # RequestGate authorized the token before the route (and its body) ran.
+        granted: Grant = request.state.grant
+        return granted
 
     Caller = Annotated[Grant, Depends(grant)]
 
@@ -185,15 +276,25 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
             if record is None
             else {"engine": record.engine, "model": record.model, "version": record.version},
         }
-        if health.problem:
-            body["problems"] = [health.problem]
+        problems = [health.problem] if health.problem else []
+        if live.error:
+            # Still answering, on the last valid config: degraded, but ready (a broken
+            # ConfigMap must not take every replica out of the Service).
+            body["status"] = "degraded"
+            problems.append(f"configuration not applied: {live.error}")
+        if problems:
+            body["problems"] = problems
         return JSONResponse(body, status_code=200 if health.ok else 503)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
-        # Inside the cluster only (a NetworkPolicy admits the Prometheus namespace): it carries
-        # repo names and sizes, never code.
+        # Behind a token (RequestGate): repo names and sizes. A scraper without one reads
+        # chat.metrics_listen, an address only it can reach.
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     # -- the web page's API ----------------------------------------------------------------
 

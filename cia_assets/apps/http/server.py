@@ -47,8 +47,18 @@ def serve(config: CiaConfig, *, host: str | None = None, port: int | None = None
 
     supervisor = threading.Thread(target=supervise, name="cia-endpoint-supervisor", daemon=True)
     supervisor.start()
+    app = create_app(config.config_path)
+    if config.chat.metrics_listen:
+        from prometheus_client import start_http_server
+
+        # For a scraper that holds no token: an address the deployment lets only it reach
+        # (in deploy/k8s a NetworkPolicy admits the monitoring namespace to this port alone).
+        metrics_host, _, metrics_port = config.chat.metrics_listen.rpartition(":")
+        registry = app.state.metrics_registry
+        start_http_server(int(metrics_port), addr=metrics_host or "0.0.0.0", registry=registry)
+        print(f"cia: /metrics without a token on {config.chat.metrics_listen}", file=sys.stderr)
     try:
-        uvicorn.run(create_app(config.config_path), host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         stop.set()
         if config.llm.engine == "llama_cpp":

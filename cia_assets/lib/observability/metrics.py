@@ -9,7 +9,7 @@ daemon's automation.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cia_assets.config import CiaConfig, load_config
+from cia_assets.config import CiaConfig
 from cia_assets.lib.indexing.pipeline import read_chunks_meta
 from cia_assets.lib.sources.git_sync import read_snapshot
 
@@ -92,11 +92,11 @@ class AnswerMetrics:
 class IndexCollector(Collector):
     """Chunks, files and freshness of each repo's live index, read at scrape time."""
 
-    def __init__(self, config_path: str | None) -> None:
-        self.config_path = config_path
+    def __init__(self, current_config: Callable[[], CiaConfig]) -> None:
+        self.current_config = current_config  # the server's live config (LiveConfig.current)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        config: CiaConfig = load_config(self.config_path)
+        config = self.current_config()
         layout = config.layout
         chunks = GaugeMetricFamily("cia_index_chunks", "Chunks in the repo's index.", labels=["repo"])
         files = GaugeMetricFamily("cia_index_files", "Files chunked in the repo's index.", labels=["repo"])
