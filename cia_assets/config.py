@@ -42,10 +42,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class GitCredentials(_Strict):
+    """How git signs in to a private remote, kept out of the URL (a URL is printed in errors
+    and stored in run logs and snapshot metadata). Besides these, git's own configuration
+    (a credential helper, ~/.ssh) applies as for any git command the user runs."""
+
+    username: str | None = Field(
+        default=None, description="https user name (for an access token, the name the host expects)"
+    )
+    password_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable holding the https password or access token",
+    )
+    ssh_key: Path | None = Field(default=None, description="private key file for an ssh URL")
+
+
 class CodebaseConfig(_Strict):
     """One git repository to index."""
 
     url: str = Field(description="git URL (https, ssh, file://) or a local path to a git repository")
+    credentials: GitCredentials | None = None
     branch: str = "main"
     id: str | None = Field(default=None, description="repo id; default: the URL's last path segment")
     web_url: str | None = Field(
@@ -60,6 +77,18 @@ class CodebaseConfig(_Strict):
         if not value.strip():
             raise ValueError("must not be empty")
         return value.strip()
+
+    @field_validator("url")
+    @classmethod
+    def _no_password_in_url(cls, value: str) -> str:
+        # The value is never echoed: it holds the secret.
+        if "://" in value and (urlparse(value).password or "") != "":
+            raise ValueError(
+                "the URL carries a password or token, which would be printed in errors and stored in "
+                "run logs: remove it, and name the environment variable holding it in "
+                "`credentials: {username: ..., password_env: ...}` (or an ssh URL and `credentials.ssh_key`)"
+            )
+        return value
 
     @field_validator("id")
     @classmethod
@@ -633,6 +662,10 @@ def _load_cached(config_path: Path, _mtime_ns: int, _size: int) -> CiaConfig:
         value = raw.get(section, {}).get(key) if isinstance(raw.get(section), dict) else None
         if isinstance(value, str):
             raw[section][key] = str((base / value).resolve())
+    for codebase in raw.get("codebases") or []:
+        credentials = codebase.get("credentials") if isinstance(codebase, dict) else None
+        if isinstance(credentials, dict) and isinstance(credentials.get("ssh_key"), str):
+            credentials["ssh_key"] = str((base / Path(credentials["ssh_key"]).expanduser()).resolve())
     sets = raw.get("evaluation", {}).get("question_sets") if isinstance(raw.get("evaluation"), dict) else None
     if isinstance(sets, list):
         raw["evaluation"]["question_sets"] = [

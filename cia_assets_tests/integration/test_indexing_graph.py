@@ -229,7 +229,7 @@ def test_unreachable_remote_fails_partition_and_keeps_snapshot(
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     description = failure.event_specific_data.user_failure_data.description  # type: ignore[union-attr]
     assert "payments" in description and "could not fetch" in description
-    assert "previous snapshot is kept" in description
+    assert "The previous snapshot (" in description and ") is kept." in description
     assert layout.snapshot("payments").read_text() == before
     assert search_code(project_of(config), "check_permission", k=1)[0].path == "payments/auth.py"
 

@@ -3,7 +3,14 @@ import dagster as dg
 from cia_assets.defs.owners import OWNERS
 from cia_assets.defs.repos.partitions import repos_partitions
 from cia_assets.defs.resources import CiaConfigResource
-from cia_assets.lib.sources.git_sync import GitSyncError, RepoMirror, snapshot_at, write_snapshot
+from cia_assets.lib.sources.git_sync import (
+    GitAuth,
+    GitSyncError,
+    RepoMirror,
+    read_snapshot,
+    snapshot_at,
+    write_snapshot,
+)
 
 
 @dg.asset(
@@ -28,15 +35,20 @@ def git_repo_snapshots(context: dg.AssetExecutionContext, cia: CiaConfigResource
     except KeyError as error:
         raise dg.Failure(description=str(error.args[0])) from None
     clone_url = config.clone_url(codebase)
-    mirror = RepoMirror(layout.mirror(repo_id), clone_url, codebase.branch)
     try:
-        snapshot = snapshot_at(mirror, mirror.sync(), codebase, clone_url)
+        mirror = RepoMirror(layout.mirror(repo_id), clone_url, codebase.branch, auth=GitAuth.of(codebase))
+        try:
+            snapshot = snapshot_at(mirror, mirror.sync(), codebase, clone_url)
+        finally:
+            mirror.close()
     except GitSyncError as error:
-        raise dg.Failure(
-            description=f"{repo_id}: {error}. The previous snapshot is kept.",
-        ) from error
-    finally:
-        mirror.close()
+        previous = read_snapshot(layout.snapshot(repo_id))
+        kept = (
+            f"The previous snapshot ({previous.commit_sha[:12]}) is kept."
+            if previous is not None
+            else "Nothing was indexed for it yet."
+        )
+        raise dg.Failure(description=f"{repo_id}: {error}. {kept}") from error
     write_snapshot(layout.snapshot(repo_id), snapshot)
     return dg.MaterializeResult(
         metadata={

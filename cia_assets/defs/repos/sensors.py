@@ -5,7 +5,7 @@ import dagster as dg
 from cia_assets.defs.repos.assets import git_repo_snapshots
 from cia_assets.defs.repos.partitions import REPOS_PARTITIONS_NAME, repos_partitions
 from cia_assets.defs.resources import CiaConfigResource
-from cia_assets.lib.sources.git_sync import GitSyncError, remote_head
+from cia_assets.lib.sources.git_sync import GitAuth, GitSyncError, remote_head
 
 
 @dg.sensor(
@@ -28,7 +28,7 @@ def repo_change_sensor(context: dg.SensorEvaluationContext, cia: CiaConfigResour
     for codebase in config.codebases:
         repo_id = codebase.repo_id
         try:
-            sha = remote_head(config.clone_url(codebase), codebase.branch)
+            sha = remote_head(config.clone_url(codebase), codebase.branch, auth=GitAuth.of(codebase))
         except GitSyncError as error:
             context.log.warning(f"{repo_id}: skipped this tick: {error}")
             continue

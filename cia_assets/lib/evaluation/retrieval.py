@@ -34,7 +34,7 @@ from cia_assets.lib.indexing import lexical
 from cia_assets.lib.indexing import pipeline as indexing
 from cia_assets.lib.indexing.embedding_models import active_model
 from cia_assets.lib.retrieval.search import SearchOptions, search_files
-from cia_assets.lib.sources.git_sync import RepoMirror, path_selected, snapshot_at, write_snapshot
+from cia_assets.lib.sources.git_sync import GitAuth, RepoMirror, path_selected, snapshot_at, write_snapshot
 
 K_VALUES = (1, 5, 10)
 # MRR and the BM25 list look this deep; a gold file further down counts as not found.
@@ -380,7 +380,12 @@ class RetrievalHarness:
 
     def _mirror(self, config: CiaConfig, source: RepoSource) -> RepoMirror:
         codebase = config.codebase(source.repo_id)
-        return RepoMirror(self.layout.mirror(source.repo_id), config.clone_url(codebase), codebase.branch)
+        return RepoMirror(
+            self.layout.mirror(source.repo_id),
+            config.clone_url(codebase),
+            codebase.branch,
+            auth=GitAuth.of(codebase),
+        )
 
     def mine(self, source: RepoSource, max_cases: int) -> list[RetrievalCase]:
         """Cases mined from the source's own history (see `mine_commit_cases`)."""
@@ -539,7 +544,7 @@ def _in_commit_order(
             full = _resolve(mirror, case.base_commit)
             if full not in position:
                 skipped[case.case_id] = (
-                    f"base_commit {case.base_commit} is not on branch {mirror.branch!r} of {mirror.clone_url}"
+                    f"base_commit {case.base_commit} is not on branch {mirror.branch!r} of {mirror.shown_url}"
                 )
                 continue
             position[case.base_commit] = position[full]

@@ -11,12 +11,15 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse, urlunparse
 
 import git
 
@@ -32,10 +35,90 @@ _SYMLINK_MODE = "120000"
 _SUBMODULE_TYPE = "commit"
 # Never let git wait for a password or a host-key prompt: a sensor must not hang.
 _NON_INTERACTIVE_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
+_USERINFO = re.compile(r"://[^/@\s]*@")
 
 
 class GitSyncError(RuntimeError):
     """A repository could not be cloned, fetched or read; the message names it."""
+
+
+# Answers git's prompts from the environment git is started with: the secret lives only in
+# that process's environment, never in a URL, a file or an argument list.
+_ASKPASS_SCRIPT = """#!/bin/sh
+case "$1" in
+  Username*) printf '%s\\n' "$CIA_GIT_USERNAME" ;;
+  *) printf '%s\\n' "$CIA_GIT_PASSWORD" ;;
+esac
+"""
+
+
+@dataclass(frozen=True)
+class GitAuth:
+    """What git needs to sign in to one remote (`codebases[].credentials`), as environment
+    variables for the git process."""
+
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssh_key: Path | None = None
+
+    @classmethod
+    def of(cls, codebase: CodebaseConfig) -> GitAuth | None:
+        """The codebase's credentials, read now (GitSyncError naming the setting when its
+        environment variable is unset or its key file is missing); None without any."""
+        credentials = codebase.credentials
+        if credentials is None:
+            return None
+        where = f"codebases[{codebase.repo_id}].credentials"
+        password = None
+        if credentials.password_env:
+            password = os.environ.get(credentials.password_env)
+            if not password:
+                raise GitSyncError(
+                    f"{where}.password_env: environment variable {credentials.password_env} is not set"
+                )
+        if credentials.ssh_key is not None and not credentials.ssh_key.is_file():
+            raise GitSyncError(f"{where}.ssh_key: no such file {credentials.ssh_key}")
+        return cls(username=credentials.username, password=password, ssh_key=credentials.ssh_key)
+
+    def env(self) -> dict[str, str]:
+        variables: dict[str, str] = {}
+        if self.username or self.password:
+            variables["GIT_ASKPASS"] = str(_askpass_script())
+            variables["CIA_GIT_USERNAME"] = self.username or ""
+            variables["CIA_GIT_PASSWORD"] = self.password or ""
+        if self.ssh_key is not None:
+            variables["GIT_SSH_COMMAND"] = (
+                f"ssh -o BatchMode=yes -o IdentitiesOnly=yes -i {shlex.quote(str(self.ssh_key))}"
+            )
+        return variables
+
+
+def _askpass_script() -> Path:
+    """The askpass program (it holds no secret), written once per user into the temp dir."""
+    folder = Path(tempfile.gettempdir()) / f"cia-git-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    script = folder / "askpass.sh"
+    if not script.exists() or script.read_text() != _ASKPASS_SCRIPT:
+        staging = folder / f".askpass.{os.getpid()}"
+        staging.write_text(_ASKPASS_SCRIPT)
+        staging.chmod(0o700)
+        os.replace(staging, script)
+    return script
+
+
+def git_env(auth: GitAuth | None) -> dict[str, str]:
+    """The environment of a git command that talks to a remote: never waiting for a prompt
+    (a sensor must not hang), signed in with `auth`."""
+    return {**os.environ, **_NON_INTERACTIVE_ENV, **(auth.env() if auth else {})}
+
+
+def display_url(url: str) -> str:
+    """`url` as it may be shown or stored: without any user info (a credential)."""
+    parsed = urlparse(url)
+    if "://" not in url or parsed.hostname is None or "@" not in parsed.netloc:
+        return url
+    host = parsed.netloc.rsplit("@", 1)[1]
+    return urlunparse(parsed._replace(netloc=host))
 
 
 @dataclass(frozen=True)
@@ -59,44 +142,53 @@ class TrackedFile:
     size: int | None  # None: the blob is not in the mirror (a partial or damaged clone)
 
 
-def remote_head(url: str, branch: str, timeout_s: float = LS_REMOTE_TIMEOUT_S) -> str:
+def remote_head(
+    url: str, branch: str, *, auth: GitAuth | None = None, timeout_s: float = LS_REMOTE_TIMEOUT_S
+) -> str:
     """The sha `branch` points at on the remote (`git ls-remote`), without fetching."""
     try:
         output = git.cmd.Git().execute(
             ["git", "ls-remote", "--heads", url, f"refs/heads/{branch}"],
-            env={**os.environ, **_NON_INTERACTIVE_ENV},
+            env=git_env(auth),
             kill_after_timeout=timeout_s,
         )
     except git.GitCommandError as error:
-        raise GitSyncError(f"{url}: git ls-remote failed: {_git_error_text(error)}") from error
+        raise GitSyncError(f"{display_url(url)}: git ls-remote failed: {_git_error_text(error)}") from error
     for line in str(output).splitlines():
         sha, _, ref = line.partition("\t")
         if ref == f"refs/heads/{branch}":
             return sha
-    raise GitSyncError(f"{url}: branch {branch!r} not found on the remote")
+    raise GitSyncError(f"{display_url(url)}: branch {branch!r} not found on the remote")
 
 
 class RepoMirror:
     """A bare mirror at `path` of one branch of `clone_url`."""
 
-    def __init__(self, path: Path, clone_url: str, branch: str) -> None:
+    def __init__(self, path: Path, clone_url: str, branch: str, *, auth: GitAuth | None = None) -> None:
         self.path = path
         self.clone_url = clone_url
         self.branch = branch
+        self.auth = auth
         self._repo: git.Repo | None = None
+
+    @property
+    def shown_url(self) -> str:
+        return display_url(self.clone_url)
 
     @property
     def repo(self) -> git.Repo:
         if self._repo is None:
             if not (self.path / "HEAD").exists():
-                raise GitSyncError(f"{self.clone_url}: no local mirror at {self.path}; sync it first")
+                raise GitSyncError(
+                    f"{display_url(self.clone_url)}: no local mirror at {self.path}; sync it first"
+                )
             self._repo = git.Repo(self.path)
         return self._repo
 
     def sync(self) -> str:
         """Clone or fetch; return the branch's sha. On failure the old mirror is intact."""
         ref = f"refs/heads/{self.branch}"
-        env = {**os.environ, **_NON_INTERACTIVE_ENV}
+        env = git_env(self.auth)
         try:
             if not (self.path / "HEAD").exists():
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +217,7 @@ class RepoMirror:
             return self.repo.git.rev_parse(ref)
         except git.GitCommandError as error:
             raise GitSyncError(
-                f"{self.clone_url}: could not fetch branch {self.branch!r}: {_git_error_text(error)}"
+                f"{self.shown_url}: could not fetch branch {self.branch!r}: {_git_error_text(error)}"
             ) from error
 
     def tracked_files(
@@ -189,7 +281,7 @@ def snapshot_at(mirror: RepoMirror, commit_sha: str, codebase: CodebaseConfig, c
         repo_id=codebase.repo_id,
         commit_sha=commit_sha,
         branch=codebase.branch,
-        clone_url=clone_url,
+        clone_url=display_url(clone_url),  # shown in the UI and run logs: no user info
         web_url=codebase.resolved_web_url,
         file_count=len(files),
         fetched_at=utc_now(),
@@ -207,5 +299,7 @@ def read_snapshot(path: Path) -> Snapshot | None:
 
 
 def _git_error_text(error: git.GitCommandError) -> str:
-    text = (error.stderr or error.stdout or str(error)).strip()
-    return text.replace("stderr: ", "").strip(" '\n") or str(error)
+    """git's own message, without the command line (it names the URL) or any user info."""
+    text = (error.stderr or error.stdout or "").strip()
+    text = text.replace("stderr: ", "").strip(" '\n") or f"git exited with status {error.status}"
+    return _USERINFO.sub("://", text)

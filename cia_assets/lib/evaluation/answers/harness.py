@@ -24,7 +24,7 @@ from cia_assets.lib.evaluation.answers.sets import AnswerCase, AnswerEvalError
 from cia_assets.lib.evaluation.retrieval import Report as IndexReport
 from cia_assets.lib.evaluation.retrieval import RepoSource, RetrievalHarness
 from cia_assets.lib.serving.packaged_models import QWEN_15B
-from cia_assets.lib.sources.git_sync import GitSyncError, RepoMirror
+from cia_assets.lib.sources.git_sync import GitAuth, GitSyncError, RepoMirror
 
 if TYPE_CHECKING:
     from cia_assets.lib.answering.answer import Answer
@@ -159,7 +159,12 @@ class AnswerHarness:
         from cia_assets.lib.core.project import Project
 
         codebase = config.codebase(source.repo_id)
-        mirror = RepoMirror(self.layout.mirror(source.repo_id), config.clone_url(codebase), codebase.branch)
+        mirror = RepoMirror(
+            self.layout.mirror(source.repo_id),
+            config.clone_url(codebase),
+            codebase.branch,
+            auth=GitAuth.of(codebase),
+        )
         # One store handle and embedding model for every commit and model of this repo.
         project = Project(config)
         try:
@@ -211,7 +216,7 @@ def _by_commit(
         sha = resolved[wanted]
         if sha is None:
             report.skipped[case.case_id] = (
-                f"commit {case.commit} is not on branch {mirror.branch!r} of {mirror.clone_url}"
+                f"commit {case.commit} is not on branch {mirror.branch!r} of {mirror.shown_url}"
             )
             continue
         groups.setdefault(sha, []).append(case)
