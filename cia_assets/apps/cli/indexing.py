@@ -9,12 +9,18 @@ import sys
 from typing import Any
 
 from cia_assets.apps.cli.environment import _load, prepare_dagster_home
+from cia_assets.config import ConfigError
 
 INDEX_JOB = "index_repo"
 
 
 def _index(args: argparse.Namespace) -> int:
     config = _load(args)
+    if not config.codebases:
+        raise ConfigError(
+            f"{config.config_path}: codebases: the list is empty, nothing to index "
+            "(add an entry such as `- {url: https://github.com/org/repo.git, branch: main}`)"
+        )
     repos = list(args.repos) or config.repo_ids
     for repo in repos:
         config.codebase(repo)  # unknown ids fail before anything runs

@@ -36,7 +36,7 @@ from cia_assets.lib.vectorstore.base import (
 )
 
 # Bump when chunking output changes for the same input, so cached chunks are recut.
-CHUNK_FORMAT_VERSION = "1"
+CHUNK_FORMAT_VERSION = "2"  # 2: non-UTF-8 files parsed as their decoded text; NUL anywhere = binary
 # Above this share of changed files an in-place update costs about as much as a rebuild,
 # and a fresh collection also sheds the deleted-point tombstones.
 FULL_REBUILD_CHANGED_SHARE = 0.5
@@ -107,7 +107,7 @@ def chunk_snapshot(
     chunks: list[Chunk] = []
     to_read: list[tuple[str, str]] = []
     reused_files = 0
-    for tracked in mirror.tracked_files(snapshot.commit_sha, include, exclude):
+    for tracked in mirror.tracked_files(snapshot.commit_sha, include, exclude, skipped=skipped):
         if tracked.size is None:
             # A tree entry whose blob the mirror lacks (a partial or damaged clone): nothing to
             # read, counted, and the rest of the repo is indexed.

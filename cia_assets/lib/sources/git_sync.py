@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -221,9 +222,15 @@ class RepoMirror:
             ) from error
 
     def tracked_files(
-        self, commit_sha: str, include: tuple[str, ...] = ("**",), exclude: tuple[str, ...] = ()
+        self,
+        commit_sha: str,
+        include: tuple[str, ...] = ("**",),
+        exclude: tuple[str, ...] = (),
+        *,
+        skipped: Counter[str] | None = None,
     ) -> list[TrackedFile]:
-        """Regular files at `commit_sha` matching the globs; symlinks and submodules skipped."""
+        """Regular files at `commit_sha` matching the globs; symlinks and submodules the globs
+        select are skipped, and counted in `skipped` ("symlink", "submodule")."""
         output = self.repo.git.ls_tree("-r", "-z", "-l", "--full-tree", commit_sha)
         files: list[TrackedFile] = []
         for entry in output.split("\0"):
@@ -232,6 +239,8 @@ class RepoMirror:
             meta, _, path = entry.partition("\t")
             mode, object_type, blob_sha, size = meta.split()
             if mode == _SYMLINK_MODE or object_type == _SUBMODULE_TYPE:
+                if skipped is not None and path_selected(path, include, exclude):
+                    skipped["symlink" if mode == _SYMLINK_MODE else "submodule"] += 1
                 continue
             if path_selected(path, include, exclude):
                 # `git ls-tree -l` prints "BAD" (or "-") as the size of an object it cannot read.

@@ -38,7 +38,8 @@ def classify_file(path: str, data: bytes, *, max_bytes: int) -> str | None:
     if len(data) > max_bytes:
         return "too_large"
     lower = path.lower()
-    if PurePosixPath(lower).suffix in _BINARY_EXTENSIONS or b"\x00" in data[:8192]:
+    # The whole file (at most max_bytes): a NUL byte anywhere means binary, not only early on.
+    if PurePosixPath(lower).suffix in _BINARY_EXTENSIONS or b"\x00" in data:
         return "binary"
     if lower.endswith(_MINIFIED_SUFFIXES):
         return "minified"

@@ -46,7 +46,10 @@ def chunk_file(
             spec = STRUCTURAL_SPEC
         parser = cached_parser(language) if spec is not None else None
         if spec is not None and parser is not None:
-            drafts = chunk_tree(language, spec, parser, data, lines, max_lines, min_lines)
+            # tree-sitter reads UTF-8: a file in another encoding (Latin-1) is parsed as its
+            # decoded text, so `calcule_réduction` stays one name; the lines are the same.
+            source = text.encode("utf-8")
+            drafts = chunk_tree(language, spec, parser, source, lines, max_lines, min_lines)
             if drafts is not None:
                 return drafts
     except RecursionError:
