@@ -113,7 +113,7 @@ class AskResult(TypedDict):
     not_found_reason: str | None  # which step said "not found" (README, "How an answer is made")
     ungrounded: list[str]
     model: str
-    trace_id: str
+    trace_id: str | None  # None when the answer could not be recorded
 
 
 Query = Annotated[

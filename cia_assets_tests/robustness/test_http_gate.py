@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import yaml
 
 from cia_assets.config import CiaConfig
 from cia_assets_tests.support.fakes import fake_openai
-from cia_assets_tests.support.net import free_port, start_cia_serve
+from cia_assets_tests.support.net import free_port, running_app, start_cia_serve
 from cia_assets_tests.support.repos import SAMPLE_FILES, GitRepo
 
 TOKEN = "robust-token-0123456789"
@@ -63,9 +62,6 @@ def remote_model() -> Iterator[str]:
 def served(
     write_config: Callable[..., CiaConfig], make_repo: Callable[..., GitRepo], remote_model: str
 ) -> Iterator[Served]:
-    import uvicorn
-
-    from cia_assets.apps.http.app import create_app
     from cia_assets.lib.serving.endpoint import deploy_endpoint
 
     repo = make_repo("payments", SAMPLE_FILES)
@@ -75,23 +71,8 @@ def served(
         chat=_chat_settings(),
     )
     deploy_endpoint(config)  # the live endpoint /healthz checks: the stand-in model
-    port = config.chat.port
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config.config_path), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield Served(base=base, port=port, config=config)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_app(config.config_path, config.chat.port) as base:
+        yield Served(base=base, port=config.chat.port, config=config)
 
 
 def _raw_request(port: int, head: str, body_parts: Iterable[bytes] = (), timeout_s: float = 10) -> str:

@@ -56,6 +56,9 @@ def _ask(args: argparse.Namespace) -> int:
 
     grant = cli_grant(config, args.token)
     service = AssistantService(config)
+    if service.trace_problem:
+        # The answer still comes; the user learns why it cannot be rated or found later.
+        print(f"cia: answers are not being recorded: {service.trace_problem}", file=sys.stderr, flush=True)
     request = AskRequest(question=args.question, grant=grant, repos=args.repo, interface="cli")
     final: Answer | None = None
     streamed = False

@@ -31,6 +31,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -55,7 +56,7 @@ from cia_assets.lib.answering.answer import (
 from cia_assets.lib.answering.service import AssistantService
 from cia_assets.lib.core.access import AccessDenied, Grant, authorize
 from cia_assets.lib.observability.metrics import AnswerMetrics, IndexCollector
-from cia_assets.lib.observability.traces import UnknownTrace, parse_feedback_value
+from cia_assets.lib.observability.traces import TraceStoreError, UnknownTrace, parse_feedback_value
 from cia_assets.lib.retrieval.search import SearchError
 from cia_assets.lib.serving.endpoint import HealthCache
 from cia_assets.lib.sources.git_sync import path_selected
@@ -282,6 +283,11 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
             # ConfigMap must not take every replica out of the Service).
             body["status"] = "degraded"
             problems.append(f"configuration not applied: {live.error}")
+        trace_problem = next((s.trace_problem for s in services.values() if s.trace_problem), None)
+        if trace_problem:
+            # Answers still come, without trace ids (so without feedback): degraded, ready.
+            body["status"] = "degraded"
+            problems.append(f"answers are not being recorded: {trace_problem}")
         if problems:
             body["problems"] = problems
         return JSONResponse(body, status_code=200 if health.ok else 503)
@@ -351,6 +357,13 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
     @app.post("/api/feedback")
     def feedback(body: FeedbackBody, who: Caller) -> dict[str, Any]:
         service = service_for(current_config())
+        try:
+            return record_feedback(service, body, who)
+        except TraceStoreError as error:
+            service.trace_problem = str(error)
+            raise ApiError(503, f"feedback cannot be recorded now: {error}", "service_unavailable") from error
+
+    def record_feedback(service: AssistantService, body: FeedbackBody, who: Grant) -> dict[str, Any]:
         trace = service.store.get_trace(body.trace_id)
         # Another token's trace is answered like an unknown one: ids leak nothing.
         if trace is None or trace.get("token_name") != who.name:
@@ -471,11 +484,16 @@ def _question_and_history(messages: list[ChatMessage]) -> tuple[str, list[dict[s
     raise ApiError(400, "messages: no user message with text content")
 
 
+def _completion_id(answer: Answer) -> str:
+    # The trace id when the answer was recorded (feedback names it); a fresh id otherwise.
+    return f"chatcmpl-{answer.trace_id or uuid.uuid4().hex}"
+
+
 def _completion(answer: Answer, model: str, created: int) -> dict[str, Any]:
     prompt_tokens = answer.usage.get("prompt_tokens") or 0
     completion_tokens = answer.usage.get("completion_tokens") or 0
     return {
-        "id": f"chatcmpl-{answer.trace_id}",
+        "id": _completion_id(answer),
         "object": "chat.completion",
         "created": created,
         "model": model,
@@ -526,7 +544,7 @@ def _completion_chunks(events: Iterator[Any], model: str, created: int) -> Itera
                 streamed = True
                 yield chunk({"content": event.text})
                 continue
-            chunk_id = f"chatcmpl-{event.trace_id}"
+            chunk_id = _completion_id(event)
             yield chunk(
                 {"content": closing_text(event, streamed)},
                 extra={"cia": event.to_json()},

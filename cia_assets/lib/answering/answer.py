@@ -42,7 +42,7 @@ class Answer:
     answer: str
     citations: list[Citation]
     model: str
-    trace_id: str
+    trace_id: str  # "" when the answer could not be recorded (no feedback can name it)
     not_found: bool
     invalid_citations: list[str] = field(default_factory=list)
     searched: list[str] = field(default_factory=list)
@@ -66,7 +66,7 @@ class Answer:
             "answer": self.answer,
             "citations": [c.to_json() for c in self.citations],
             "model": self.model,
-            "trace_id": self.trace_id,
+            "trace_id": self.trace_id or None,
             "not_found": self.not_found,
             # Which step said "not found" (the API, the page and MCP clients show why).
             "not_found_reason": self.not_found_reason or None,

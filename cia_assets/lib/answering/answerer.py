@@ -20,6 +20,7 @@ The flow, the same for the CLI, the chat app, the OpenAI-compatible API and MCP:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -201,8 +202,7 @@ class Answerer:
             )  # fmt: skip
             details["abstained"] = abstained
             details["timings_ms"] = timings
-            self._emit_trace(request, answer, details)
-            yield answer
+            yield self._emit_trace(request, answer, details)
             return
 
         messages = prompt.render(format_sources(blocks), question, history)
@@ -225,8 +225,7 @@ class Answerer:
                 )  # fmt: skip
                 details["abstained"] = answer.not_found_reason
                 details["timings_ms"] = timings
-                self._emit_trace(request, answer, details)
-                yield answer
+                yield self._emit_trace(request, answer, details)
                 return
         checker = CitationFilter({b.n for b in blocks})
         generation = Generation()
@@ -258,8 +257,7 @@ class Answerer:
         details["abstained"] = answer.not_found_reason or None
         details["raw_answer"] = generation.raw
         details["grounding"] = {"checked": answer.grounding_checked, "ungrounded": answer.ungrounded}
-        self._emit_trace(request, answer, details)
-        yield answer
+        yield self._emit_trace(request, answer, details)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -356,13 +354,17 @@ class Answerer:
         app's source page shows cited files through this too."""
         return self.mirrors.read_lines(repo, commit_sha, path)
 
-    def _emit_trace(self, request: AskRequest, answer: Answer, details: dict[str, Any]) -> None:
+    def _emit_trace(self, request: AskRequest, answer: Answer, details: dict[str, Any]) -> Answer:
+        """The answer as handed out: with its trace id once the sink stored it, without one
+        when storing failed (an id that points at nothing would take feedback nowhere)."""
         if self.trace_sink is None:
-            return
+            return answer
         try:
             self.trace_sink(request, answer, details)
-        except Exception:  # tracing must never cost the user the answer
-            log.exception("could not record trace %s", answer.trace_id)
+        except Exception as error:  # tracing must never cost the user the answer
+            log.error("answer not recorded, handed out without a trace id: %s", error)
+            return dataclasses.replace(answer, trace_id="")
+        return answer
 
     def close(self) -> None:
         self.mirrors.close()

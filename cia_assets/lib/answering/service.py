@@ -13,7 +13,7 @@ from cia_assets.lib.answering.answer import Answer, AskRequest
 from cia_assets.lib.answering.answerer import Answerer
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.observability.metrics import AnswerMetrics
-from cia_assets.lib.observability.traces import TraceRecord, TraceStore
+from cia_assets.lib.observability.traces import TraceRecord, TraceStore, TraceStoreError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,11 @@ class AssistantService:
         self.config = config
         self.metrics = metrics
         self.store = TraceStore(config.layout.traces)
+        # Checked at start, then kept current by each answer's recording: /healthz and
+        # `cia ask` say when answers are not being recorded (and so carry no trace id).
+        self.trace_problem: str | None = self.store.problem()
+        if self.trace_problem:
+            log.error("%s", self.trace_problem)
         self.forwarder: Any = None
         if config.langfuse.enabled:
             from cia_assets.lib.observability.langfuse import LangfuseForwarder
@@ -57,6 +62,16 @@ class AssistantService:
         if self.metrics is not None:
             self.metrics.observe(request.interface, answer)
         timings = answer.timings_ms
+        try:
+            self._add_trace(request, answer, details, timings)
+        except TraceStoreError as error:
+            self.trace_problem = str(error)
+            raise
+        self.trace_problem = None
+
+    def _add_trace(
+        self, request: AskRequest, answer: Answer, details: dict[str, Any], timings: dict[str, float]
+    ) -> None:
         self.store.add_trace(
             TraceRecord(
                 trace_id=answer.trace_id,

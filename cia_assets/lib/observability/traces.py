@@ -231,7 +231,10 @@ class TraceStore:
     @contextmanager
     def _connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise TraceStoreError(f"{self.path}: cannot create its folder: {error}") from error
             connection = self._open()
             try:
                 connection.execute("SET TimeZone = 'UTC'")
@@ -239,16 +242,31 @@ class TraceStore:
                     _migrate(connection, self.path)
                     self._migrated = True
                 yield connection
+            except duckdb.Error as error:
+                # A damaged file can open and fail on its first read: named, never a bare 500.
+                raise TraceStoreError(f"{self.path}: the trace store cannot be used: {error}") from error
             finally:
                 connection.close()
+
+    def problem(self) -> str | None:
+        """What keeps the store from recording traces now (damaged, read-only, unreadable),
+        or None: the check made at start by every server and `cia ask`."""
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            return f"{self.path}: the trace store is read-only: answers cannot be recorded"
+        try:
+            with self._connect() as connection:
+                connection.execute("SELECT count(*) FROM traces").fetchone()
+        except TraceStoreError as error:
+            return str(error)
+        return None
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:
             try:
                 return duckdb.connect(str(self.path))
-            except duckdb.IOException as error:
-                if "lock" not in str(error).lower():
+            except duckdb.Error as error:
+                if not isinstance(error, duckdb.IOException) or "lock" not in str(error).lower():
                     raise TraceStoreError(f"{self.path}: cannot open the trace store: {error}") from error
                 if time.monotonic() > deadline:
                     raise TraceStoreBusy(
