@@ -249,6 +249,11 @@ class RetrievalConfig(_Strict):
     """Search beyond the index's own lists."""
 
     reranker: RerankerConfig = RerankerConfig()
+    mask_secrets: bool = Field(
+        default=True,
+        description="secrets detected in code (keys, tokens, passwords) are shown as <REDACTED> in "
+        "search results, an answer's sources and the source view; the model is shown them masked",
+    )
 
 
 class AnsweringConfig(_Strict):

@@ -209,7 +209,7 @@ def test_the_teacher_answering_evaluation_questions_reads_no_secret(secret_repo:
             update={"teacher": secret_repo.datasets.teacher.model_copy(
                 update={"base_url": teacher.off_machine_url, "model": "teacher-large"})}
         )  # fmt: skip
-        result = answer_with_teacher(secret_repo.model_copy(update={"datasets": datasets}), cases, print)
+        result = answer_with_teacher(secret_repo.model_copy(update={"datasets": datasets}), cases, (), print)
     assert len(result.answers) == len(cases) and not result.errors
     sent = _sent(teacher)
     assert teacher.requests and not leaked(sent) and "ledger-db.internal" in sent

@@ -325,6 +325,10 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
             lines = service_for(config).answerer.read_lines(repo, sha, path)
         if lines is None:
             raise ApiError(404, f"{repo}: no indexed file {path!r} at {sha[:12]}", "not_found_error")
+        if config.retrieval.mask_secrets:
+            from cia_assets.lib.learning.redaction import mask_secrets
+
+            lines = mask_secrets("\n".join(lines), path).split("\n")  # the same line count
         return {"repo": repo, "commit_sha": sha, "path": path, "lines": lines}
 
     @app.post("/api/ask")

@@ -64,6 +64,7 @@ from cia_assets.lib.answering.grounding import (
 from cia_assets.lib.answering.prompts import PromptTemplate, load_prompt
 from cia_assets.lib.core.access import AccessDenied
 from cia_assets.lib.core.project import Project
+from cia_assets.lib.learning.redaction import mask_secrets
 from cia_assets.lib.observability.langfuse.prompts import PromptCache
 from cia_assets.lib.retrieval.query_plan import definition_names, named_identifiers
 from cia_assets.lib.retrieval.search import SearchOptions, rerank_code, search_code
@@ -73,7 +74,7 @@ from cia_assets.lib.sources.mirrors import MirrorPool
 log = logging.getLogger(__name__)
 # An explanation needs the definitions of the code a question names, even where the lists
 # that rank files for a report do not reach them.
-ANSWER_SEARCH = SearchOptions(fetch_definitions=True)
+ANSWER_SEARCH = SearchOptions(fetch_definitions=True, shown=False)
 
 
 class Answerer:
@@ -113,10 +114,13 @@ class Answerer:
         index's embedding model (a fresh clone's first question had its sources after 0.5 s,
         the next ones after tens of milliseconds) and the model client's library (`openai`,
         ~0.4 s to import: SWE-QA xarray's first question waited 0.6 s more than the others
-        between its sources and the model's first token)."""
+        between its sources and the model's first token), and the secret scanner that masks
+        the sources (~0.17 s on its first use)."""
         import openai  # noqa: F401  (for its import time only)
 
         search_code(self.project, "warm up", k=1, options=ANSWER_SEARCH)
+        if self.config.retrieval.mask_secrets:
+            mask_secrets('password = "warm-up"', "warm_up.py")
 
     def ask(self, request: AskRequest) -> Answer:
         final: Answer | None = None
@@ -164,6 +168,7 @@ class Answerer:
             # One long chunk (a 90-line method) would take the whole budget: several files
             # explain more than one.
             max_block_tokens=settings.block_tokens,
+            mask=mask_secrets if self.config.retrieval.mask_secrets else None,
         )
         # A follow-up's subject is partly in the question before it: judged on the same query.
         found = evidence(query, [(b.path, b.text) for b in blocks])

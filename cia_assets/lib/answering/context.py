@@ -33,6 +33,7 @@ def assemble_context(
     budget_tokens: int,
     focus_names: set[str] | frozenset[str] = frozenset(),
     max_block_tokens: int | None = None,
+    mask: Callable[[str, str], str] | None = None,
 ) -> list[ContextBlock]:
     """Blocks in rank order: touching hits of one file merged, at most `max_blocks_per_file`
     per file, the whole within `budget_tokens`. `read_lines(repo, sha, path)` gives the
@@ -40,7 +41,8 @@ def assemble_context(
     stale index entry whose lines no longer exist never reaches the model. A block longer
     than `max_block_tokens` or than what is left keeps its head, or, when it defines one of
     `focus_names` further down (a method of a class chunked whole), the lines from that
-    definition on."""
+    definition on. `mask(text, path)` replaces what must not be shown (secrets) in each
+    block's text: the model, the sources and the citations' previews all read it."""
     # Group by file in the order each file first ranks, keeping each file's hits in rank order.
     files: dict[tuple[str, str, str], list[CodeHit]] = {}
     for hit in hits:
@@ -107,7 +109,7 @@ def assemble_context(
                 web_url=hit.web_url,
                 language=hit.language,
                 symbol=hit.symbol if (hit.line_start, hit.line_end) == (start, end) else None,
-                text="\n".join(body),
+                text=mask("\n".join(body), hit.path) if mask else "\n".join(body),
                 chat_url=hit.chat_url,
             )
         )

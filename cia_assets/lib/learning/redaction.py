@@ -48,6 +48,12 @@ _CONFIG_SUFFIXES = {".yaml", ".yml", ".cfg", ".ini", ".conf", ".properties", ".t
 _UNKNOWN = "adhoc-string-scan"  # detect-secrets' own name for text of no file
 # A config entry with one bare value: `password: hunter2`, `export DB_PASSWORD=s3cret`,
 # a Dockerfile's `ENV DB_PASSWORD=s3cret`.
+# What every detector needs on a line to find anything there: a long token (known formats and
+# entropy), a secret's keyword (the keyword plugin's values may be short), or a URL's user
+# info. Lines without any are not scanned: most code, at a fraction of the cost.
+_MAY_HOLD_SECRET = re.compile(
+    _TOKEN.pattern + r"|(?i:pass|pwd|secret|token|key|auth|credential|private|contrase)|://[^/\s]*@"
+)
 _CONFIG_LINE = re.compile(r"^\s*(export\s+|ENV\s+|ARG\s+)?[A-Za-z_][\w.-]*\s*[:=]\s*[^\s'\"(\[{][^\s(]*\s*$")
 
 
@@ -189,7 +195,7 @@ def redact(
         get_settings().disable_filters("detect_secrets.filters.common.is_invalid_file")
         get_filters.cache_clear()
         for number, line in enumerate(lines, start=1):
-            if not line.strip() or line.strip() == PLACEHOLDER:
+            if not line.strip() or line.strip() == PLACEHOLDER or not _MAY_HOLD_SECRET.search(line):
                 continue
             spans = _known_format_spans(line, name) + _entropy_spans(line, base64_limit, hex_limit)
             if name != _AS_CONFIG and not program and _CONFIG_LINE.match(line):
@@ -200,6 +206,12 @@ def redact(
             findings.extend(Finding(line=number, kind=kind) for kind in _distinct_kinds(spans))
             values.update(line[start:end] for start, end, _ in spans)
     return Redacted(text="\n".join(lines), findings=tuple(findings), values=frozenset(values))
+
+
+def mask_secrets(text: str, path: str) -> str:
+    """`text`, lines of the file at `path`, as it may be shown to a person (`retrieval.mask_secrets`):
+    every detected secret replaced by <REDACTED>, the lines kept."""
+    return redact(text, filename=path).text
 
 
 # Shorter values are too likely to be ordinary words to be replaced wherever they occur.

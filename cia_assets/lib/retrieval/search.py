@@ -108,6 +108,9 @@ class SearchOptions:
     # Acc@5 and 0.027 MRR, so it is off; the answering context still puts tests first when a
     # question asks about them (`answering.context.explanation_order`).
     roles_from_question: bool = False
+    # The hits' text is shown to a person (search results): masked per `retrieval.mask_secrets`.
+    # The answering path shows context blocks instead, masked when they are built.
+    shown: bool = True
     # The files that personalised PageRank over the code graph ranks from the best
     # `graph_seeds` files found so far (and the files the text names) get a list of this
     # weight: candidates expand to the code they use and import (`indexing.code_graph`). 0 = off.
@@ -306,8 +309,24 @@ def search_code(
     mass and the chunks defining symbols it names are fused by reciprocal rank; across
     repos the union is fused again (`merge_across_repos`).
     """
-    hits = _search(project, query, repos=repos, limit=k, options=options)
-    return hits[:k]
+    hits = _search(project, query, repos=repos, limit=k, options=options)[:k]
+    if options.shown and project.config.retrieval.mask_secrets:
+        hits = masked(hits)
+    return hits
+
+
+def masked(hits: Sequence[CodeHit]) -> list[CodeHit]:
+    """The hits with detected secrets in their text (and class context) replaced."""
+    from cia_assets.lib.learning.redaction import mask_secrets
+
+    return [
+        replace(
+            hit,
+            text=mask_secrets(hit.text, hit.path),
+            context=mask_secrets(hit.context, hit.path) if hit.context else hit.context,
+        )
+        for hit in hits
+    ]
 
 
 def search_files(
