@@ -948,6 +948,7 @@ def test_cia_serve_restarts_a_model_server_that_died_and_stops_it_on_exit(indexe
     assert not process_alive(final.pid)
 
 
+@pytest.mark.robustness
 @pytest.mark.parametrize("ending", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "crash"])
 def test_a_killed_cia_serve_leaves_no_model_server_behind(indexed: CiaConfig, ending: signal.Signals) -> None:
     """`cia serve` stops its model server in a `finally`, which SIGKILL (a crash, or `cia dev`

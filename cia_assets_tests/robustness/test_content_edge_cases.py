@@ -7,12 +7,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 
 from cia_assets.config import CiaConfig
 from cia_assets_tests.support.cli import cia
 from cia_assets_tests.support.materialize import asset_metadata, materialize_repo
 from cia_assets_tests.support.repos import SAMPLE_FILES, GitRepo
+
+pytestmark = pytest.mark.robustness
 
 
 def test_a_latin1_file_keeps_its_accented_names() -> None:

@@ -19,6 +19,8 @@ from cia_assets_tests.support.git_http import bare_copy, private_git_host
 from cia_assets_tests.support.materialize import asset_metadata, materialize_repo
 from cia_assets_tests.support.repos import SAMPLE_FILES, GitRepo
 
+pytestmark = pytest.mark.robustness
+
 SECRET = "SuperSecretPAT123"
 
 

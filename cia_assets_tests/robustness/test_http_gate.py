@@ -29,6 +29,8 @@ from cia_assets_tests.support.fakes import fake_openai
 from cia_assets_tests.support.net import free_port, running_app, start_cia_serve
 from cia_assets_tests.support.repos import SAMPLE_FILES, GitRepo
 
+pytestmark = pytest.mark.robustness
+
 TOKEN = "robust-token-0123456789"
 LIMIT = 8192
 

@@ -21,6 +21,8 @@ from cia_assets_tests.support.net import free_port, running_app
 from cia_assets_tests.support.repos import SAMPLE_FILES, GitRepo
 from cia_assets_tests.support.secrets import SECRET_FILES, SECRETS, leaked
 
+pytestmark = pytest.mark.robustness
+
 TOKEN = "mask-token-0123456789"
 
 

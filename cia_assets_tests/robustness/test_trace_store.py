@@ -20,6 +20,8 @@ from cia_assets_tests.support.materialize import materialize_repo
 from cia_assets_tests.support.net import free_port, running_app
 from cia_assets_tests.support.repos import SAMPLE_FILES, GitRepo
 
+pytestmark = pytest.mark.robustness
+
 TOKEN = "trace-token-0123456789"
 QUESTION = "How are funds moved between accounts?"
 
