@@ -302,6 +302,8 @@ def test_ask_flushes_each_delta_then_prints_only_what_the_stream_did_not_show(
             )
 
     class FakeService:
+        trace_problem = None  # the trace store is fine
+
         def __init__(self, _config: CiaConfig) -> None:
             self.answerer = FakeAnswerer()
 

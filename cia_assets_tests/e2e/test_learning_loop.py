@@ -314,3 +314,90 @@ def test_an_adapter_trained_on_corrupted_answers_is_refused_and_the_base_keeps_s
         assert challenger is not None and registry.get(challenger.version).tags["evaluation"] == "failed"
     finally:
         stop_local_endpoint(config)
+
+
+def test_an_adapter_trained_on_good_answers_passes_the_gate_and_is_promoted_through_the_canary(
+    write_config: Callable[..., CiaConfig], make_repo: Callable[..., GitRepo], judge_url: str
+) -> None:
+    """The gate passes what it should: the same training as the corrupted adapter's above, on
+    the teacher's honest answers (each citing its source and naming its symbol). The
+    challenger stays within every margin of the base model, passes the blocking check and
+    the canary's smoke question, serves its share, and the next `served_endpoint` run promotes
+    it: the champion alias moves and it answers every question."""
+    from cia_assets.defs.datasets.assets import synthetic_qa_dataset, training_dataset
+    from cia_assets.defs.evaluation.assets import rag_eval_results
+    from cia_assets.defs.evaluation.checks import challenger_no_worse_than_champion
+    from cia_assets.defs.resources import build_resources
+    from cia_assets.defs.serving.assets import served_endpoint
+    from cia_assets.defs.serving.checks import answers_smoke_question_with_citation
+    from cia_assets.defs.training.assets import lora_adapter
+    from cia_assets.lib.learning.registry import CHALLENGER, CHAMPION, AdapterRegistry
+    from cia_assets.lib.serving.endpoint import choose_endpoint, current_endpoint, stop_local_endpoint
+    from cia_assets_tests.support.fakes import teacher_reply
+
+    repo = make_repo("payments", {**SAMPLE_FILES, **BILLING_RULES})
+    with fake_openai(teacher_reply, model="teacher") as teacher:
+        config = write_config(
+            [{"url": repo.url, "id": "payments"}],
+            llm={"port": free_port(), "drain_s": 0, "context_tokens": 2048, "max_answer_tokens": 48},
+            datasets={"synthetic_pairs": 16, "min_chunk_lines": 1, "max_chunk_lines": 10, "eval_share": 0.3,
+                      "teacher": {"base_url": teacher.base_url, "model": "teacher"}},
+            training={"max_steps": 16, "batch_size": 2, "max_seq_tokens": 768, "learning_rate": 0.003},
+            evaluation={"max_questions": 4, "judge": {"base_url": judge_url, "model": "judge"}},
+            promotion={"canary_share": 0.5},
+        )  # fmt: skip
+        resources = build_resources(str(config.config_path))
+        instance = dg.DagsterInstance.ephemeral()
+        materialize_repo(config, instance, "payments")
+        assert dg.materialize(
+            [synthetic_qa_dataset, training_dataset], instance=instance, resources=resources
+        ).success
+    try:
+        result = dg.materialize(
+            [lora_adapter, rag_eval_results, challenger_no_worse_than_champion, served_endpoint,
+             answers_smoke_question_with_citation],
+            instance=instance,
+            resources=build_resources(str(config.config_path)),
+            raise_on_error=False,
+        )  # fmt: skip
+        evaluation = {
+            k: v.value
+            for k, v in result.asset_materializations_for_node("rag_eval_results")[0].metadata.items()
+        }
+        assert evaluation["verdict"] == "passed", evaluation["verdict_reasons"]
+        checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+        assert checks["challenger_no_worse_than_champion"].passed
+        assert checks["answers_smoke_question_with_citation"].passed, checks[
+            "answers_smoke_question_with_citation"
+        ].description
+        # What it was judged on: what the answers say, not only their markers.
+        for metric in ("cites_source_file", "ref_identifier_recall", "grounded_rate", "faithfulness"):
+            assert any(r.startswith(f"{metric}:") for r in evaluation["verdict_reasons"]), metric  # type: ignore[union-attr]
+        served = {
+            k: v.value
+            for k, v in result.asset_materializations_for_node("served_endpoint")[0].metadata.items()
+        }
+        registry = AdapterRegistry(config)
+        challenger = registry.by_alias(CHALLENGER)
+        assert challenger is not None and served["rollout"] == "canary"
+        assert served["canary_adapter_version"] == challenger.version
+        assert choose_endpoint(config, draw=lambda: 0.1).adapter_version == challenger.version
+        assert choose_endpoint(config, draw=lambda: 0.9).adapter is None
+
+        promoted = dg.materialize(
+            [served_endpoint], instance=instance, resources=build_resources(str(config.config_path))
+        )
+        assert promoted.asset_materializations_for_node("served_endpoint")[0].metadata["rollout"].value == (
+            "promoted"
+        )
+        champion = registry.by_alias(CHAMPION)
+        assert champion is not None and champion.version == challenger.version
+        assert registry.by_alias(CHALLENGER) is None
+        live = current_endpoint(config)
+        assert (
+            live is not None
+            and live.canary is None
+            and live.adapter == registry.get(champion.version).gguf_path
+        )
+    finally:
+        stop_local_endpoint(config)
