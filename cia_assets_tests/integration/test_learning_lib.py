@@ -519,3 +519,13 @@ def test_a_golden_answer_that_repeats_its_sources_secret_is_stored_without_it() 
     assert "hunter2hunter2" not in example.sources[0].text and "host: db.internal" in example.sources[0].text
     assert example.answer == f"It connects to db.internal with the password {PLACEHOLDER} [1]."
     assert "hunter2hunter2" not in example.question
+
+
+def test_grounded_rate_of_answers_that_name_nothing_checkable() -> None:
+    """Nothing named, nothing ungrounded: 1.0 (cite-hit and identifier recall measure what such
+    answers leave out); only "not found" answers: not measured."""
+    from cia_assets.lib.evaluation.answers.scoring import grounded_rate
+
+    assert grounded_rate(checked=0, ungrounded=0, answered=3) == 1.0
+    assert grounded_rate(checked=0, ungrounded=0, answered=0) is None
+    assert grounded_rate(checked=4, ungrounded=1, answered=2) == 0.75

@@ -223,6 +223,6 @@ def teacher_reply(request: dict[str, Any]) -> str:
     return json.dumps(
         {
             "question": f"What does {symbol} in {path} do?",
-            "answer": f"According to [1], {symbol} is defined in {path} and does what its code shows.",
+            "answer": f"According to [1], `{symbol}` is defined in `{path}` and does what its code shows.",
         }
     )

@@ -31,6 +31,7 @@ from cia_assets.lib.evaluation.answers.report import summarize
 from cia_assets.lib.evaluation.answers.scoring import (
     CaseRow,
     answer_prose,
+    grounded_rate,
     identifier_recall,
     reference_identifiers,
 )
@@ -137,7 +138,7 @@ class ModelResult:
             "citation_validity": _share(valid, asked),
             "cites_source_file": _share(cites_source, asked),
             "ref_identifier_recall": round(sum(recalls) / len(recalls), 4) if recalls else None,
-            "grounded_rate": round(max(0.0, 1.0 - ungrounded / checked), 4) if checked else None,
+            "grounded_rate": grounded_rate(checked, ungrounded, sum(1 for a in answers if not a.not_found)),
             "not_found_rate": _share(sum(1 for a in answers if a.not_found), asked),
             "invalid_citation_rate": _share(sum(1 for a in answers if a.invalid_citations), asked),
             "error_rate": _share(len(self.errors), asked),

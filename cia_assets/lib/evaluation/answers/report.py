@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cia_assets.lib.evaluation.answers.scoring import CaseRow
+from cia_assets.lib.evaluation.answers.scoring import CaseRow, grounded_rate
 
 RAGAS_METRICS = ("faithfulness", "answer_relevancy")
 LATENCIES = ("sources_ms", "first_token_ms", "total_ms")
@@ -65,7 +65,7 @@ def summarize(rows: Sequence[CaseRow]) -> dict[str, Any]:
         "cite_hit_cases": len(hits),
         "ref_identifier_recall": _mean(recalls),
         "recall_cases": len(recalls),
-        "grounded_rate": round(max(0.0, 1.0 - ungrounded / checked), 4) if checked else None,
+        "grounded_rate": grounded_rate(checked, ungrounded, sum(1 for r in graded if not r.not_found)),
         "grounding_checked": checked if graded else None,
         "ungrounded": ungrounded if graded else None,
         "abstention": _share([r.not_found for r in absent]),

@@ -3,7 +3,8 @@
 - cite_hit: the answer cites a reference file (paths compared by trailing path segments,
   after dropping SWE-QA's `./`, `/` and `/workspace/` prefixes);
 - ref_identifier_recall: the share of the reference's backticked identifiers the answer names;
-- grounded_rate: 1 - ungrounded identifiers / identifiers the answering path checked;
+- grounded_rate: 1 - ungrounded identifiers / identifiers the answering path checked
+  (`grounded_rate`: 1.0 for answers that name nothing checkable);
 - abstention / false_abstention: "not found" on absent / on real questions.
 
 A row keeps what each rate is made of (the cited files, the identifiers named, the
@@ -154,6 +155,18 @@ def answer_prose(answer: Answer) -> str:
     if answer.grounding_note:
         text = text.replace(answer.grounding_note, "")
     return text.replace(UNGROUNDED_MARK, "").strip()
+
+
+def grounded_rate(checked: int, ungrounded: int, answered: int) -> float | None:
+    """1 - ungrounded / checked over the answers given (not "not found"). An answer naming
+    nothing its sources could lack (no backticked name, no quoted line) claims nothing
+    ungrounded: answers with no checked name rate 1.0 (what they fail to say, identifier
+    recall and cite-hit measure). None when nothing was answered."""
+    if answered == 0:
+        return None
+    if checked == 0:
+        return 1.0
+    return round(max(0.0, 1.0 - ungrounded / checked), 4)
 
 
 def word_count(text: str) -> int:
