@@ -474,6 +474,7 @@ def test_openai_client_gets_a_cited_answer_streaming_and_not(chat_app: str) -> N
     assert "Sources:" in streamed and "payments/auth.py#L" in streamed, streamed
 
 
+@pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_a_token_never_reaches_a_repo_it_lacks(chat_app: str, indexed: CiaConfig) -> None:
     client = openai.OpenAI(base_url=f"{chat_app}/v1", api_key=TOKEN_BILLING)
     assert {m.id for m in client.models.list()} == {"cia", "cia/billing"}
@@ -629,6 +630,7 @@ def test_source_api_serves_the_file_as_it_was_at_the_cited_commit(chat_app: str,
     assert lines_at(new_sha) == changed.split("\n")
 
 
+@pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_source_api_checks_the_token_the_repo_the_commit_and_the_path(
     chat_app: str, indexed: CiaConfig
 ) -> None:

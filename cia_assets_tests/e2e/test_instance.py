@@ -66,6 +66,7 @@ def test_a_dagster_yaml_dagster_refuses_fails_the_loader(
         instance_from(tmp_path, monkeypatch).run_coordinator  # noqa: B018 - loading it is the test
 
 
+@pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_a_killed_cia_index_run_is_marked_failed_and_frees_its_slot(
     make_repo: Callable[..., GitRepo],
     write_config: Callable[..., CiaConfig],

@@ -180,6 +180,7 @@ def test_tools_search_and_answer_with_a_full_access_token(indexed: CiaConfig) ->
     assert {hit["repo"] for hit in trace["hits"]} == {"payments", "billing"}  # this token reads both
 
 
+@pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_a_token_without_payments_gets_none_of_it(indexed: CiaConfig) -> None:
     out = run_client(
         indexed.config_path,
@@ -216,6 +217,7 @@ def test_a_token_without_payments_gets_none_of_it(indexed: CiaConfig) -> None:
     assert trace["hits"] and {hit["repo"] for hit in trace["hits"]} == {"billing"}
 
 
+@pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_a_missing_unknown_or_revoked_token_gets_an_error_and_no_data(indexed: CiaConfig) -> None:
     for token, message in ((None, "no token: set CIA_TOKEN"), ("not-a-real-token-123", "unknown token")):
         out = run_client(

@@ -189,6 +189,7 @@ def test_second_run_without_changes_reuses_everything(payments: GitRepo, config:
     assert check_results(rebuilt) == dict.fromkeys(ALL_CHECKS, True)
 
 
+@pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_skipped_files_are_counted(
     make_repo: Callable[..., GitRepo],
     write_config: Callable[..., CiaConfig],
@@ -216,6 +217,7 @@ def test_skipped_files_are_counted(
     assert (hit.path, hit.line_start, hit.line_end) == ("latin1.py", 3, 4)
 
 
+@pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_unreachable_remote_fails_partition_and_keeps_snapshot(
     payments: GitRepo, config: CiaConfig, project_of: Callable[[CiaConfig], Project]
 ) -> None:
@@ -234,6 +236,7 @@ def test_unreachable_remote_fails_partition_and_keeps_snapshot(
     assert search_code(project_of(config), "check_permission", k=1)[0].path == "payments/auth.py"
 
 
+@pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_failure_halfway_through_rebuild_keeps_old_alias(
     payments: GitRepo, config: CiaConfig, project_of: Callable[[CiaConfig], Project]
 ) -> None:
@@ -273,6 +276,7 @@ def test_failure_halfway_through_rebuild_keeps_old_alias(
     assert check_results(rerun) == dict.fromkeys(ALL_CHECKS, True)
 
 
+@pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_searches_during_full_rebuilds_never_fail(
     payments: GitRepo, config: CiaConfig, project_of: Callable[[CiaConfig], Project]
 ) -> None:

@@ -104,6 +104,7 @@ def test_env_references_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyP
         ("data_dir: [unclosed\n", "not valid YAML"),
     ],
 )
+@pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_malformed_file_names_file_key_and_expectation(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as error:
@@ -113,6 +114,7 @@ def test_malformed_file_names_file_key_and_expectation(tmp_path: Path, text: str
     assert expected in message, message
 
 
+@pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.yaml: config file not found"):
         load_config(tmp_path / "nope.yaml")
