@@ -492,6 +492,17 @@ def test_a_token_never_reaches_a_repo_it_lacks(chat_app: str, indexed: CiaConfig
     trace = TraceStore(DataLayout(indexed.data_dir).traces).get_trace(body["cia"]["trace_id"])
     assert trace is not None and trace["repos"] == ["billing"]
     assert trace["hits"] and {hit["repo"] for hit in trace["hits"]} == {"billing"}
+    # Streamed, the same: every chunk (sources first, text, the final citations) is billing's.
+    chunks = [
+        chunk.model_dump()
+        for chunk in client.chat.completions.create(
+            model="cia",
+            messages=[{"role": "user", "content": "When is a refund authorized? authorize_refund"}],
+            stream=True,
+        )
+    ]
+    streamed = json.dumps(chunks)
+    assert chunks and "payments/" not in streamed and '"repo": "payments"' not in streamed
 
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{chat_app}/v1", api_key="not-a-token-at-all").models.list()
