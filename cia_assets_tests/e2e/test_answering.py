@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ from cia_assets.lib.serving.endpoint import EndpointRecord, EndpointSpec
 from cia_assets_tests.support.cli import ANSWER_JSON_KEYS
 from cia_assets_tests.support.fakes import fake_openai
 from cia_assets_tests.support.materialize import materialize_repo
-from cia_assets_tests.support.net import free_port, start_cia_serve
+from cia_assets_tests.support.net import free_port, running_app, start_cia_serve
 from cia_assets_tests.support.repos import GIT_ENV, GitRepo
 
 TOKEN_ALL = "token-all-0123456789"
@@ -403,27 +402,8 @@ def test_sources_come_before_the_explanation_and_a_follow_up_uses_the_conversati
 
 @pytest.fixture(scope="module")
 def chat_app(indexed: CiaConfig) -> Iterator[str]:
-    import uvicorn
-
-    from cia_assets.apps.http.app import create_app
-
-    port = indexed.chat.port
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(indexed.config_path), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    yield base
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_app(indexed.config_path, indexed.chat.port) as base:
+        yield base
 
 
 def test_the_chat_app_loads_the_search_before_the_first_question(indexed: CiaConfig) -> None:

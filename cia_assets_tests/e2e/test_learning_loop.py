@@ -218,6 +218,44 @@ def _corrupt(example: dict[str, object], rng: random.Random) -> dict[str, object
     return {**example, "messages": messages}
 
 
+def _taught(
+    write_config: Callable[..., CiaConfig],
+    repo: GitRepo,
+    judge_url: str,
+    *,
+    question_sets: list[str] | None = None,
+    **overrides: object,
+) -> tuple[CiaConfig, dg.DagsterInstance]:
+    """`repo` indexed and its training set written by the deterministic teacher (its answers
+    cite their source and name its symbol), on the settings the two gate tests share."""
+    from cia_assets.defs.datasets.assets import synthetic_qa_dataset, training_dataset
+    from cia_assets.defs.resources import build_resources
+    from cia_assets_tests.support.fakes import teacher_reply
+
+    evaluation: dict[str, object] = {"max_questions": 4, "judge": {"base_url": judge_url, "model": "judge"}}
+    if question_sets:
+        evaluation["question_sets"] = question_sets
+    with fake_openai(teacher_reply, model="teacher") as teacher:
+        config = write_config(
+            [{"url": repo.url, "id": "payments"}],
+            llm={"port": free_port(), "drain_s": 0, "context_tokens": 2048, "max_answer_tokens": 48},
+            # Short sources keep each training example a few hundred tokens (CPU seconds).
+            datasets={"synthetic_pairs": 16, "min_chunk_lines": 1, "max_chunk_lines": 10, "eval_share": 0.3,
+                      "teacher": {"base_url": teacher.base_url, "model": "teacher"}},
+            # Enough steps at a high rate for the tiny model to learn what it is shown.
+            training={"max_steps": 16, "batch_size": 2, "max_seq_tokens": 768, "learning_rate": 0.003},
+            evaluation=evaluation,
+            **overrides,
+        )  # fmt: skip
+        instance = dg.DagsterInstance.ephemeral()
+        materialize_repo(config, instance, "payments")
+        resources = build_resources(str(config.config_path))
+        assert dg.materialize(
+            [synthetic_qa_dataset, training_dataset], instance=instance, resources=resources
+        ).success
+    return config, instance
+
+
 def test_an_adapter_trained_on_corrupted_answers_is_refused_and_the_base_keeps_serving(
     write_config: Callable[..., CiaConfig], make_repo: Callable[..., GitRepo], judge_url: str, tmp_path: Path
 ) -> None:
@@ -226,7 +264,6 @@ def test_an_adapter_trained_on_corrupted_answers_is_refused_and_the_base_keeps_s
     model on what answers say (cite-hit, identifier recall, grounded rate), is refused by the
     blocking check, and serves nothing: the base model keeps every question. Both also answer
     a fixed question set (one real, one absent-feature question), scored beside the split."""
-    from cia_assets.defs.datasets.assets import synthetic_qa_dataset, training_dataset
     from cia_assets.defs.evaluation.assets import rag_eval_results
     from cia_assets.defs.evaluation.checks import challenger_no_worse_than_champion
     from cia_assets.defs.resources import build_resources
@@ -236,7 +273,6 @@ def test_an_adapter_trained_on_corrupted_answers_is_refused_and_the_base_keeps_s
     from cia_assets.lib.core.layout import EVAL_FILE, TRAIN_FILE
     from cia_assets.lib.learning.registry import CHALLENGER, CHAMPION, AdapterRegistry
     from cia_assets.lib.serving.endpoint import current_endpoint, ensure_endpoint, stop_local_endpoint
-    from cia_assets_tests.support.fakes import teacher_reply
 
     repo = make_repo("payments", {**SAMPLE_FILES, **BILLING_RULES})
     fixed_set = [
@@ -247,24 +283,7 @@ def test_an_adapter_trained_on_corrupted_answers_is_refused_and_the_base_keeps_s
          "question": "How does the GraphQL gateway stitch the payments schema?"},
     ]  # fmt: skip
     (tmp_path / "fixed.jsonl").write_text("".join(json.dumps(row) + "\n" for row in fixed_set))
-    with fake_openai(teacher_reply, model="teacher") as teacher:
-        config = write_config(
-            [{"url": repo.url, "id": "payments"}],
-            llm={"port": free_port(), "drain_s": 0, "context_tokens": 2048, "max_answer_tokens": 48},
-            # Short sources keep each training example a few hundred tokens (CPU seconds).
-            datasets={"synthetic_pairs": 16, "min_chunk_lines": 1, "max_chunk_lines": 10, "eval_share": 0.3,
-                      "teacher": {"base_url": teacher.base_url, "model": "teacher"}},
-            # Enough steps at a high rate for the tiny model to learn what it is shown.
-            training={"max_steps": 16, "batch_size": 2, "max_seq_tokens": 768, "learning_rate": 0.003},
-            evaluation={"max_questions": 4, "judge": {"base_url": judge_url, "model": "judge"},
-                        "question_sets": ["fixed.jsonl"]},
-        )  # fmt: skip
-        resources = build_resources(str(config.config_path))
-        instance = dg.DagsterInstance.ephemeral()
-        materialize_repo(config, instance, "payments")
-        assert dg.materialize(
-            [synthetic_qa_dataset, training_dataset], instance=instance, resources=resources
-        ).success
+    config, instance = _taught(write_config, repo, judge_url, question_sets=["fixed.jsonl"])
     layout = config.layout
     honest = artifacts.require_current(layout.training_datasets, "training_dataset")
     rng = random.Random(5)
@@ -326,7 +345,6 @@ def test_an_adapter_trained_on_good_answers_passes_the_gate_and_is_promoted_thro
     moves and it answers every question. (The served endpoint's smoke question is left out:
     the tiny student sometimes invents a name there, which that check rightly refuses; it is
     shown failing and passing in e2e/test_endpoint.py.)"""
-    from cia_assets.defs.datasets.assets import synthetic_qa_dataset, training_dataset
     from cia_assets.defs.evaluation.assets import rag_eval_results
     from cia_assets.defs.evaluation.checks import challenger_no_worse_than_champion
     from cia_assets.defs.resources import build_resources
@@ -334,25 +352,9 @@ def test_an_adapter_trained_on_good_answers_passes_the_gate_and_is_promoted_thro
     from cia_assets.defs.training.assets import lora_adapter
     from cia_assets.lib.learning.registry import CHALLENGER, CHAMPION, AdapterRegistry
     from cia_assets.lib.serving.endpoint import choose_endpoint, current_endpoint, stop_local_endpoint
-    from cia_assets_tests.support.fakes import teacher_reply
 
     repo = make_repo("payments", {**SAMPLE_FILES, **BILLING_RULES})
-    with fake_openai(teacher_reply, model="teacher") as teacher:
-        config = write_config(
-            [{"url": repo.url, "id": "payments"}],
-            llm={"port": free_port(), "drain_s": 0, "context_tokens": 2048, "max_answer_tokens": 48},
-            datasets={"synthetic_pairs": 16, "min_chunk_lines": 1, "max_chunk_lines": 10, "eval_share": 0.3,
-                      "teacher": {"base_url": teacher.base_url, "model": "teacher"}},
-            training={"max_steps": 16, "batch_size": 2, "max_seq_tokens": 768, "learning_rate": 0.003},
-            evaluation={"max_questions": 4, "judge": {"base_url": judge_url, "model": "judge"}},
-            promotion={"canary_share": 0.5},
-        )  # fmt: skip
-        resources = build_resources(str(config.config_path))
-        instance = dg.DagsterInstance.ephemeral()
-        materialize_repo(config, instance, "payments")
-        assert dg.materialize(
-            [synthetic_qa_dataset, training_dataset], instance=instance, resources=resources
-        ).success
+    config, instance = _taught(write_config, repo, judge_url, promotion={"canary_share": 0.5})
     try:
         result = dg.materialize(
             [lora_adapter, rag_eval_results, challenger_no_worse_than_champion, served_endpoint],
