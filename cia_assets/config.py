@@ -593,8 +593,6 @@ _SECTIONS = (
     "embedding", "vector_store", "chunking", "llm", "retrieval", "answering", "chat", "langfuse",
     "datasets", "training", "mlflow", "evaluation", "promotion", "feedback",
 )  # fmt: skip
-# What a cia.yaml may hold at its top level (config_path is set by the loader, not the file).
-_TOP_LEVEL_KEYS = ("data_dir", "codebases", *_SECTIONS)
 
 
 class LiveConfig:
@@ -654,16 +652,18 @@ def _load_cached(config_path: Path, _mtime_ns: int, _size: int) -> CiaConfig:
         raise ConfigError(f"{config_path}: not valid YAML: {error}") from error
     if not isinstance(raw, dict):
         raise ConfigError(f"{config_path}: expected a mapping at the top level, got {type(raw).__name__}")
-    unknown = sorted(str(key) for key in raw if key not in _TOP_LEVEL_KEYS)
+    # What a cia.yaml may hold at its top level: the schema's fields (config_path is the loader's).
+    known = [name for name in CiaConfig.model_fields if name != "config_path"]
+    unknown = sorted(str(key) for key in raw if key not in known)
     if unknown:
         # Before "required" checks: `codebase:` (a typo) should be named, not reported as a
         # missing `codebases`.
         hints = []
         for key in unknown:
-            close = difflib.get_close_matches(key, _TOP_LEVEL_KEYS, 1)
+            close = difflib.get_close_matches(key, known, 1)
             hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
         raise ConfigError(
-            f"{config_path}: unknown top-level key(s) {', '.join(hints)}; known: {', '.join(_TOP_LEVEL_KEYS)}"
+            f"{config_path}: unknown top-level key(s) {', '.join(hints)}; known: {', '.join(known)}"
         )
     raw = _expand_env(raw, config_path, ())
     # A section whose keys are all commented out reads as null: it means "the defaults".

@@ -143,7 +143,6 @@ class _State:
     def __init__(self, config_path: Path, token: str | None) -> None:
         from cia_assets.config import LiveConfig
 
-        self.config_path = config_path
         # Re-read when cia.yaml changes; an edit that breaks it keeps the last valid config.
         self.live = LiveConfig(config_path)
         self.token = (token or "").strip() or None

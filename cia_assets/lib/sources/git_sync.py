@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse, urlunparse
 
 import git
 
@@ -115,11 +114,7 @@ def git_env(auth: GitAuth | None) -> dict[str, str]:
 
 def display_url(url: str) -> str:
     """`url` as it may be shown or stored: without any user info (a credential)."""
-    parsed = urlparse(url)
-    if "://" not in url or parsed.hostname is None or "@" not in parsed.netloc:
-        return url
-    host = parsed.netloc.rsplit("@", 1)[1]
-    return urlunparse(parsed._replace(netloc=host))
+    return _USERINFO.sub("://", url)
 
 
 @dataclass(frozen=True)
