@@ -1,9 +1,11 @@
-"""The whole learning loop on the embedded default, at a tiny size, with real components:
-a git repo indexed for real, the packaged SmolLM2 as teacher and served model (llama.cpp),
-real answers and feedback in the trace store, the feedback sensor, the `learning_loop` job of
-the real definitions (analytics with dbt on DuckDB, training set, a CPU LoRA adapter trained
-for a few steps and registered in a local MLflow, evaluation, the blocking promotion check,
-serving as a canary), then promotion, and a question answered by the new adapter."""
+"""The whole learning loop on the embedded default with real components: a git repo indexed
+for real, real answers and feedback in the trace store, the feedback sensor, the
+`learning_loop` job of the real definitions (analytics with dbt on DuckDB, training set, a CPU
+LoRA adapter registered in a local MLflow, evaluation, the blocking promotion check, serving as
+a canary), then promotion, and a question answered by the new adapter. That run is the default
+pair at test size: the packaged Qwen2.5-Coder-0.5B teaches, learns and serves (the 1.5B teacher
+is measured in bench_learning). The two gate tests train the tiny SmolLM2 from a deterministic
+teacher: it learns what it is shown in 16 CPU steps, which is what they are about."""
 
 from __future__ import annotations
 
@@ -15,13 +17,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.errors import DagsterAssetCheckFailedError
 
 from cia_assets.config import CiaConfig
 from cia_assets_tests.support.fakes import fake_openai, ragas_judge_reply
 from cia_assets_tests.support.materialize import materialize_repo
 from cia_assets_tests.support.net import free_port
 from cia_assets_tests.support.repos import SAMPLE_FILES, GitRepo
+
+STUDENT = "Qwen2.5-Coder-0.5B-Instruct"  # the packaged default: served model and student
 
 BILLING_RULES: dict[str, str | bytes | None] = {
     f"billing/rule_{index}.py": (
@@ -47,17 +50,19 @@ def loop_config(
     write_config: Callable[..., CiaConfig],
     make_repo: Callable[..., GitRepo],
     monkeypatch: pytest.MonkeyPatch,
-    judge_url: str,
 ) -> CiaConfig:
     repo = make_repo("payments", {**SAMPLE_FILES, **BILLING_RULES})
     config = write_config(
         [{"url": repo.url, "id": "payments", "web_url": "https://git.example.com/acme/payments"}],
-        llm={"port": 8650, "drain_s": 0, "context_tokens": 2048, "max_answer_tokens": 48},
-        # The served tiny model teaches itself here (test size); the packaged 1.5B teacher is
-        # measured in bench_learning.
-        datasets={"synthetic_pairs": 12, "min_chunk_lines": 1, "eval_share": 0.3, "teacher": {"model": None}},
+        llm={"model": STUDENT, "port": 8650, "drain_s": 0, "context_tokens": 2048, "max_answer_tokens": 128},
+        # The served 0.5B teaches itself here (test size: the 1.5B would double the teacher's
+        # minutes); the packaged 1.5B teacher is measured in bench_learning.
+        datasets={"synthetic_pairs": 16, "min_chunk_lines": 1, "eval_share": 0.3, "teacher": {"model": None}},
         training={"max_steps": 4, "batch_size": 2, "max_seq_tokens": 1024, "learning_rate": 0.0005},
-        evaluation={"max_questions": 3, "judge": {"base_url": judge_url, "model": "judge"}},
+        # No judge: the stand-in judges by word overlap, which rewards formula answers like the
+        # gate tests' teacher writes and is noise on the 0.5B's own prose (2 questions: 0.50 vs
+        # 0.17 against the answers that cite inline and quote the code). The gate tests show it gating.
+        evaluation={"max_questions": 4, "ragas": False},
         promotion={"canary_share": 0.5},
         feedback={"min_new_feedback": 2},
     )
@@ -73,16 +78,6 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, object
     return {k: v.value for k, v in materialization.metadata.items()}
 
 
-@pytest.mark.xfail(
-    raises=DagsterAssetCheckFailedError,
-    # Not strict: whether a 4-step adapter on the tiny SmolLM2 passes the gates is a coin flip
-    # (measured both ways on one machine). Any other error still fails the test, and when the
-    # adapter passes, every assertion of the promotion path below runs.
-    strict=False,
-    reason="a 4-step adapter on the tiny SmolLM2 often invents code: the grounding check turns its "
-    "answers into 'not found', and the blocking checks rightly refuse it (citation validity 1.0 -> 0.0, "
-    "or the canary's smoke question). A student that reliably passes the gates is the learning-loop issue's.",
-)
 def test_feedback_to_promoted_adapter(loop_config: CiaConfig, tmp_path: Path) -> None:
     from cia_assets.definitions import defs as load_defs
     from cia_assets.defs.datasets.assets import synthetic_qa_dataset
@@ -101,17 +96,13 @@ def test_feedback_to_promoted_adapter(loop_config: CiaConfig, tmp_path: Path) ->
         materialize_repo(config, instance, "payments")
         synthetic = dg.materialize([synthetic_qa_dataset], instance=instance, resources=resources)
         pairs = _metadata(synthetic, "synthetic_qa_dataset")
-        assert (
-            pairs["pairs"]
-            and pairs["teacher"] == f"SmolLM2-135M-Instruct@{current_endpoint(config).base_url}"
-        )  # type: ignore[union-attr]
+        assert pairs["pairs"] and pairs["teacher"] == f"{STUDENT}@{current_endpoint(config).base_url}"  # type: ignore[union-attr]
 
         # Users ask and vote, through the same service the chat app runs.
         service = AssistantService(config)
         try:
             grant = Grant(name="local", repos=("payments",))
-            # The tiny model answers some questions from the code and invents code for others,
-            # which the grounding check turns into "not found": the user likes the first cited one.
+            # The user likes the first answer that cites code.
             for question in (
                 "How does TokenValidator validate a token?",
                 "What does check_permission return for an admin?",
@@ -152,9 +143,9 @@ def test_feedback_to_promoted_adapter(loop_config: CiaConfig, tmp_path: Path) ->
         evaluation = _metadata(run, "rag_eval_results")
         assert evaluation["verdict"] == "passed", evaluation["verdict_reasons"]
         assert "base/citation_validity" in evaluation and "challenger/citation_validity" in evaluation
-        # Faithfulness from the judge is measured for both and gates the promotion.
-        assert "base/faithfulness" in evaluation and "challenger/faithfulness" in evaluation
-        assert any(r.startswith("faithfulness:") for r in evaluation["verdict_reasons"])  # type: ignore[union-attr]
+        # Judged on what the answers say, not only on their markers.
+        for metric in ("cites_source_file", "grounded_rate"):
+            assert any(r.startswith(f"{metric}:") for r in evaluation["verdict_reasons"]), metric  # type: ignore[union-attr]
         assert "retrieval/file_recall@5" in evaluation
         checks = {c.check_name: c.passed for c in run.get_asset_check_evaluations()}
         assert checks["challenger_no_worse_than_champion"] is True
@@ -191,7 +182,7 @@ def test_feedback_to_promoted_adapter(loop_config: CiaConfig, tmp_path: Path) ->
             answer = service.answerer.ask(AskRequest(question="What does apply_rule_3 do?", grant=grant))
         finally:
             service.close()
-        assert answer.model == f"SmolLM2-135M-Instruct+{version.gguf_path}"
+        assert answer.model == f"{STUDENT}+{version.gguf_path}"
     finally:
         stop_local_endpoint(config)
 

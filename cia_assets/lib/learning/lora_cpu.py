@@ -1,11 +1,12 @@
 """LoRA fine-tuning on CPU: the embedded default's path of the `lora_adapter` asset.
 
-The base is the packaged SmolLM2-135M-Instruct GGUF, read by transformers (dequantized to
-float32), so nothing comes from a model hub. peft adds a LoRA adapter (a few MB of low-rank
-matrices beside frozen weights: like a Helm overlay on a base chart), transformers' Trainer
-runs the steps, and the adapter is saved twice: as the peft folder (what vLLM serves and
-MLflow keeps) and converted to GGUF with llama.cpp's own converter (what llama.cpp's server
-loads with `--lora_path`). The GPU path (unsloth in a pod) writes the same peft folder.
+The base is the student's GGUF (by default the packaged Qwen2.5-Coder-0.5B-Instruct, the
+served model), read by transformers (dequantized to float32), so nothing comes from a model
+hub. peft adds a LoRA adapter (a few MB of low-rank matrices beside frozen weights: like a
+Helm overlay on a base chart), transformers' Trainer runs the steps, and the adapter is saved
+twice: as the peft folder (what vLLM serves and MLflow keeps) and converted to GGUF with
+llama.cpp's own converter (what llama.cpp's server loads with `--lora_path`). The GPU path
+(unsloth in a pod) writes the same peft folder.
 
 Loss is computed on the assistant turn only: the model learns to answer with citations, not
 to reproduce the question and the code it was shown.
@@ -102,14 +103,24 @@ def _tokenize(tokenizer: Any, example: dict[str, Any], max_tokens: int) -> dict[
     return {"input_ids": list(full_ids), "attention_mask": [1] * len(full_ids), "labels": labels}
 
 
-def load_gguf_model(gguf: Path) -> tuple[Any, Any]:
-    """(model, tokenizer) from a GGUF file, dequantized to float32 for training."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_gguf_tokenizer(gguf: Path) -> Any:
+    """The tokenizer (and chat template) stored in a GGUF file: read in seconds, so examples
+    are checked before the weights are."""
+    from transformers import AutoTokenizer
 
     if not gguf.is_file():
         raise TrainingError(f"base model {gguf} does not exist")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_gguf_model(gguf: Path) -> Any:
+    """The model in a GGUF file, dequantized to float32 for training."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are plain float32 once loaded; without this, save_pretrained and peft treat
     # the model as quantized.
@@ -120,9 +131,7 @@ def load_gguf_model(gguf: Path) -> tuple[Any, Any]:
     # A config read from GGUF has no `architectures`; llama.cpp's converter picks its tensor
     # layout by that name.
     model.config.architectures = [type(model).__name__]
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model
 
 
 def train_lora_cpu(
@@ -155,7 +164,7 @@ def train_lora_cpu(
     if not train_examples:
         raise TrainingError(f"{train_path}: no training examples")
     set_seed(params.seed)
-    model, tokenizer = load_gguf_model(base_gguf)
+    tokenizer = load_gguf_tokenizer(base_gguf)
     encoded = [_tokenize(tokenizer, e, params.max_seq_tokens) for e in train_examples]
     train_rows = [row for row in encoded if row is not None]
     skipped = len(encoded) - len(train_rows)
@@ -164,6 +173,8 @@ def train_lora_cpu(
             f"{train_path}: every example is longer than training.max_seq_tokens={params.max_seq_tokens}"
         )
     eval_rows = [r for r in (_tokenize(tokenizer, e, params.max_seq_tokens) for e in eval_examples) if r]
+    # The weights last (a 0.5B student is 2 GB of float32, ~20 s): bad input fails before.
+    model = load_gguf_model(base_gguf)
 
     lora = LoraConfig(
         r=params.r,
