@@ -396,6 +396,13 @@ class DatasetsConfig(_Strict):
     # prompt fit the default `training.max_seq_tokens` (measured: two 39-line sources, 1,433).
     max_chunk_lines: int = Field(default=30, ge=5, description="longer chunks are cut to this many lines")
     eval_share: float = Field(default=0.2, gt=0.0, lt=1.0, description="share of source files held out")
+    # A teacher writes only answerable questions; without these the student unlearns abstaining.
+    abstention_share: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="share of training questions also shown without their source, answered NOT FOUND",
+    )
     seed: int = 7
     # Strings with at least this Shannon entropy per character (and 20+ characters) are
     # redacted as likely keys; detect-secrets' own plugins catch the known formats.

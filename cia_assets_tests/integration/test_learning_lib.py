@@ -16,8 +16,14 @@ from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.core.records import Chunk, SourceSpan, sha256_text
 from cia_assets.lib.evaluation.heldout import EvalCase, Verdict, promotion_verdict, retrieval_metrics
 from cia_assets.lib.learning.redaction import PLACEHOLDER, redact, shannon_entropy
-from cia_assets.lib.learning.synthetic import cites_only_its_source, parse_pair, sample_chunks
-from cia_assets.lib.learning.training_data import eval_files, golden_example, renumber
+from cia_assets.lib.learning.synthetic import (
+    SourceRef,
+    SyntheticPair,
+    cites_only_its_source,
+    parse_pair,
+    sample_chunks,
+)
+from cia_assets.lib.learning.training_data import build_split, eval_files, golden_example, renumber
 
 
 @pytest.mark.parametrize(
@@ -160,6 +166,47 @@ def test_renumber_and_golden_examples_reread_their_sources() -> None:
     local = {**row, "citations": [{**row["citations"][0], "url": link}]}  # type: ignore[dict-item]
     at_older = golden_example(local, read)
     assert at_older is not None and at_older.sources[0].text == "old 5\nold 6\nold 7"
+
+
+def _pair(index: int) -> SyntheticPair:
+    path = f"pkg/mod_{index}.py"
+    return SyntheticPair(
+        question=f"What does f_{index} do?",
+        answer=f"According to [1], `f_{index}` adds {index}.",
+        source=SourceRef(repo="r", path=path, line_start=1, line_end=2, commit_sha="a" * 40,
+                         language="python", kind="function", symbol=f"f_{index}", chunk_id=f"c{index}",
+                         url=None),
+        source_text=f"def f_{index}(x):\n    return x + {index}",
+        teacher="teacher",
+        redactions=0,
+    )  # fmt: skip
+
+
+def test_some_training_questions_are_shown_without_their_source_and_answered_not_found() -> None:
+    """A teacher writes only answerable questions; the student also sees a share of them
+    with other files' sources only, answered NOT FOUND (the xarray round that lacked these
+    lost every abstention), in training only, and the other examples do not move."""
+    from cia_assets.lib.answering.answer import NOT_FOUND_MARKER
+    from cia_assets.lib.answering.prompts import PACKAGED_PROMPT
+
+    pairs = [_pair(i) for i in range(60)]
+    plain = build_split(pairs, [], eval_share=0.25, seed=7)
+    split = build_split(pairs, [], eval_share=0.25, seed=7, abstention_share=0.25)
+    abstaining = [e for e in split.train if e.origin == "abstention"]
+    assert 5 <= len(abstaining) <= 20, len(abstaining)
+    assert [e for e in split.train if e.origin != "abstention"] == plain.train and split.eval == plain.eval
+    assert not [e for e in split.eval if e.origin == "abstention"]
+    by_question = {e.question: e for e in plain.train}
+    for example in abstaining:
+        answered = by_question[example.question]  # the same question, answered where its source shows
+        assert example.answer == NOT_FOUND_MARKER and example.cited == ()
+        assert example.file_key == answered.file_key  # it stays on its question's side of the split
+        shown = {s.file_key for s in example.sources}
+        assert len(shown) == 2 and answered.file_key not in shown and not shown & split.eval_files
+        row = example.to_json(PACKAGED_PROMPT)
+        assert row["messages"][-1] == {"role": "assistant", "content": NOT_FOUND_MARKER}
+        assert row["source"] is None and "pkg/mod_" in row["messages"][-2]["content"]
+    assert build_split(pairs, [], eval_share=0.25, seed=7, abstention_share=0.0).train == plain.train
 
 
 def _hit(repo: str, path: str, line_start: int, line_end: int) -> SourceSpan:

@@ -13,7 +13,7 @@ from cia_assets.lib.core import artifacts
 from cia_assets.lib.core.layout import EVAL_FILE, PAIRS_FILE, TRAIN_FILE
 
 SYNTHETIC_FORMAT_VERSION = "1"
-TRAINING_FORMAT_VERSION = "1"
+TRAINING_FORMAT_VERSION = "2"  # 2: abstention examples
 
 
 class SyntheticConfig(dg.Config):
@@ -155,6 +155,8 @@ def training_dataset(context: dg.AssetExecutionContext, cia: CiaConfigResource) 
 
     Split train/eval by source file, so no file feeds both; each synthetic example shows its
     source beside a distractor from another file, so the model learns to cite the right one.
+    A share of training questions (`datasets.abstention_share`) is also shown with other
+    files' sources only, answered `NOT FOUND`, so the student keeps abstaining.
     """
     from cia_assets.lib.answering.prompts import load_prompt
     from cia_assets.lib.learning.synthetic import SyntheticPair
@@ -182,6 +184,7 @@ def training_dataset(context: dg.AssetExecutionContext, cia: CiaConfigResource) 
         golden,
         eval_share=config.datasets.eval_share,
         seed=config.datasets.seed,
+        abstention_share=config.datasets.abstention_share,
         skipped_golden=len(built) - len(golden),
     )
     if not split.train or not split.eval:
@@ -203,6 +206,7 @@ def training_dataset(context: dg.AssetExecutionContext, cia: CiaConfigResource) 
         "train_files": len(split.train_files),
         "eval_files": len(split.eval_files),
         "golden_examples": len(golden),
+        "abstention_examples": sum(e.origin == "abstention" for e in split.train),
         "golden_skipped": split.skipped_golden,
         "synthetic_version": synthetic.version,
         "prompt_version": prompt.version,

@@ -5,6 +5,11 @@ Train and eval are split by source file, so no file feeds both: a model that mem
 during training cannot look good on questions about that same file. Each synthetic example
 shows its source among `distractors` sources from other files of the same split, in a random
 position, so the model learns to pick and cite the right one rather than always [1].
+
+Some training questions are also shown without their source (only other files' chunks, as
+RAFT trains on oracle-free contexts), answered with the prompt's `NOT FOUND`: a teacher only
+writes answerable questions, and a student trained on nothing else stopped abstaining (xarray,
+8 steps: absent-feature questions abstained 1.0 -> 0.0, the gate refused it).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cia_assets.lib.answering.answer import NOT_FOUND_MARKER
 from cia_assets.lib.answering.citations import renumber_markers
 from cia_assets.lib.answering.prompts import PromptTemplate
 from cia_assets.lib.core.records import SourceSpan
@@ -43,13 +49,14 @@ class Example:
     question: str
     answer: str  # markers refer to positions in `sources` (1-based)
     sources: tuple[Source, ...]
-    origin: str  # synthetic | golden
-    cited: tuple[int, ...]
+    origin: str  # synthetic | golden | abstention
+    cited: tuple[int, ...]  # empty for an abstention: nothing shown answers it
     chunk_id: str | None = None
+    about: str | None = None  # the file the question is about, when no source shown is it
 
     @property
     def file_key(self) -> str:
-        return self.sources[self.cited[0] - 1].file_key
+        return self.sources[self.cited[0] - 1].file_key if self.cited else str(self.about)
 
     def to_json(self, prompt: PromptTemplate) -> dict[str, Any]:
         blocks = "\n\n".join(
@@ -57,7 +64,6 @@ class Example:
             for n, s in enumerate(self.sources, start=1)
         )
         messages = [*prompt.render(blocks, self.question), {"role": "assistant", "content": self.answer}]
-        cited = self.sources[self.cited[0] - 1]
         return {
             "messages": messages,
             "origin": self.origin,
@@ -65,7 +71,7 @@ class Example:
             "reference": self.answer,
             "file_key": self.file_key,
             "chunk_id": self.chunk_id,
-            "source": cited.span_json(),
+            "source": self.sources[self.cited[0] - 1].span_json() if self.cited else None,
             "contexts": [s.text for s in self.sources],
             "prompt_version": prompt.version,
         }
@@ -108,10 +114,8 @@ def renumber(answer: str, mapping: dict[int, int]) -> str:
     return renumber_markers(answer, mapping)
 
 
-def synthetic_example(
-    pair: SyntheticPair, distractors: Sequence[SyntheticPair], rng: random.Random
-) -> Example:
-    own = Source(
+def _shown(pair: SyntheticPair) -> Source:
+    return Source(
         repo=pair.source.repo,
         path=pair.source.path,
         line_start=pair.source.line_start,
@@ -120,20 +124,14 @@ def synthetic_example(
         symbol=pair.source.symbol,
         text=pair.source_text,
     )
-    others = [
-        Source(
-            repo=d.source.repo,
-            path=d.source.path,
-            line_start=d.source.line_start,
-            line_end=d.source.line_end,
-            language=d.source.language,
-            symbol=d.source.symbol,
-            text=d.source_text,
-        )
-        for d in distractors
-    ]
+
+
+def synthetic_example(
+    pair: SyntheticPair, distractors: Sequence[SyntheticPair], rng: random.Random
+) -> Example:
+    others = [_shown(d) for d in distractors]
     position = rng.randint(0, len(others))
-    sources = [*others[:position], own, *others[position:]]
+    sources = [*others[:position], _shown(pair), *others[position:]]
     n = position + 1
     return Example(
         question=pair.question,
@@ -142,6 +140,19 @@ def synthetic_example(
         origin="synthetic",
         cited=(n,),
         chunk_id=pair.source.chunk_id,
+    )
+
+
+def abstention_example(pair: SyntheticPair, others: Sequence[SyntheticPair]) -> Example:
+    """`pair`'s question shown with other files' sources only, answered as the prompt asks
+    when the sources do not show the code: `NOT FOUND`."""
+    return Example(
+        question=pair.question,
+        answer=NOT_FOUND_MARKER,
+        sources=tuple(_shown(o) for o in others),
+        origin="abstention",
+        cited=(),
+        about=pair.source.file_key,
     )
 
 
@@ -197,9 +208,11 @@ def build_split(
     eval_share: float,
     seed: int,
     distractors: int = 1,
+    abstention_share: float = 0.0,
     skipped_golden: int = 0,
 ) -> TrainingSplit:
     rng = random.Random(seed)
+    abstentions = random.Random(f"{seed}:abstention")  # its own draws: the other examples do not move
     held = eval_files([p.source.file_key for p in pairs] + [g.file_key for g in golden], eval_share, seed)
     split = TrainingSplit(skipped_golden=skipped_golden)
     for pair in pairs:
@@ -213,6 +226,11 @@ def build_split(
         chosen = rng.sample(pool, min(distractors, len(pool)))
         example = synthetic_example(pair, chosen, rng)
         (split.eval if in_eval else split.train).append(example)
+        # Training only: the eval split's questions are asked of the real index, where their
+        # source is found.
+        if not in_eval and pool and abstentions.random() < abstention_share:
+            shown = abstentions.sample(pool, min(distractors + 1, len(pool)))
+            split.train.append(abstention_example(pair, shown))
     for example in golden:
         files = {s.file_key for s in example.sources}
         if files & held and files - held:
