@@ -141,7 +141,7 @@ def test_feedback_to_promoted_adapter(loop_config: CiaConfig, tmp_path: Path) ->
         assert adapter["backend"] == "cpu" and len(adapter["loss_curve"]) == 4  # type: ignore[arg-type]
         assert Path(str(adapter["gguf_path"])).is_file()
         # It learned the teacher's answers: on the held-out examples its loss is far below the
-        # base model's (measured: 0.94 -> 0.15), not a no-op adapter passing the gate.
+        # base model's (measured: 0.94 -> 0.16), not a no-op adapter passing the gate.
         assert float(adapter["eval_loss_adapter"]) < float(adapter["eval_loss_base"]) / 2, adapter  # type: ignore[arg-type]
         evaluation = _metadata(run, "rag_eval_results")
         assert evaluation["verdict"] == "passed", evaluation["verdict_reasons"]
@@ -233,9 +233,12 @@ def _taught(
         config = write_config(
             [{"url": repo.url, "id": "payments"}],
             llm={"port": free_port(), "drain_s": 0, "context_tokens": 2048, "max_answer_tokens": 48},
-            # Short sources keep each training example a few hundred tokens (CPU seconds).
+            # Short sources keep each training example a few hundred tokens (CPU seconds). The
+            # teacher's answers only, no NOT FOUND examples: at this rate the tiny student
+            # over-learns 3 of them (cite-hit 1.0 -> 0.5, measured), and these tests are about
+            # the gate telling good answers from corrupted ones; the 0.5B loop test keeps them.
             datasets={"synthetic_pairs": 16, "min_chunk_lines": 1, "max_chunk_lines": 10, "eval_share": 0.3,
-                      "teacher": {"base_url": teacher.base_url, "model": "teacher"}},
+                      "abstention_share": 0.0, "teacher": {"base_url": teacher.base_url, "model": "teacher"}},
             # Enough steps at a high rate for the tiny model to learn what it is shown.
             training={"max_steps": 16, "batch_size": 2, "max_seq_tokens": 768, "learning_rate": 0.003},
             evaluation=evaluation,
