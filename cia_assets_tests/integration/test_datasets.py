@@ -173,6 +173,7 @@ def test_training_split_keeps_every_file_on_one_side(
     train_files = {row["file_key"] for row in train}
     eval_files = {row["file_key"] for row in evaluation}
     assert train_files and eval_files and not train_files & eval_files
+    assert metadata["abstention_examples"] == sum(row["origin"] == "abstention" for row in train) > 0
     for row in train + evaluation:
         system, user, assistant = row["messages"]
         assert (system["role"], user["role"], assistant["role"]) == ("system", "user", "assistant")
@@ -180,6 +181,10 @@ def test_training_split_keeps_every_file_on_one_side(
         # answer cites the source by the number it has in this example.
         shown = re.findall(r"^\[(\d+)\] (\S+) lines", user["content"], flags=re.M)
         assert len(shown) == 2
+        if row["origin"] == "abstention":  # its question shown with two other train files only
+            assert row in train and assistant["content"] == "NOT FOUND" and row["source"] is None
+            assert {f"payments:{path}" for _, path in shown} <= train_files - {row["file_key"]}
+            continue
         own = next(n for n, path in shown if path == row["source"]["path"])
         assert f"[{own}]" in assistant["content"]
         other_path = next(path for n, path in shown if n != own)
