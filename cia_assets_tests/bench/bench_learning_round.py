@@ -33,15 +33,15 @@ ANSWER_SETS = Path(__file__).resolve().parent / "answer_sets"
 
 def _question_set(repo: str, questions: int, absent: int, out: Path) -> str:
     """The repo's first dev questions and absent-feature questions; returns their commit."""
-    rows = [json.loads(line) for line in (DEVSETS / "swe_qa_dev.jsonl").read_text().splitlines() if line]
-    real = [row for row in rows if row["repo"] == repo][:questions]
+
+    def rows(path: Path) -> list[dict[str, Any]]:
+        parsed = (json.loads(line) for line in path.read_text().splitlines() if line)
+        return [row for row in parsed if row["repo"] == repo]
+
+    real = rows(DEVSETS / "swe_qa_dev.jsonl")[:questions]
     if not real:
         raise SystemExit(f"swe_qa_dev.jsonl has no question about {repo}")
-    missing = [
-        json.loads(line)
-        for line in (ANSWER_SETS / "absent_features.jsonl").read_text().splitlines()
-        if line and json.loads(line)["repo"] == repo
-    ][:absent]
+    missing = rows(ANSWER_SETS / "absent_features.jsonl")[:absent]
     out.write_text("".join(json.dumps(row) + "\n" for row in [*real, *missing]))
     commits = {row["commit"] for row in real}
     if len(commits) != 1:
