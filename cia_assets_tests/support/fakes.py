@@ -220,9 +220,14 @@ def teacher_reply(request: dict[str, Any]) -> str:
         return json.dumps({"question": f"What does {symbol} do?", "answer": f"{symbol} moves money."})
     if path.endswith(".md"):
         return "Sure! Here is a question about the readme."
+    # The answer quotes the source's longest line, so what it says is in the source: an
+    # honest answer the stand-in judge finds faithful (a formula sentence would score 0 there).
+    code = re.search(r"^```+\w*\n(.*?)\n```", source, re.S | re.M)
+    body = [line.strip() for line in (code.group(1) if code else "").splitlines()[1:] if line.strip()]
+    quoted = max(body, key=len, default=symbol).replace("`", "'")
     return json.dumps(
         {
             "question": f"What does {symbol} in {path} do?",
-            "answer": f"According to [1], `{symbol}` is defined in `{path}` and does what its code shows.",
+            "answer": f"According to [1], `{symbol}` in `{path}` runs `{quoted}`.",
         }
     )
