@@ -60,6 +60,12 @@ Maybe astropy.modeling.separable is also involved, see utils.py and np.array.
         ),
         ("How is a refund authorized?", []),
         ("see src/app/main.ts and the `app.config` module", ["src/app/main.ts", "app/config"]),
+        # A bare snake_case word may be a module's name; a call, a path's part or a dotted
+        # name's part is not one on its own.
+        (
+            "How does lora_cpu call load_gguf_model() on xarray.core.duck_array_ops or a/b_c.py?",
+            ["lora_cpu", "xarray/core/duck_array_ops", "a/b_c.py"],
+        ),
     ],
 )
 def test_path_mentions(text: str, expected: list[str]) -> None:
@@ -87,6 +93,12 @@ def test_mentions_match_repo_files_by_suffix() -> None:
     ]
     assert paths.named_by(["db/models/fields"]) == ["django/db/models/fields/__init__.py"]
     assert paths.named_by(["fields"]) == []  # one segment, no extension: too vague
+    # ... unless snake_case: a module of that name (not a folder, not a function's name)
+    modules = RepoPaths(["cia/lib/lora_cpu.py", "cia/file_roles/__init__.py", "cia/sub_pkg/x.py"])
+    assert modules.named_by(["lora_cpu", "file_roles", "sub_pkg", "load_gguf_model"]) == [
+        "cia/lib/lora_cpu.py",
+        "cia/file_roles/__init__.py",
+    ]
     assert paths.named_by(["ascii.rst"]) == []  # no such file, and no ascii/rst module here
     assert RepoPaths(["astropy/io/ascii/rst.py"]).named_by(["ascii.rst"]) == ["astropy/io/ascii/rst.py"]
 

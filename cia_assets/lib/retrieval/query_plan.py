@@ -33,6 +33,9 @@ _PATH = re.compile(
 # `astropy.modeling.separable`, `from sklearn.linear_model import Ridge`: a dotted name of
 # lowercase segments not followed by a call (a module path rather than `obj.method()`).
 _DOTTED_MODULE = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+)(?![\w(])")
+# `lora_cpu`, `duck_array_ops`: a bare snake_case word not called and not part of a path or
+# dotted name, which may be a module's name (matched only when a module has it, see RepoPaths).
+_MODULE_NAME = re.compile(r"(?<![\w./\\-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w./(\\-])")
 # `Dataset.update`, `RST.__init__`: any qualified name, for finding definitions.
 _DOTTED_NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)")
 
@@ -146,11 +149,13 @@ def dotted_names(text: str) -> list[str]:
 
 
 def path_mentions(text: str) -> tuple[str, ...]:
-    """Path fragments the text names: traceback frames, file paths, dotted module names.
+    """Path fragments the text names: traceback frames, file paths, dotted module names, and
+    snake_case words that may be modules' names.
 
     `File "/usr/lib/python3/site-packages/django/forms/fields.py", line 151` yields the full
     path (matched against the repo's files by suffix later), `astropy.modeling.separable`
-    yields `astropy/modeling/separable`. Order: first mention first, duplicates removed.
+    yields `astropy/modeling/separable`, "how does lora_cpu load..." yields `lora_cpu`.
+    Order: first mention first, duplicates removed.
     """
     found: list[tuple[int, str]] = []
     taken: list[tuple[int, int]] = []
@@ -163,6 +168,11 @@ def path_mentions(text: str) -> tuple[str, ...]:
         if any(start < t_end and t_start < end for t_start, t_end in taken):
             continue  # the `fields.py` of a path, not a module name
         found.append((start, match.group(1).replace(".", "/")))
+        taken.append((start, end))
+    for match in _MODULE_NAME.finditer(text):
+        start, end = match.span(1)
+        if not any(start < t_end and t_start < end for t_start, t_end in taken):
+            found.append((start, match.group(1)))
     found.sort(key=lambda item: item[0])
     seen: dict[str, None] = {}
     for _, fragment in found:
@@ -208,13 +218,15 @@ class RepoPaths:
         (`forms/fields.py` -> `django/forms/fields.py`), or, for a module fragment without
         an extension, with `<fragment>.<ext>` or `<fragment>/__init__.py`. An absolute path
         from a traceback matches through its longest suffix that is a repo path. Fragments
-        of one segment without an extension (`numpy`, `self`) are too vague to match.
+        of one segment without an extension (`numpy`, `self`) are too vague to match, except
+        snake_case ones (`lora_cpu`, `duck_array_ops`): a module of that name is the file a
+        question about it means.
         """
         matched: dict[str, None] = {}
         for mention in _with_module_readings(mentions):
             segments = mention.split("/")
             has_extension = "." in segments[-1]
-            if not has_extension and len(segments) < 2:
+            if not has_extension and len(segments) < 2 and "_" not in mention:
                 continue
             for start in range(len(segments)):
                 suffix = "/".join(segments[start:])
