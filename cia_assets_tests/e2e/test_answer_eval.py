@@ -656,6 +656,10 @@ def test_eval_answers_indexes_asks_through_the_answering_path_and_reports_every_
     assert refund["cite_hit"] == any(path == "payments/auth.py" for path in refund["cited_files"])
     assert refund["not_found"] or refund["cited_files"]
     assert re.fullmatch(r"[0-9a-f]{32}", refund["trace_id"])
+    # Each row says what the abstention bars were compared with, for calibrating them.
+    asked_model = [r for r in rows if r["not_found_reason"] not in ("no code", "only tests")]
+    assert asked_model and all(isinstance(r["supported"], bool) for r in asked_model)
+    assert all(r["not_found_odds"] is not None and r["not_found_odds"] >= 0 for r in asked_model)
     # The harness worked in its own data dir: the live index was never made or moved.
     assert not (config.data_dir / "index").exists()
     assert (config.data_dir / "answer-eval" / "index" / "acme__payments.json").exists()

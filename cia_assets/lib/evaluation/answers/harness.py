@@ -180,13 +180,20 @@ class AnswerHarness:
                     continue
                 for model in models:
                     label = model.label(config)
-                    answerer = Answerer(model.config(config), endpoint=endpoint(model), project=project)
+                    details: dict[str, Any] = {}
+                    answerer = Answerer(
+                        model.config(config), endpoint=endpoint(model), project=project,
+                        trace_sink=_details_into(details),
+                    )  # fmt: skip
                     try:
                         # As the chat app does when it starts; the first search after an
                         # update also opens the collection: both kept out of the timings.
                         answerer.warm_up()
                         for position, case in enumerate(group, start=1):
+                            details.clear()
                             row = ask_case(answerer, case, source.repo_id, model=label, commit=sha)
+                            row.supported = details.get("supported")
+                            row.not_found_odds = details.get("not_found_odds")
                             report.rows.append(row)
                             progress(
                                 f"{label} {source.repo} {position}/{len(group)} {case.case_id}: {_brief(row)}"
@@ -297,6 +304,15 @@ def _packaged_judge(judge_config: CiaConfig, spec: EndpointSpec) -> Iterator[Jud
             api_key=None,
             timeout_s=judge_config.evaluation.judge.request_timeout_s,
         )
+
+
+def _details_into(kept: dict[str, Any]) -> Callable[[Any, Any, dict[str, Any]], None]:
+    """A trace sink that keeps the last answer's details (support, the model's NOT odds)."""
+
+    def keep(_request: Any, _answer: Any, details: dict[str, Any]) -> None:
+        kept.update(details)
+
+    return keep
 
 
 def ask_case(

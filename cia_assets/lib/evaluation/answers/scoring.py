@@ -191,6 +191,11 @@ class CaseRow:
     recall: float | None = None  # None: absent, or no identifier in the reference
     not_found: bool = False
     not_found_reason: str = ""  # Answer.not_found_reason: which step answered "not found"
+    # What the abstention bars were compared with (from the answer's trace details), for
+    # calibrating them: the retrieved code supported the question, and the model's NOT odds
+    # (None when the model was not asked).
+    supported: bool | None = None
+    not_found_odds: float | None = None
     words: int = 0
     sources_ms: float | None = None  # None: the answering path sent no sources event
     first_token_ms: float | None = None
