@@ -163,16 +163,15 @@ def path_mentions(text: str) -> tuple[str, ...]:
         for match in pattern.finditer(text):
             found.append((match.start(1), match.group(1).replace("\\", "/")))
             taken.append(match.span(1))
-    for match in _DOTTED_MODULE.finditer(text):
-        start, end = match.span(1)
-        if any(start < t_end and t_start < end for t_start, t_end in taken):
-            continue  # the `fields.py` of a path, not a module name
-        found.append((start, match.group(1).replace(".", "/")))
-        taken.append((start, end))
-    for match in _MODULE_NAME.finditer(text):
-        start, end = match.span(1)
-        if not any(start < t_end and t_start < end for t_start, t_end in taken):
-            found.append((start, match.group(1)))
+    # Module names, dotted first: the `fields.py` of a path or the `duck_array_ops` of
+    # `xarray.core.duck_array_ops` is part of a mention, not one of its own.
+    for pattern in (_DOTTED_MODULE, _MODULE_NAME):
+        for match in pattern.finditer(text):
+            start, end = match.span(1)
+            if any(start < t_end and t_start < end for t_start, t_end in taken):
+                continue
+            found.append((start, match.group(1).replace(".", "/")))
+            taken.append((start, end))
     found.sort(key=lambda item: item[0])
     seen: dict[str, None] = {}
     for _, fragment in found:
