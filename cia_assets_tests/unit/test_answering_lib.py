@@ -3,6 +3,8 @@ streaming, context assembly, the prompt's rendering."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from cia_assets.lib.answering.answer import not_found_answer
@@ -10,6 +12,7 @@ from cia_assets.lib.answering.citations import CitationFilter, ContextBlock, for
 from cia_assets.lib.answering.context import assemble_context
 from cia_assets.lib.answering.prompts import PACKAGED_PROMPT
 from cia_assets.lib.core.access import AccessDenied, Grant
+from cia_assets.lib.retrieval.query_plan import definition_names
 from cia_assets.lib.retrieval.search import CodeHit
 
 FILE_LINES = [f"line {n}" for n in range(1, 201)]
@@ -120,6 +123,31 @@ def test_context_budget_keeps_the_named_definition_of_a_long_block() -> None:
         focus_names={"evict"},
     )  # fmt: skip
     assert head[0].line_start == 1
+
+
+def test_context_cuts_a_class_at_the_method_a_question_qualifies_and_names_it() -> None:
+    # `ResolvedGrouper.__post_init__` in a class chunked whole: the question names the class
+    # too, whose own line comes first, but the method is what it asks about.
+    lines = [*FILE_LINES[:119], "class ResolvedGrouper:", *FILE_LINES[120:159]]
+    lines += ["    def __post_init__(self):", *FILE_LINES[160:]]
+    names = definition_names("Why does ResolvedGrouper.__post_init__ raise ValueError?")
+    blocks = assemble_context(
+        [dataclasses.replace(hit("a.py", 120, 200), symbol="ResolvedGrouper", kind="class")],
+        lambda repo, sha, path: lines, max_blocks_per_file=2, budget_tokens=100, focus_names=names,
+    )  # fmt: skip
+    assert len(blocks) == 1 and blocks[0].line_start == 160
+    assert blocks[0].text.splitlines()[0] == "    def __post_init__(self):"
+    # The header says whose method it is (the class line is cut off), and the model reads it.
+    assert blocks[0].symbol == "ResolvedGrouper.__post_init__"
+    assert "(ResolvedGrouper.__post_init__)" in format_sources(blocks)
+    assert blocks[0].read.startswith("ResolvedGrouper.__post_init__\n    def __post_init__")
+    # Only the class named: the block keeps the class's head, under the class's own name.
+    head = assemble_context(
+        [dataclasses.replace(hit("a.py", 120, 200), symbol="ResolvedGrouper", kind="class")],
+        lambda repo, sha, path: lines, max_blocks_per_file=2, budget_tokens=100,
+        focus_names=definition_names("How is a ResolvedGrouper validated?"),
+    )  # fmt: skip
+    assert head[0].line_start == 120 and head[0].symbol is None
 
 
 def test_context_cuts_each_long_block_so_several_files_fit() -> None:

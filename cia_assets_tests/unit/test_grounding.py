@@ -27,7 +27,7 @@ from cia_assets.lib.answering.grounding import (
     quoted_lines,
 )
 from cia_assets.lib.indexing.file_roles import file_role, wanted_roles
-from cia_assets.lib.retrieval.query_plan import defines_in, definition_names, named_identifiers
+from cia_assets.lib.retrieval.query_plan import defines_in, definition_names
 from cia_assets.lib.retrieval.search import CodeHit
 
 AUTH = (
@@ -168,6 +168,11 @@ def test_code_a_question_names_and_finds_in_the_retrieved_code_is_evidence_of_it
     ).named_found == ["Gateway.charge"]
     # Quotes mark plain words too; dunders and literals are in any code.
     assert named_code("How do \"payments\" use `__init__`, `None` and 'fill_value'?") == ["fill_value"]
+    # A special method its class qualifies is one definition; on a value it names none.
+    assert named_code("Why does ResolvedGrouper.__post_init__ call self.__class__ or func.__name__?") == [
+        "ResolvedGrouper.__post_init__"
+    ]
+    assert definition_names("Does `RST.__init__` call __init__ of self.__class__?") == {"rst.__init__"}
     # A file name is matched whole: `ledger.py` is in the paths, `billing.py` nowhere.
     assert evidence("What does ledger.py do?", blocks).named_found == ["ledger.py"]
     assert evidence("What does billing.py do?", blocks).named_found == []
@@ -236,7 +241,7 @@ def _hit(path: str, score: float, symbol: str | None = None, text: str = "x") ->
 
 def _order(hits: list[CodeHit], question: str, *, by_role: bool = True) -> list[CodeHit]:
     """The answerer's ordering, with the names it takes from the question."""
-    return explanation_order(hits, question, definition_names(named_identifiers(question)), by_role=by_role)
+    return explanation_order(hits, question, definition_names(question), by_role=by_role)
 
 
 def test_an_explanation_reads_source_files_before_tests_and_docs_unless_asked() -> None:

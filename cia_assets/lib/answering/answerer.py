@@ -66,7 +66,7 @@ from cia_assets.lib.core.access import AccessDenied
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.learning.redaction import mask_secrets
 from cia_assets.lib.observability.langfuse.prompts import PromptCache
-from cia_assets.lib.retrieval.query_plan import definition_names, named_identifiers
+from cia_assets.lib.retrieval.query_plan import definition_names
 from cia_assets.lib.retrieval.search import SearchOptions, rerank_code, search_code
 from cia_assets.lib.serving.endpoint import EndpointRecord, HealthCache
 from cia_assets.lib.sources.mirrors import MirrorPool
@@ -156,7 +156,7 @@ class Answerer:
         )
         # The code the question names (`_getitem_with_mask`): its definitions go first and a
         # long block is cut around them.
-        named = definition_names(named_identifiers(question))
+        named = definition_names(question)
         hits = explanation_order(hits, question, named, by_role=settings.prefer_source_files)
         prompt = load_prompt(self.config, self._prompts)
         blocks = assemble_context(
@@ -171,7 +171,7 @@ class Answerer:
             mask=mask_secrets if self.config.retrieval.mask_secrets else None,
         )
         # A follow-up's subject is partly in the question before it: judged on the same query.
-        found = evidence(query, [(b.path, b.text) for b in blocks])
+        found = evidence(query, [(b.path, b.read) for b in blocks])
         retrieved = time.perf_counter()
         timings: dict[str, float] = {"retrieval_ms": round((retrieved - started) * 1000, 1)}
         yield AnswerSources([block.preview() for block in blocks])
@@ -295,7 +295,7 @@ class Answerer:
             # A small model often explains without writing markers: cite the blocks its
             # backticked names and quoted lines come from, and say so in the trace.
             cited_blocks = [
-                blocks[i] for i in attribute(text, [b.text for b in blocks], paths=[b.path for b in blocks])
+                blocks[i] for i in attribute(text, [b.read for b in blocks], paths=[b.path for b in blocks])
             ]
             inferred = bool(cited_blocks)
         citations = [block.citation() for block in cited_blocks]
@@ -312,7 +312,7 @@ class Answerer:
             citations = []
         else:
             grounding = check_grounding(
-                text, [b.text for b in cited_blocks], [b.text for b in blocks], [b.path for b in blocks]
+                text, [b.read for b in cited_blocks], [b.read for b in blocks], [b.path for b in blocks]
             )
         if not not_found and mostly_ungrounded(grounding):
             # An explanation of code that is not in the sources (an example repeated, an

@@ -63,6 +63,12 @@ class ContextBlock(LinkedSpan):
     symbol: str | None
     text: str
 
+    @property
+    def read(self) -> str:
+        """What the model reads of the block besides its file: the symbol its header names
+        (`ResolvedGrouper.__post_init__` for a method cut from its class) and the code."""
+        return f"{self.symbol}\n{self.text}" if self.symbol else self.text
+
     def preview(self) -> SourcePreview:
         return SourcePreview(
             n=self.n,

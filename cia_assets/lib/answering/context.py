@@ -9,7 +9,7 @@ from typing import Any
 
 from cia_assets.lib.answering.citations import ContextBlock, strip_markers
 from cia_assets.lib.indexing.file_roles import file_role, wanted_roles
-from cia_assets.lib.retrieval.query_plan import defines, defines_in
+from cia_assets.lib.retrieval.query_plan import defined_name, defines, defines_in
 from cia_assets.lib.retrieval.search import CodeHit
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,13 @@ def assemble_context(
             continue
         header_tokens = 20
         body = lines[start - 1 : end]
+        symbol = hit.symbol if (hit.line_start, hit.line_end) == (start, end) else None
         cost = header_tokens + estimate_tokens("\n".join(body))
         allowance = remaining if max_block_tokens is None else min(remaining, max_block_tokens)
         if cost > allowance:
             # Keep the head of a long block (its signature and docstring) when enough fits,
             # or the named definition inside it.
-            skip = _definition_line(body, focus_names) if focus_names else 0
+            skip, defined = _named_definition(body, focus_names) if focus_names else (0, None)
             # Keep at least a readable block: a definition in the last lines starts it earlier.
             skip = min(skip, max(0, len(body) - MIN_BLOCK_LINES))
             kept: list[str] = []
@@ -97,6 +98,12 @@ def assemble_context(
                 continue
             start += skip
             body, end, cost = kept, start + len(kept) - 1, used
+            # A block cut to its head shows part of the hit's definition: no symbol. One cut
+            # to a method of a class chunked whole says whose it is
+            # (`ResolvedGrouper.__post_init__`), as the class line it no longer shows did.
+            symbol = None
+            if skip and defined:
+                symbol = f"{hit.symbol}.{defined}" if hit.symbol and hit.symbol != defined else defined
         remaining -= cost
         blocks.append(
             ContextBlock(
@@ -108,7 +115,7 @@ def assemble_context(
                 commit_sha=hit.commit_sha,
                 web_url=hit.web_url,
                 language=hit.language,
-                symbol=hit.symbol if (hit.line_start, hit.line_end) == (start, end) else None,
+                symbol=symbol,
                 text=mask("\n".join(body), hit.path) if mask else "\n".join(body),
                 chat_url=hit.chat_url,
             )
@@ -124,12 +131,18 @@ def _about_named(hit: CodeHit, named: set[str]) -> bool:
     return any(part in named for part in (hit.symbol or "").lower().split(".")[:-1])
 
 
-def _definition_line(body: Sequence[str], names: set[str] | frozenset[str]) -> int:
-    """The index of the first line of `body` that defines one of `names`, else 0."""
-    for index, line in enumerate(body):
-        if defines_in(line, set(names)):
-            return index
-    return 0
+def _named_definition(body: Sequence[str], names: set[str] | frozenset[str]) -> tuple[int, str | None]:
+    """The index of the first line of `body` that defines one of `names` and the name it
+    defines, else (0, None). A method a dotted name names (`ResolvedGrouper.__post_init__`) is
+    preferred to its class's own line, and its qualifier is looked for in the whole body (the
+    class line above it)."""
+    whole = "\n".join(body)
+    for wanted in ({name for name in names if "." in name}, set(names)):
+        for index, line in enumerate(body):
+            defined = defined_name(line, wanted, qualifiers_in=whole) if wanted else None
+            if defined:
+                return index, defined
+    return 0, None
 
 
 def estimate_tokens(text: str) -> int:

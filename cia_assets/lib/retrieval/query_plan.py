@@ -38,6 +38,10 @@ _DOTTED_MODULE = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)+
 _MODULE_NAME = re.compile(r"(?<![\w./\\-])([a-z][a-z0-9]*(?:_[a-z0-9]+)+)(?![\w./(\\-])")
 # `Dataset.update`, `RST.__init__`: any qualified name, for finding definitions.
 _DOTTED_NAME = re.compile(r"(?<![\w.])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)")
+# `RST.__init__`, `ResolvedGrouper.__post_init__`: a special method qualified by a class (a
+# CapWords name) is one definition; bare (`__init__`) it is in every other class, and on a value
+# (`self.__class__`, `func.__name__`) it names none.
+_CLASS_SPECIAL_METHOD = re.compile(r"(?<![\w.])(_*[A-Z]\w*\.__\w+__)(?![\w.])")
 
 
 # A question's words that can only be code: snake_case and _private names, camelCase and
@@ -66,12 +70,12 @@ def named_code(question: str) -> list[str]:
     ]
     names += [match.group(0) for match in _CODE_SHAPED.finditer(_QUOTED.sub(" ", question))]
     # `[n]` names nothing; `e.g.` and `U.S.` are dotted but not code; a dunder (`__init__`) or a
-    # literal (`None`) is in any code.
+    # literal (`None`) is in any code, unless a class qualifies the dunder (`RST.__init__`).
     return [
         name
         for name in dict.fromkeys(names)
         if max(len(part) for part in name.split(".")) > 2
-        and not name.rsplit(".", 1)[-1].startswith("__")
+        and (not name.rsplit(".", 1)[-1].startswith("__") or _CLASS_SPECIAL_METHOD.fullmatch(name))
         and name not in _CODE_LITERALS
     ]
 
@@ -105,10 +109,12 @@ def named_identifiers(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*lexical.identifiers(text), *dotted_names(text)]))
 
 
-def definition_names(identifiers: Iterable[str]) -> set[str]:
-    """The named identifiers whose definitions are worth finding: all but dunder names
-    (`__init__`, `__call__` are defined in every other class)."""
-    return {name for name in identifiers if not name.rsplit(".", 1)[-1].startswith("__")}
+def definition_names(text: str) -> set[str]:
+    """The names the text uses whose definitions are worth finding, lowercased: its compound
+    and dotted identifiers but special methods (`__init__`, `__call__` are defined in every
+    other class), and the special methods a class qualifies (`ResolvedGrouper.__post_init__`)."""
+    names = {name for name in named_identifiers(text) if not name.rsplit(".", 1)[-1].startswith("__")}
+    return names | {match.group(1).lower() for match in _CLASS_SPECIAL_METHOD.finditer(text)}
 
 
 def defines(symbol: str | None, names: set[str]) -> bool:
@@ -134,13 +140,19 @@ _DEFINITION = re.compile(
 def defines_in(text: str, names: set[str]) -> bool:
     """The code defines a named name somewhere in it: the last part of a dotted one, when the
     code also names its qualifier (`Dataset.update`: a `def update` beside `Dataset`)."""
-    lowered = text.lower()
+    return defined_name(text, names) is not None
+
+
+def defined_name(text: str, names: set[str], *, qualifiers_in: str | None = None) -> str | None:
+    """The first named name `text` defines, as spelled there (`update` for `dataset.update`),
+    else None; a dotted name's qualifier is looked for in `qualifiers_in` (default: `text`)."""
+    lowered = (text if qualifiers_in is None else qualifiers_in).lower()
     wanted = {
         name.rsplit(".", 1)[-1]
         for name in names
         if "." not in name or all(part in lowered for part in name.split(".")[:-1])
     }
-    return any(match.group(1).lower() in wanted for match in _DEFINITION.finditer(text))
+    return next((m.group(1) for m in _DEFINITION.finditer(text) if m.group(1).lower() in wanted), None)
 
 
 def dotted_names(text: str) -> list[str]:

@@ -200,7 +200,7 @@ def _search_repo(
         # A report names `separability_matrix` or `URLField`: the chunks that define it
         # (their symbol, not merely a use) are where a fix starts. Candidates come from
         # the lists above, so this only reorders what retrieval already found.
-        names = definition_names(plan.identifiers)
+        names = definition_names(plan.text)
         defining = [hit for hit, _ in fused if defines(hit.payload.get("symbol"), names)]
         if defining:
             lists = [*lists, (defining, 1.0)]
