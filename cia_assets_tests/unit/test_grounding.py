@@ -17,6 +17,7 @@ from cia_assets.lib.answering.generation import first_token_odds, starts_not_fou
 from cia_assets.lib.answering.grounding import (
     UNGROUNDED_MARK,
     attribute,
+    check_blocks,
     check_grounding,
     evidence,
     inline_spans,
@@ -27,7 +28,7 @@ from cia_assets.lib.answering.grounding import (
     quoted_lines,
 )
 from cia_assets.lib.indexing.file_roles import file_role, wanted_roles
-from cia_assets.lib.retrieval.query_plan import defines_in, definition_names
+from cia_assets.lib.retrieval.query_plan import QueryPlan, defines_in, definition_names
 from cia_assets.lib.retrieval.search import CodeHit
 
 AUTH = (
@@ -83,6 +84,23 @@ def test_file_paths_count_as_grounded_names_and_markers_are_not_checked() -> Non
         "See `payments/auth.py` [1] and `[1]`.", [AUTH], [AUTH], paths=["payments/auth.py"]
     )
     assert grounding.checked == 1 and grounding.ungrounded == []
+
+
+def test_a_block_header_naming_a_method_cut_from_its_class_grounds_that_name() -> None:
+    # The class line is cut off; the header (`ResolvedGrouper.__post_init__`) is what says whose
+    # method the model is reading, so the name is grounded by it, and only by it.
+    def block(symbol: str | None) -> ContextBlock:
+        return ContextBlock(
+            n=1, repo="r", path="xarray/core/groupby.py", line_start=317, line_end=320,
+            commit_sha="a" * 40, web_url=None, language="python", symbol=symbol,
+            text="    def __post_init__(self) -> None:\n        raise ValueError('labels')",
+        )  # fmt: skip
+
+    answer = "`ResolvedGrouper.__post_init__` raises `ValueError` [1]."
+    headed = block("ResolvedGrouper.__post_init__")
+    assert check_blocks(answer, [headed], [headed]).ungrounded == []
+    bare = block(None)
+    assert check_blocks(answer, [bare], [bare]).ungrounded == ["`ResolvedGrouper.__post_init__`"]
 
 
 def test_citations_are_inferred_from_the_blocks_an_unmarked_answer_names() -> None:
@@ -172,7 +190,10 @@ def test_code_a_question_names_and_finds_in_the_retrieved_code_is_evidence_of_it
     assert named_code("Why does ResolvedGrouper.__post_init__ call self.__class__ or func.__name__?") == [
         "ResolvedGrouper.__post_init__"
     ]
-    assert definition_names("Does `RST.__init__` call __init__ of self.__class__?") == {"rst.__init__"}
+    dunders = "Does `RST.__init__` call __init__ of self.__class__?"
+    assert definition_names(dunders) == {"rst.__init__"}
+    # The search reads the same names from the question's plan (worked out once a search).
+    assert QueryPlan.of(dunders).definitions == {"rst.__init__"}
     # A file name is matched whole: `ledger.py` is in the paths, `billing.py` nowhere.
     assert evidence("What does ledger.py do?", blocks).named_found == ["ledger.py"]
     assert evidence("What does billing.py do?", blocks).named_found == []

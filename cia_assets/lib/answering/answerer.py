@@ -15,7 +15,7 @@ The flow, the same for the CLI, the chat app, the OpenAI-compatible API and MCP:
    Markers that do not are removed and reported; an answer left with no valid citation
    becomes an explicit "not found in the indexed code" that lists what was searched;
 6. after generation, every backticked identifier and quoted code line must occur in the
-   cited blocks or the context (`grounding.check_grounding`); those that do not are marked.
+   cited blocks or the context (`grounding.check_blocks`); those that do not are marked.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from cia_assets.lib.answering.grounding import (
     Evidence,
     Grounding,
     attribute,
-    check_grounding,
+    check_blocks,
     evidence,
     mark_ungrounded,
     mostly_ungrounded,
@@ -311,9 +311,7 @@ class Answerer:
             reason = abstained or ("model said not found" if declined else "no citation")
             citations = []
         else:
-            grounding = check_grounding(
-                text, [b.read for b in cited_blocks], [b.read for b in blocks], [b.path for b in blocks]
-            )
+            grounding = check_blocks(text, cited_blocks, blocks)
         if not not_found and mostly_ungrounded(grounding):
             # An explanation of code that is not in the sources (an example repeated, an
             # invented API) is not an answer: say what was read instead.

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from cia_assets.lib.answering.citations import ContextBlock, strip_markers
 from cia_assets.lib.indexing.file_roles import file_role, wanted_roles
-from cia_assets.lib.retrieval.query_plan import defined_name, defines, defines_in
+from cia_assets.lib.retrieval.query_plan import defines, defines_in, first_definition
 from cia_assets.lib.retrieval.search import CodeHit
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def assemble_context(
     *,
     max_blocks_per_file: int,
     budget_tokens: int,
-    focus_names: set[str] | frozenset[str] = frozenset(),
+    focus_names: AbstractSet[str] = frozenset(),
     max_block_tokens: int | None = None,
     mask: Callable[[str, str], str] | None = None,
 ) -> list[ContextBlock]:
@@ -123,7 +124,7 @@ def assemble_context(
     return blocks
 
 
-def _about_named(hit: CodeHit, named: set[str]) -> bool:
+def _about_named(hit: CodeHit, named: AbstractSet[str]) -> bool:
     """The hit defines a named name, or is part of a named class (`DaskIndexingAdapter.__getitem__`
     when the question names `DaskIndexingAdapter`)."""
     if defines(hit.symbol, named) or defines_in(hit.text, named):
@@ -131,18 +132,18 @@ def _about_named(hit: CodeHit, named: set[str]) -> bool:
     return any(part in named for part in (hit.symbol or "").lower().split(".")[:-1])
 
 
-def _named_definition(body: Sequence[str], names: set[str] | frozenset[str]) -> tuple[int, str | None]:
+def _named_definition(body: Sequence[str], names: AbstractSet[str]) -> tuple[int, str | None]:
     """The index of the first line of `body` that defines one of `names` and the name it
     defines, else (0, None). A method a dotted name names (`ResolvedGrouper.__post_init__`) is
-    preferred to its class's own line, and its qualifier is looked for in the whole body (the
-    class line above it)."""
+    preferred to its class's own line; its qualifier may be anywhere in the body (the class
+    line above it)."""
     whole = "\n".join(body)
-    for wanted in ({name for name in names if "." in name}, set(names)):
-        for index, line in enumerate(body):
-            defined = defined_name(line, wanted, qualifiers_in=whole) if wanted else None
-            if defined:
-                return index, defined
-    return 0, None
+    dotted = {name for name in names if "." in name}
+    found = first_definition(whole, dotted) or first_definition(whole, names)
+    if found is None:
+        return 0, None
+    offset, defined = found
+    return whole.count("\n", 0, offset), defined
 
 
 def estimate_tokens(text: str) -> int:
@@ -181,7 +182,7 @@ def only_tests_or_vendored(blocks: Sequence[ContextBlock], question: str) -> boo
 
 
 def explanation_order(
-    hits: Sequence[CodeHit], question: str, named: set[str], *, by_role: bool = True
+    hits: Sequence[CodeHit], question: str, named: AbstractSet[str], *, by_role: bool = True
 ) -> list[CodeHit]:
     """The definitions of what the question names first, whatever file they are in (a
     question about a test helper wants that test file), then hits of the roles the question

@@ -16,9 +16,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cia_assets.lib.indexing.lexical import STOPWORDS
 from cia_assets.lib.retrieval.query_plan import FILE_SUFFIXES, named_code, path_mentions
+
+if TYPE_CHECKING:
+    from cia_assets.lib.answering.citations import ContextBlock
 
 _FENCED = re.compile(r"^[ \t]*(`{3,}|~{3,})[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.M | re.S)
 _INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
@@ -117,6 +121,14 @@ def check_grounding(
             continue
         (uncited if context_corpus.has_line(line) else ungrounded).append(line)
     return Grounding(checked=checked, ungrounded=ungrounded, uncited=uncited)
+
+
+def check_blocks(answer: str, cited: Sequence[ContextBlock], blocks: Sequence[ContextBlock]) -> Grounding:
+    """`check_grounding` over what the model read of the context blocks: each header's symbol
+    (`ResolvedGrouper.__post_init__` for a method cut from its class) with its code, and the
+    blocks' files."""
+    read = [b.read for b in blocks]
+    return check_grounding(answer, [b.read for b in cited], read, [b.path for b in blocks])
 
 
 # A name that can only be code when written without backticks: snake_case, camelCase, dotted,

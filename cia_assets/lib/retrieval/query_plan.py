@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from cia_assets.lib.indexing import lexical
@@ -75,9 +76,14 @@ def named_code(question: str) -> list[str]:
         name
         for name in dict.fromkeys(names)
         if max(len(part) for part in name.split(".")) > 2
-        and (not name.rsplit(".", 1)[-1].startswith("__") or _CLASS_SPECIAL_METHOD.fullmatch(name))
+        and (not _special_method(name) or _CLASS_SPECIAL_METHOD.fullmatch(name))
         and name not in _CODE_LITERALS
     ]
+
+
+def _special_method(name: str) -> bool:
+    """`__init__`, `self.__class__`: the name (or its last part) is a dunder."""
+    return name.rsplit(".", 1)[-1].startswith("__")
 
 
 @dataclass(frozen=True)
@@ -90,16 +96,19 @@ class QueryPlan:
     identifiers: tuple[str, ...]  # compound and dotted identifiers, lowercased
     path_mentions: tuple[str, ...]  # path fragments named in the text, in order of mention
     code_names: tuple[str, ...] = ()  # code names as spelled (`named_code`), for symbol lookups
+    definitions: frozenset[str] = frozenset()  # `definition_names`, for finding definitions
 
     @classmethod
     def of(cls, text: str, *, repeated_terms_count: bool = True) -> QueryPlan:
+        identifiers = named_identifiers(text)
         return cls(
             text=text,
             sparse=lexical.encode_query(text, repeated_terms_count=repeated_terms_count),
             exact=lexical.encode_identifiers(text),
-            identifiers=named_identifiers(text),
+            identifiers=identifiers,
             path_mentions=path_mentions(text),
             code_names=tuple(named_code(text)),
+            definitions=_definition_names(text, identifiers),
         )
 
 
@@ -109,15 +118,20 @@ def named_identifiers(text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*lexical.identifiers(text), *dotted_names(text)]))
 
 
-def definition_names(text: str) -> set[str]:
+def definition_names(text: str) -> frozenset[str]:
     """The names the text uses whose definitions are worth finding, lowercased: its compound
     and dotted identifiers but special methods (`__init__`, `__call__` are defined in every
     other class), and the special methods a class qualifies (`ResolvedGrouper.__post_init__`)."""
-    names = {name for name in named_identifiers(text) if not name.rsplit(".", 1)[-1].startswith("__")}
-    return names | {match.group(1).lower() for match in _CLASS_SPECIAL_METHOD.finditer(text)}
+    return _definition_names(text, named_identifiers(text))
 
 
-def defines(symbol: str | None, names: set[str]) -> bool:
+def _definition_names(text: str, identifiers: Iterable[str]) -> frozenset[str]:
+    # The identifiers are lowercased, so whether a class qualifies a dunder is read from the text.
+    qualified = {match.group(1).lower() for match in _CLASS_SPECIAL_METHOD.finditer(text)}
+    return frozenset(name for name in identifiers if not _special_method(name)) | qualified
+
+
+def defines(symbol: str | None, names: AbstractSet[str]) -> bool:
     """A chunk whose symbol is `symbol` defines a named name: its own name (the last part of
     `Class.method`) is named, or its qualified name ends with a dotted name of the text
     (`Dataset.update`). Naming a class does not make every method of it a definition of
@@ -137,22 +151,25 @@ _DEFINITION = re.compile(
 )
 
 
-def defines_in(text: str, names: set[str]) -> bool:
+def defines_in(text: str, names: AbstractSet[str]) -> bool:
     """The code defines a named name somewhere in it: the last part of a dotted one, when the
     code also names its qualifier (`Dataset.update`: a `def update` beside `Dataset`)."""
-    return defined_name(text, names) is not None
+    return first_definition(text, names) is not None
 
 
-def defined_name(text: str, names: set[str], *, qualifiers_in: str | None = None) -> str | None:
-    """The first named name `text` defines, as spelled there (`update` for `dataset.update`),
-    else None; a dotted name's qualifier is looked for in `qualifiers_in` (default: `text`)."""
-    lowered = (text if qualifiers_in is None else qualifiers_in).lower()
+def first_definition(text: str, names: AbstractSet[str]) -> tuple[int, str] | None:
+    """Where the code first defines a named name (as `defines_in` judges) and that name as the
+    code spells it (`update` for `dataset.update`): (offset in `text`, name), else None."""
+    lowered = text.lower()
     wanted = {
         name.rsplit(".", 1)[-1]
         for name in names
         if "." not in name or all(part in lowered for part in name.split(".")[:-1])
     }
-    return next((m.group(1) for m in _DEFINITION.finditer(text) if m.group(1).lower() in wanted), None)
+    for match in _DEFINITION.finditer(text):
+        if match.group(1).lower() in wanted:
+            return match.start(), match.group(1)
+    return None
 
 
 def dotted_names(text: str) -> list[str]:

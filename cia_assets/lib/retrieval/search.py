@@ -19,7 +19,7 @@ from cia_assets.lib.indexing.code_graph import CodeGraph, read_code_graph
 from cia_assets.lib.indexing.embeddings import Embedder
 from cia_assets.lib.indexing.file_roles import Role, file_role, wanted_roles
 from cia_assets.lib.indexing.pipeline import collection_models_path, read_collection_models, read_index_state
-from cia_assets.lib.retrieval.query_plan import QueryPlan, RepoPaths, defines, definition_names
+from cia_assets.lib.retrieval.query_plan import QueryPlan, RepoPaths, defines
 from cia_assets.lib.vectorstore.base import SearchHit, SparseVector, VectorStore
 
 MERGE_RRF_K = 60  # as the stores' own fusion
@@ -196,12 +196,11 @@ def _search_repo(
     if options.file_lexical and plan.sparse.indices:
         lists.append((_files_by_lexical_mass(store, alias, hybrid, lists, options.lexical_depth), 1.0))
     fused = _fuse(lists)
-    if options.definitions and plan.identifiers:
+    if options.definitions and plan.definitions:
         # A report names `separability_matrix` or `URLField`: the chunks that define it
         # (their symbol, not merely a use) are where a fix starts. Candidates come from
         # the lists above, so this only reorders what retrieval already found.
-        names = definition_names(plan.text)
-        defining = [hit for hit, _ in fused if defines(hit.payload.get("symbol"), names)]
+        defining = [hit for hit, _ in fused if defines(hit.payload.get("symbol"), plan.definitions)]
         if defining:
             lists = [*lists, (defining, 1.0)]
             fused = _fuse(lists)
