@@ -345,6 +345,70 @@ def test_named_files_are_searched_and_files_aggregate_their_chunks(
     assert asked[readme] == with_roles[readme] == without[readme]
 
 
+# Source files that all speak of the refund deadline, and the one test of it: the search's
+# source prior ranks every one of them above the test.
+REFUND_SOURCES = {
+    f"payments/refund_{topic}.py": (
+        f"def {topic}_refund_deadline(order, today):\n"
+        f'    """{doc}"""\n'
+        f"    return (today - order.delivered_on).days\n"
+    )
+    for topic, doc in {
+        "notices": "Tell the customer how many days are left before the refund deadline.",
+        "reports": "List the orders whose refund deadline passed today.",
+        "policy": "Extend the refund deadline of an order by some days.",
+        "queue": "Order the refund queue by the deadline of each refund.",
+        "audit": "Record who changed a refund deadline and when.",
+        "emails": "Remind the customer of the refund deadline by email.",
+        "export": "Export each refund with its deadline for accounting.",
+        "limits": "Check the refund deadline before a refund is queued.",
+        "metrics": "Count refunds requested after the deadline.",
+    }.items()
+}
+REFUND_TEST = {
+    "tests/test_refund_deadline.py": (
+        "def test_the_refund_deadline_is_thirty_days_after_delivery():\n"
+        "    assert refund_allowed(order_delivered(days_ago=30), today())\n"
+        "    assert not refund_allowed(order_delivered(days_ago=31), today())\n"
+    )
+}
+
+
+def test_an_answer_about_where_code_is_tested_reads_the_tests(
+    make_repo: Callable[..., GitRepo], write_config: Callable[..., CiaConfig]
+) -> None:
+    """The answering path's search follows the roles a question asks for: asked where the
+    refund deadline is tested, the test is among the sources; asked how the deadline works,
+    the sources are code. (The search's own default, the source prior, ranked the test below
+    every source file that shares its words, out of the answer's context.)"""
+    import dagster as dg
+
+    from cia_assets.lib.answering.answer import AnswerSources, AskRequest
+    from cia_assets.lib.answering.answerer import Answerer
+    from cia_assets.lib.core.access import Grant
+    from cia_assets_tests.support.materialize import materialize_repo
+
+    repo = make_repo("payments", {**REFUND_SOURCES, **REFUND_TEST})
+    config = write_config([{"url": repo.url, "id": "payments"}])
+    materialize_repo(config, dg.DagsterInstance.ephemeral(), "payments")  # type: ignore[arg-type]
+
+    def sources(question: str) -> list[str]:
+        # Only the sources event: it comes before any model is asked, so none is needed.
+        answerer = Answerer(config)
+        events = answerer.stream(AskRequest(question=question, grant=Grant(name="all", repos=("payments",))))
+        try:
+            first = next(events)
+        finally:
+            events.close()
+            answerer.close()
+        assert isinstance(first, AnswerSources)
+        return [source.path for source in first.sources]
+
+    assert "tests/test_refund_deadline.py" in sources("Where is the refund deadline tested?")
+    explained = sources("How is the refund deadline computed?")
+    assert explained and "tests/test_refund_deadline.py" not in explained, explained
+
+
 def test_file_role_prior_holds_when_repos_are_merged(
     make_repo: Callable[..., GitRepo],
     write_config: Callable[..., object],

@@ -27,7 +27,7 @@ from cia_assets.lib.answering.grounding import (
     question_terms,
     quoted_lines,
 )
-from cia_assets.lib.indexing.file_roles import file_role, wanted_roles
+from cia_assets.lib.indexing.file_roles import asks_for_tests, file_role, wanted_roles
 from cia_assets.lib.retrieval.query_plan import QueryPlan, defines_in, definition_names
 from cia_assets.lib.retrieval.search import CodeHit
 
@@ -251,6 +251,33 @@ def test_file_roles_and_what_a_question_wants() -> None:
     assert wanted_roles("What changed in the changelog for 2.0?") == {"source", "changelog"}
     assert wanted_roles("How do I configure the re-ranker?") == {"source", "config"}
     assert wanted_roles("Which third-party parser is bundled?") == {"source", "vendored"}
+
+
+@pytest.mark.parametrize(
+    ("question", "asks"),
+    [
+        ("Where is the masking of secrets in search results tested?", True),
+        ("How is the repo change sensor tested?", True),
+        ("Where is it tested that kill -9 keeps search working?", True),
+        ("Which tests check that a corrupted model part fails the install?", True),
+        ("What unit tests cover git credentials?", True),
+        ("Where are the tests for the parser?", True),
+        ("Is authorize_refund tested", True),
+        # SWE-QA's questions that mention tests on their way to the code (their references
+        # are the source files), and a plain one.
+        (
+            "What is the relationship between the expiration threshold computed in the test "
+            "initialization method and the early-exit optimization tested across multiple test methods?",
+            False,
+        ),
+        ("What attributes must be implemented by the object type tested in the test class?", False),
+        ("What is the mechanism by which the test suite that exercises the plugin enforces it?", False),
+        ("Why does the test class that verifies mask assignment check memory sharing?", False),
+        ("How is a refund authorized?", False),
+    ],
+)
+def test_a_question_asking_for_tests_is_told_from_one_mentioning_them(question: str, asks: bool) -> None:
+    assert asks_for_tests(question) is asks
 
 
 def _hit(path: str, score: float, symbol: str | None = None, text: str = "x") -> CodeHit:

@@ -64,6 +64,7 @@ from cia_assets.lib.answering.grounding import (
 from cia_assets.lib.answering.prompts import PromptTemplate, load_prompt
 from cia_assets.lib.core.access import AccessDenied
 from cia_assets.lib.core.project import Project
+from cia_assets.lib.indexing.file_roles import asks_for_tests
 from cia_assets.lib.learning.redaction import mask_secrets
 from cia_assets.lib.observability.langfuse.prompts import PromptCache
 from cia_assets.lib.retrieval.query_plan import definition_names
@@ -75,6 +76,10 @@ log = logging.getLogger(__name__)
 # An explanation needs the definitions of the code a question names, even where the lists
 # that rank files for a report do not reach them.
 ANSWER_SEARCH = SearchOptions(fetch_definitions=True, shown=False)
+# A question that asks where something is tested: the role prior follows the roles the question
+# names, tests included. The default prior (source files) ranked every test below the code it
+# tests, so "where is the redaction tested?" was answered from the redaction itself.
+TESTS_SEARCH = dataclasses.replace(ANSWER_SEARCH, roles_from_question=True)
 
 
 class Answerer:
@@ -152,7 +157,13 @@ class Answerer:
         hits = rerank_code(
             self.project,
             query,
-            search_code(self.project, query, repos=repos, k=settings.top_k, options=ANSWER_SEARCH),
+            search_code(
+                self.project,
+                query,
+                repos=repos,
+                k=settings.top_k,
+                options=TESTS_SEARCH if asks_for_tests(question) else ANSWER_SEARCH,
+            ),
         )
         # The code the question names (`_getitem_with_mask`): its definitions go first and a
         # long block is cut around them.

@@ -65,6 +65,20 @@ _WANTS: dict[Role, re.Pattern[str]] = {
     "vendored": re.compile(r"\b(vendor\w*|bundled|third[- ]party)\b", re.I),
 }
 
+# A question that asks for the tests themselves ("where is the redaction tested?", "which tests
+# cover the sensor?"), not one that mentions tests on its way to the code ("the early-exit
+# optimization tested across multiple test methods": SWE-QA's references for those are the
+# source files, and ranking tests up for them cost astropy's questions their cite-hit).
+_ASKS_FOR_TESTS = re.compile(
+    r"\btested\s*(\?|$)"
+    r"|\b(is|are)\s+(it|this|that|they|these|those)\s+tested\b"
+    r"|\b(which|what)\s+((unit|integration|end-to-end|e2e|regression)\s+)?tests?\b"
+    r"|\b(where\s+(are|is)|find)\s+the\s+tests?\b"
+    r"|\btests?\s+(that\s+)?(cover|check|exercise)"
+    r"|\btest\s+coverage\b",
+    re.I | re.M,
+)
+
 
 def file_role(path: str) -> Role:
     parts = path.split("/")
@@ -103,3 +117,9 @@ def wanted_roles(question: str) -> frozenset[Role]:
         if asks.search(question):
             roles.add(role)
     return frozenset(roles)
+
+
+def asks_for_tests(question: str) -> bool:
+    """Whether `question` asks where or how something is tested (which the answering search
+    then ranks tests for, beside the code)."""
+    return bool(_ASKS_FOR_TESTS.search(question))
