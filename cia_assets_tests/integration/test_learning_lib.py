@@ -68,6 +68,30 @@ def test_redaction_keeps_code_and_line_numbers() -> None:
     assert [f.kind for f in result.findings] == ["Private Key"]
 
 
+def test_a_private_key_without_its_end_line_masks_its_body_and_no_more() -> None:
+    """A test that writes only a key's header, or a chunk cut inside a key: the lines that
+    look like the key's body are masked, and the code after it is kept (masking to the end
+    of the text blanked the rest of the function in search results and answers)."""
+    header_only = (
+        "def test_an_ssh_key_is_used(tmp_path):\n"
+        '    (tmp_path / "deploy").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\\n")\n'
+        "    auth = GitAuth.of(config.codebases[0])\n"
+        '    assert "BatchMode=yes" in git_env(auth)["GIT_SSH_COMMAND"]\n'
+    )
+    lines = redact(header_only, filename="tests/test_git.py").text.split("\n")
+    assert lines[1] == '    (tmp_path / "deploy").write_text("<REDACTED>'
+    assert lines[2:] == header_only.split("\n")[2:]
+
+    # A full line, a shorter one, and the last one with its padding.
+    body = ["MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj", "MzEfYyjiWA4R4/M2", "AbC="]
+    cut = "PEM = (\n    '-----BEGIN PRIVATE KEY-----\\n'\n" + "".join(f"    '{line}\\n'\n" for line in body)
+    cut += ")\nsigned = sign(PEM)\n"
+    result = redact(cut, filename="keys.py")
+    assert not any(line in result.text for line in body)
+    assert result.text.split("\n")[-3:] == [")", "signed = sign(PEM)", ""]
+    assert len(result.text.split("\n")) == len(cut.split("\n"))
+
+
 def test_shannon_entropy() -> None:
     assert shannon_entropy("aaaa") == 0.0
     assert shannon_entropy("abcd") == pytest.approx(2.0)

@@ -35,8 +35,17 @@ MIN_ENTROPY_TOKEN = 20
 _TOKEN = re.compile(r"[A-Za-z0-9+/_\-.~]{" + str(MIN_ENTROPY_TOKEN) + ",}={0,2}")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 _SECRET_CHARS = re.compile(r"[A-Za-z0-9_\-+/=.~]")
+# A private key: from its BEGIN line to its END line. Without an END (a chunk cut inside the
+# key, or a test that writes only the header), through the lines that look like the key's body
+# (base64, possibly quoted, `Proc-Type:` / `DEK-Info:` headers), not to the end of the text:
+# code after a header-only literal is no secret, and masking it blanked whole test functions.
+_PEM_BODY_LINE = (
+    r"\n(?:[ \t]*[\"'`(+]*(?:[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9+/]+={1,2})(?:\\n)?[\"'`),+ \t\\]*"
+    r"|[ \t]*[\"'`]*(?:Proc-Type|DEK-Info):[^\n]*|[ \t]*)(?=\n|\Z)"
+)
 _PEM = re.compile(
-    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----.*?(-----END [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----|\Z)",
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----"
+    r"(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----|[^\n]*(?:" + _PEM_BODY_LINE + r")*)",
     re.DOTALL,
 )
 # Entropy findings of detect-secrets are replaced by the scan below (see the module docstring).
