@@ -8,7 +8,13 @@ import dataclasses
 import pytest
 
 from cia_assets.lib.answering.answer import not_found_answer
-from cia_assets.lib.answering.citations import CitationFilter, ContextBlock, format_sources, tidy_answer
+from cia_assets.lib.answering.citations import (
+    CitationFilter,
+    ContextBlock,
+    format_sources,
+    restate_source_headers,
+    tidy_answer,
+)
 from cia_assets.lib.answering.context import assemble_context
 from cia_assets.lib.answering.prompts import PACKAGED_PROMPT
 from cia_assets.lib.core.access import AccessDenied, Grant
@@ -167,6 +173,37 @@ def test_sources_are_fenced_so_code_cannot_close_its_block() -> None:
     rendered = format_sources([block])
     assert rendered.startswith("[1] x.md lines 1-3\n````markdown\n")
     assert rendered.endswith("\n````")
+
+
+def test_a_source_header_repeated_in_an_answer_is_restated_citing_that_source() -> None:
+    """The 0.5B often answers "where is X tested?" by listing a source as the prompt does,
+    under another source's number: the header becomes a sentence citing the block with that
+    file and lines; the prompt example's header, which no block has, stays."""
+
+    def block(n: int, path: str, start: int, end: int, symbol: str | None) -> ContextBlock:
+        return ContextBlock(
+            n=n, repo="r", path=path, line_start=start, line_end=end, commit_sha="s", web_url=None,
+            language="python", symbol=symbol, text="def f():\n    pass",
+        )  # fmt: skip
+
+    blocks = [
+        block(1, "cia/sensors.py", 17, 32, "repo_change_sensor"),
+        block(2, "tests/test_sensor.py", 30, 64, "test_new_repos_become_partitions"),
+        block(3, "cia/git_sync.py", 1, 12, None),
+    ]
+    code = "```python\ndef f():\n    pass\n```"
+    answer = f"[1] tests/test_sensor.py lines 30-64 (test_new_repos_become_partitions)\n{code}"
+    assert restate_source_headers(answer, blocks) == (
+        f"`test_new_repos_become_partitions` in `tests/test_sensor.py`, lines 30-64 [2]:\n{code}"
+    )
+    # Other lines than the block's, no symbol: the block's lines, and no name it lacks.
+    restated = restate_source_headers("[3] cia/git_sync.py lines 1-40", blocks)
+    assert restated == "`cia/git_sync.py`, lines 1-12 [3]:"
+    example = "[1] cache/lru.py lines 10-15 (LruCache.put)"
+    assert restate_source_headers(example, blocks) == example
+    # A marker inside a sentence is no header.
+    sentence = "The sensor [1] polls each repo."
+    assert restate_source_headers(sentence, blocks) == sentence
 
 
 def test_prompt_fills_each_placeholder_once() -> None:

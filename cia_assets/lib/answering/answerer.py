@@ -41,6 +41,7 @@ from cia_assets.lib.answering.citations import (
     ContextBlock,
     format_sources,
     render_sources,
+    restate_source_headers,
     tidy_answer,
 )
 from cia_assets.lib.answering.context import (
@@ -297,7 +298,7 @@ class Answerer:
         # Re-run the check over the whole text: the streamed pieces and the final answer
         # must agree, whatever the chunking of the stream was.
         final_checker = CitationFilter({b.n for b in blocks})
-        text = tidy_answer(final_checker.feed(raw) + final_checker.finish())
+        text = tidy_answer(final_checker.feed(restate_source_headers(raw, blocks)) + final_checker.finish())
         by_number = {b.n: b for b in blocks}
         cited_blocks = [by_number[n] for n in sorted(final_checker.cited)]
         declined = raw.lstrip().startswith(NOT_FOUND_MARKER)

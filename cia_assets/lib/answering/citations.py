@@ -158,6 +158,37 @@ def format_sources(blocks: Sequence[ContextBlock]) -> str:
     return "\n\n".join(parts)
 
 
+# A source's header line as `format_sources` writes it, repeated in an answer: a small model
+# often lists a source ("[1] tests/test_models.py lines 106-121 (test_corrupted_part)" and its
+# code) instead of explaining, and its number may be another source's.
+_REPEATED_HEADER = re.compile(
+    r"^[ \t]*\[\d+\][ \t]+(?P<path>\S+)[ \t]+lines[ \t]+(?P<start>\d+)-(?P<end>\d+)"
+    r"(?:[ \t]+\([^)\n]*\))?[ \t]*$",
+    re.MULTILINE,
+)
+
+
+def restate_source_headers(answer: str, blocks: Sequence[ContextBlock]) -> str:
+    """The answer with each repeated source header restated as a sentence citing the block of
+    that file and lines (`test_corrupted_part` in `tests/test_models.py`, lines 106-121 [2]:),
+    the block's own number and symbol in place of the model's. A header no block has (the
+    prompt's worked example) is left as it is."""
+    by_lines = {(block.path, block.line_start, block.line_end): block for block in blocks}
+    by_path: dict[str, ContextBlock] = {}
+    for block in blocks:
+        by_path.setdefault(block.path, block)
+
+    def restate(match: re.Match[str]) -> str:
+        span = (match["path"], int(match["start"]), int(match["end"]))
+        block = by_lines.get(span) or by_path.get(match["path"])
+        if block is None:
+            return match.group()
+        named = f"`{block.symbol}` in " if block.symbol else ""
+        return f"{named}`{block.path}`, lines {block.line_start}-{block.line_end} [{block.n}]:"
+
+    return _REPEATED_HEADER.sub(restate, answer)
+
+
 class CitationFilter:
     """Checks `[n]` markers in streamed text against the context's block numbers.
 
