@@ -91,6 +91,27 @@ def test_a_private_key_without_its_end_line_masks_its_body_and_no_more() -> None
     assert result.text.split("\n")[-3:] == [")", "signed = sign(PEM)", ""]
     assert len(result.text.split("\n")) == len(cut.split("\n"))
 
+    # Java's concatenated literal with Windows line ends and an unpadded short last line; code
+    # with spaces and `=` after it is no key body.
+    java = (
+        'String key = "-----BEGIN RSA PRIVATE KEY-----\\n"\r\n'
+        '    + "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMx\\n"\r\n'
+        '    + "GP1R0pWZ0Be\\n";\r\n'
+        "int after = 1;\r\n"
+    )
+    masked = redact(java, filename="Keys.java").text
+    assert "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMx" not in masked and "GP1R0pWZ0Be" not in masked
+    assert masked.endswith("int after = 1;\r\n")
+    # A header-only literal, code, then a whole key: the code between them stays.
+    both = (
+        "a = '-----BEGIN RSA PRIVATE KEY-----'\ndef keep_me():\n    return 1\n"
+        'k = """-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAu1SU1Lf\n-----END RSA PRIVATE KEY-----"""\n'
+    )
+    result = redact(both, filename="keys.py")
+    assert result.text.split("\n")[1:3] == ["def keep_me():", "    return 1"]
+    assert "MIIEowIBAAKCAQEAu1SU1Lf" not in result.text
+    assert [f.line for f in result.findings] == [1, 4]
+
 
 def test_shannon_entropy() -> None:
     assert shannon_entropy("aaaa") == 0.0

@@ -35,19 +35,50 @@ MIN_ENTROPY_TOKEN = 20
 _TOKEN = re.compile(r"[A-Za-z0-9+/_\-.~]{" + str(MIN_ENTROPY_TOKEN) + ",}={0,2}")
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
 _SECRET_CHARS = re.compile(r"[A-Za-z0-9_\-+/=.~]")
-# A private key: from its BEGIN line to its END line. Without an END (a chunk cut inside the
-# key, or a test that writes only the header), through the lines that look like the key's body
-# (base64, possibly quoted, `Proc-Type:` / `DEK-Info:` headers), not to the end of the text:
-# code after a header-only literal is no secret, and masking it blanked whole test functions.
-_PEM_BODY_LINE = (
-    r"\n(?:[ \t]*[\"'`(+]*(?:[A-Za-z0-9+/]{16,}={0,2}|[A-Za-z0-9+/]+={1,2})(?:\\n)?[\"'`),+ \t\\]*"
-    r"|[ \t]*[\"'`]*(?:Proc-Type|DEK-Info):[^\n]*|[ \t]*)(?=\n|\Z)"
-)
-_PEM = re.compile(
-    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----"
-    r"(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----|[^\n]*(?:" + _PEM_BODY_LINE + r")*)",
-    re.DOTALL,
-)
+# A private key's armour lines. A key runs from its BEGIN line to the END line that follows
+# before any other BEGIN. Without one (a chunk cut inside the key, a test that writes only the
+# header) it runs through the lines that look like its body (`_pem_body_line`), not to the end
+# of the text: code after a header-only literal is no secret, and masking it blanked whole
+# test functions. One pass over the armour lines, then line by line: linear in the text.
+_PEM_ARMOUR = re.compile(r"-----(?P<edge>BEGIN|END) [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
+# A body line once the string around it is gone: indentation, quotes, the `+` / `,` / brackets
+# of a literal split over lines, `\n` escapes and `;` at its end. Base64 has no spaces and `=`
+# only as padding, so `after = 1` is code.
+_PEM_LINE_OPENING = re.compile(r"^[\s+,(\[]*[\"'`]?")
+_PEM_LINE_CLOSING = re.compile(r"(\\[nr])*[\"'`]?[\s,;)\]+]*$")
+_PEM_BODY = re.compile(r"[A-Za-z0-9+/]+={0,2}|(Proc-Type|DEK-Info|Version|Comment|Hash):[^\n]*")
+
+
+def _pem_body_line(line: str) -> bool:
+    if not line.strip():
+        return True
+    bare = _PEM_LINE_CLOSING.sub("", _PEM_LINE_OPENING.sub("", line, count=1), count=1)
+    return bool(_PEM_BODY.fullmatch(bare))
+
+
+def _private_key_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each private key in `text`."""
+    armour = list(_PEM_ARMOUR.finditer(text))
+    spans: list[tuple[int, int]] = []
+    for index, begin in enumerate(armour):
+        if begin["edge"] != "BEGIN" or (spans and begin.start() < spans[-1][1]):
+            continue
+        following = armour[index + 1] if index + 1 < len(armour) else None
+        if following is not None and following["edge"] == "END":
+            spans.append((begin.start(), following.end()))
+            continue
+        end = text.find("\n", begin.end())
+        end = len(text) if end < 0 else end
+        while end < len(text):
+            line_end = text.find("\n", end + 1)
+            line_end = len(text) if line_end < 0 else line_end
+            if not _pem_body_line(text[end + 1 : line_end]):
+                break
+            end = line_end
+        spans.append((begin.start(), end))
+    return spans
+
+
 # Entropy findings of detect-secrets are replaced by the scan below (see the module docstring).
 _ENTROPY_TYPES = {"Base64 High Entropy String", "Hex High Entropy String"}
 # detect-secrets reads bare `key: value` / `KEY=value` secrets in the files it types as config
@@ -190,12 +221,17 @@ def redact(
     findings: list[Finding] = []
     values: set[str] = set()
 
-    def drop_pem(match: re.Match[str]) -> str:
-        findings.append(Finding(line=text.count("\n", 0, match.start()) + 1, kind="Private Key"))
+    pieces: list[str] = []
+    done, line = 0, 1
+    for start, end in _private_key_spans(text):
+        line += text.count("\n", done, start)
+        findings.append(Finding(line=line, kind="Private Key"))
         # Keep the line count so later line numbers do not move.
-        return PLACEHOLDER + "\n" * match.group().count("\n")
-
-    text = _PEM.sub(drop_pem, text)
+        newlines = text.count("\n", start, end)
+        pieces += [text[done:start], PLACEHOLDER, "\n" * newlines]
+        line += newlines
+        done = end
+    text = "".join([*pieces, text[done:]])
     lines = text.split("\n")
     name = scan_name(filename)
     program = _is_program(filename)
