@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from cia_assets.config import CiaConfig, load_config
-from cia_assets.lib.answering.answer import Answer, AskRequest
+from cia_assets.lib.answering.answer import Answer, AnswerDelta, AskRequest
 from cia_assets.lib.answering.answerer import Answerer
 from cia_assets.lib.answering.citations import CitationFilter, ContextBlock
 from cia_assets.lib.answering.grounding import UNGROUNDED_MARK, evidence
@@ -375,6 +375,49 @@ def test_an_endpoint_that_refuses_log_probabilities_answers_without_the_odds(
     asked_odds = [r for r in fake.requests if r.get("logprobs")]
     assert len(asked_odds) == 1 and "refused the log-probabilities request" in caplog.text
     assert "AnswerDelta" in kinds and not answer.not_found, answer.answer
+    assert [c.path for c in answer.citations] == ["payments/auth.py"]
+
+
+def test_a_source_listed_under_another_number_streams_and_ends_restated(indexed: CiaConfig) -> None:
+    """A small model often lists a source as the prompt does, under another source's number:
+    what streams and the final answer both restate it as a sentence citing the block with
+    that file and lines."""
+    listed: dict[str, str] = {}
+
+    def reply(request: dict[str, Any]) -> str:
+        prompt = request["messages"][-1]["content"]
+        header = re.search(r"^\[(\d+)\] (payments/auth\.py lines \d+-\d+) \((\w+)\)$", prompt, re.M)
+        assert header and len(re.findall(r"^\[\d+\] ", prompt, re.M)) > 1, prompt
+        listed.update(n=header.group(1), where=header.group(2), symbol=header.group(3))
+        wrong = 2 if header.group(1) == "1" else 1
+        code = "```python\ndef authorize_refund(user, amount):\n```"
+        return f"[{wrong}] {header.group(2)} ({header.group(3)})\n{code}"
+
+    with fake_openai(reply, model="remote-coder") as fake:
+        llm = indexed.llm.model_copy(
+            update={"engine": "openai", "base_url": fake.base_url, "model": "remote-coder"}
+        )
+        remote = indexed.model_copy(update={"llm": llm, "answering": indexed.answering.model_copy(
+            update={"abstain_not_found_odds": 0.0, "abstain_unsupported_odds": 0.0}
+        )})  # fmt: skip
+        endpoint = EndpointRecord(
+            version=1, spec=EndpointSpec.from_config(remote), base_url=fake.base_url,
+            started_at="2026-12-06T00:00:00Z", origin="deploy",
+        )  # fmt: skip
+        answerer = Answerer(remote, endpoint=endpoint)
+        grant = Grant(name="all", repos=("payments",))
+        request = AskRequest(question="When is a refund authorized?", grant=grant)
+        try:
+            events = list(answerer.stream(request))
+        finally:
+            answerer.close()
+    streamed = "".join(event.text for event in events if isinstance(event, AnswerDelta))
+    answer = events[-1]
+    assert isinstance(answer, Answer) and not answer.not_found, answer.answer
+    path, lines = listed["where"].split(" lines ")
+    restated = f"`{listed['symbol']}` in `{path}`, lines {lines} [{listed['n']}]:"
+    assert streamed.startswith(restated + "\n```python"), streamed
+    assert answer.answer.startswith(streamed), answer.answer
     assert [c.path for c in answer.citations] == ["payments/auth.py"]
 
 

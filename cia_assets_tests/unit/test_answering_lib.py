@@ -11,6 +11,7 @@ from cia_assets.lib.answering.answer import not_found_answer
 from cia_assets.lib.answering.citations import (
     CitationFilter,
     ContextBlock,
+    SourceHeaderRestater,
     format_sources,
     restate_source_headers,
     tidy_answer,
@@ -204,6 +205,24 @@ def test_a_source_header_repeated_in_an_answer_is_restated_citing_that_source() 
     # A marker inside a sentence is no header.
     sentence = "The sensor [1] polls each repo."
     assert restate_source_headers(sentence, blocks) == sentence
+    # Two blocks of one file: the one the header's lines overlap.
+    later = block(4, "cia/sensors.py", 90, 130, "dead_run_sweep")
+    restated = restate_source_headers("[1] cia/sensors.py lines 95-120", [*blocks, later])
+    assert restated == "`dead_run_sweep` in `cia/sensors.py`, lines 90-130 [4]:"
+
+    # Streamed in pieces of any size, the text is what the whole answer restates to, and
+    # text that cannot be a header is not held back.
+    whole = f"It is tested here:\n{answer}\n[3] says more.\n [1] tests/test_sensor.py lines 30-64"
+    for size in (1, 2, 3, 7, 50, len(whole)):
+        restater = SourceHeaderRestater(blocks)
+        pieces = [restater.feed(whole[i : i + size]) for i in range(0, len(whole), size)]
+        assert "".join(pieces) + restater.finish() == restate_source_headers(whole, blocks)
+    restater = SourceHeaderRestater(blocks)
+    assert restater.feed("It is tested") == "It is tested"
+    assert restater.feed(" here.\n[2] tests/test_sensor.py") == " here.\n"
+    assert restater.feed(" lines 30-64\nNext") == (
+        "`test_new_repos_become_partitions` in `tests/test_sensor.py`, lines 30-64 [2]:\nNext"
+    )
 
 
 def test_prompt_fills_each_placeholder_once() -> None:

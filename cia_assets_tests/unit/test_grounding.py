@@ -263,6 +263,14 @@ def test_file_roles_and_what_a_question_wants() -> None:
         ("What unit tests cover the billing cycle?", True),
         ("Where are the tests for the parser?", True),
         ("Is authorize_refund tested", True),
+        ("Is there a test for the invoice export?", True),
+        ("Are there any unit tests for the parser?", True),
+        ("Where are the e2e tests for login?", True),
+        ("Is the parser tested anywhere?", True),
+        ("Where do we test the billing cycle?", True),
+        ("Where's the test for the invoice export?", True),
+        ("Is the redirect covered by tests?", True),
+        ("Show me the tests for the parser", True),
         # SWE-QA's questions that mention tests on their way to the code (their references
         # are the source files), and a plain one.
         (

@@ -39,6 +39,7 @@ from cia_assets.lib.answering.answer import (
 from cia_assets.lib.answering.citations import (
     CitationFilter,
     ContextBlock,
+    SourceHeaderRestater,
     format_sources,
     render_sources,
     restate_source_headers,
@@ -250,6 +251,7 @@ class Answerer:
             client,
             endpoint,
             messages,
+            SourceHeaderRestater(blocks),
             checker,
             max_tokens=self.config.llm.max_answer_tokens,
             temperature=self.config.llm.temperature,

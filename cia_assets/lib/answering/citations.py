@@ -134,10 +134,12 @@ class SourcePreview(SourceSpan):
         }
 
 
+# A block's header line as format_sources writes it ("[2] payments/auth.py lines 4-8 (authorize)").
+SOURCE_HEADER = r"\[(?P<n>\d+)\][ \t]+(?P<path>\S+)[ \t]+lines[ \t]+(?P<start>\d+)-(?P<end>\d+)"
 # A block as format_sources writes it: what reads a prompt back (the egress redaction) finds
 # each block's file and code with this.
 SOURCE_BLOCK = re.compile(
-    r"^\[\d+\] (?P<path>\S+) lines \d+-\d+[^\n]*\n(?P<fence>`{3,})[^\n]*\n(?P<body>.*?)\n(?P=fence)(?=\n|\Z)",
+    rf"^{SOURCE_HEADER}[^\n]*\n(?P<fence>`{{3,}})[^\n]*\n(?P<body>.*?)\n(?P=fence)(?=\n|\Z)",
     re.MULTILINE | re.DOTALL,
 )
 
@@ -151,7 +153,7 @@ def format_sources(blocks: Sequence[ContextBlock]) -> str:
         while fence in block.text:
             fence += "`"
         what = f" ({block.symbol})" if block.symbol else ""
-        parts.append(
+        parts.append(  # SOURCE_HEADER reads this line back
             f"[{block.n}] {block.path} lines {block.line_start}-{block.line_end}{what}\n"
             f"{fence}{block.language}\n{block.text}\n{fence}"
         )
@@ -161,11 +163,7 @@ def format_sources(blocks: Sequence[ContextBlock]) -> str:
 # A source's header line as `format_sources` writes it, repeated in an answer: a small model
 # often lists a source ("[1] tests/test_models.py lines 106-121 (test_corrupted_part)" and its
 # code) instead of explaining, and its number may be another source's.
-_REPEATED_HEADER = re.compile(
-    r"^[ \t]*\[\d+\][ \t]+(?P<path>\S+)[ \t]+lines[ \t]+(?P<start>\d+)-(?P<end>\d+)"
-    r"(?:[ \t]+\([^)\n]*\))?[ \t]*$",
-    re.MULTILINE,
-)
+_REPEATED_HEADER = re.compile(rf"^[ \t]*{SOURCE_HEADER}(?:[ \t]+\([^)\n]*\))?[ \t]*$", re.MULTILINE)
 
 
 def restate_source_headers(answer: str, blocks: Sequence[ContextBlock]) -> str:
@@ -173,20 +171,60 @@ def restate_source_headers(answer: str, blocks: Sequence[ContextBlock]) -> str:
     that file and lines (`test_corrupted_part` in `tests/test_models.py`, lines 106-121 [2]:),
     the block's own number and symbol in place of the model's. A header no block has (the
     prompt's worked example) is left as it is."""
-    by_lines = {(block.path, block.line_start, block.line_end): block for block in blocks}
-    by_path: dict[str, ContextBlock] = {}
-    for block in blocks:
-        by_path.setdefault(block.path, block)
 
     def restate(match: re.Match[str]) -> str:
-        span = (match["path"], int(match["start"]), int(match["end"]))
-        block = by_lines.get(span) or by_path.get(match["path"])
+        start, end = int(match["start"]), int(match["end"])
+        of_file = [block for block in blocks if block.path == match["path"]]
+        # The block of those lines, else one they overlap, else the file's first.
+        overlapping = [block for block in of_file if block.line_start <= end and block.line_end >= start]
+        exact = [block for block in of_file if (block.line_start, block.line_end) == (start, end)]
+        block = next(iter(exact or overlapping or of_file), None)
         if block is None:
             return match.group()
         named = f"`{block.symbol}` in " if block.symbol else ""
         return f"{named}`{block.path}`, lines {block.line_start}-{block.line_end} [{block.n}]:"
 
     return _REPEATED_HEADER.sub(restate, answer)
+
+
+# A line longer than this that started with "[" is no header: it is released.
+_MAX_HELD_LINE = 400
+
+
+class SourceHeaderRestater:
+    """`restate_source_headers` on streamed text, so that what streams is what the final
+    answer says: a line that may repeat a source header (it starts with "[") is held back
+    until it ends, then restated; any other text passes at once."""
+
+    def __init__(self, blocks: Sequence[ContextBlock]) -> None:
+        self._blocks = blocks
+        self._held = ""
+        self._line_start = True  # nothing of the current line has been passed on
+
+    def feed(self, text: str) -> str:
+        out: list[str] = []
+        for piece in re.split(r"(?<=\n)", text):
+            if not piece:
+                continue
+            if not self._line_start:
+                out.append(piece)
+                self._line_start = piece.endswith("\n")
+                continue
+            self._held += piece
+            if self._held.endswith("\n"):
+                out.append(restate_source_headers(self._held, self._blocks))
+                self._held = ""
+                continue
+            opening = self._held.lstrip(" \t")
+            if not opening or (opening.startswith("[") and len(self._held) < _MAX_HELD_LINE):
+                continue  # may still become a header
+            out.append(self._held)
+            self._held, self._line_start = "", False
+        return "".join(out)
+
+    def finish(self) -> str:
+        held, self._held, self._line_start = self._held, "", True
+        return restate_source_headers(held, self._blocks)
 
 
 class CitationFilter:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from cia_assets.lib.answering.answer import NOT_FOUND_MARKER, AnswerDelta, AnswerError
-from cia_assets.lib.answering.citations import CitationFilter
+from cia_assets.lib.answering.citations import CitationFilter, SourceHeaderRestater
 from cia_assets.lib.serving.first_token import first_token_candidates
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,14 @@ class Generation:
         client: Any,
         endpoint: Any,
         messages: list[dict[str, str]],
+        restater: SourceHeaderRestater,
         checker: CitationFilter,
         *,
         max_tokens: int,
         temperature: float,
     ) -> Iterator[AnswerDelta]:
-        """Stream the completion; yield what the checker lets through as it comes."""
+        """Stream the completion; yield it as it comes, its repeated source headers restated
+        (`restater`) and its markers checked (`checker`)."""
         released = 0  # characters of the (left-stripped) raw answer fed to the checker
         try:
             stream = client.chat.completions.create(
@@ -136,7 +138,7 @@ class Generation:
                     raw = self.raw.lstrip()
                     if NOT_FOUND_MARKER.startswith(raw) or raw.startswith(NOT_FOUND_MARKER):
                         continue  # the model's "not found" reply is replaced, never streamed
-                    visible = checker.feed(raw[released:])
+                    visible = checker.feed(restater.feed(raw[released:]))
                     released = len(raw)
                     if visible:
                         yield AnswerDelta(visible)
@@ -151,6 +153,6 @@ class Generation:
                 count_prompt_tokens(endpoint.base_url, messages) if endpoint.engine == "llama_cpp" else None
             )
             self.usage = {"prompt_tokens": prompt_tokens, "completion_tokens": self.chunks}
-        tail = checker.finish()
+        tail = checker.feed(restater.finish()) + checker.finish()
         if tail:
             yield AnswerDelta(tail)

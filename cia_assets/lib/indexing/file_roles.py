@@ -69,11 +69,15 @@ _WANTS: dict[Role, re.Pattern[str]] = {
 # cover the sensor?"), not one that mentions tests on its way to the code ("the early-exit
 # optimization tested across multiple test methods": SWE-QA's references for those are the
 # source files, and ranking tests up for them cost astropy's questions their cite-hit).
+_TEST_KIND = r"((unit|integration|end-to-end|e2e|regression)\s+)?"
 _ASKS_FOR_TESTS = re.compile(
-    r"\btested\s*(\?|$)"
+    r"\btested(\s+anywhere)?\s*(\?|$)"
     r"|\b(is|are)\s+(it|this|that|they|these|those)\s+tested\b"
-    r"|\b(which|what)\s+((unit|integration|end-to-end|e2e|regression)\s+)?tests?\b"
-    r"|\b(where\s+(are|is)|find)\s+the\s+tests?\b"
+    rf"|\b(which|what)\s+{_TEST_KIND}tests?\b"
+    rf"|\b(where\s+(are|is)|where's|find|show\s+me)\s+the\s+{_TEST_KIND}tests?\b"
+    rf"|\b(is|are)\s+there\s+(a\s+|any\s+)?{_TEST_KIND}tests?\b"
+    r"|\bcovered\s+by\s+(a\s+|any\s+)?tests?\b"
+    r"|\bwhere\s+(do|does|can)\s+(we|i|you|one)\s+test\b"
     r"|\btests?\s+(that\s+)?(cover|check|exercise)"
     r"|\btest\s+coverage\b",
     re.I | re.M,
