@@ -415,7 +415,7 @@ def test_a_source_listed_under_another_number_streams_and_ends_restated(indexed:
     answer = events[-1]
     assert isinstance(answer, Answer) and not answer.not_found, answer.answer
     path, lines = listed["where"].split(" lines ")
-    restated = f"`{listed['symbol']}` in `{path}`, lines {lines} [{listed['n']}]:"
+    restated = f"`{listed['symbol']}` in `{path}`, lines {lines} [{listed['n']}]"
     assert streamed.startswith(restated + "\n```python"), streamed
     assert answer.answer.startswith(streamed), answer.answer
     assert [c.path for c in answer.citations] == ["payments/auth.py"]

@@ -195,11 +195,11 @@ def test_a_source_header_repeated_in_an_answer_is_restated_citing_that_source() 
     code = "```python\ndef f():\n    pass\n```"
     answer = f"[1] tests/test_sensor.py lines 30-64 (test_new_repos_become_partitions)\n{code}"
     assert restate_source_headers(answer, blocks) == (
-        f"`test_new_repos_become_partitions` in `tests/test_sensor.py`, lines 30-64 [2]:\n{code}"
+        f"`test_new_repos_become_partitions` in `tests/test_sensor.py`, lines 30-64 [2]\n{code}"
     )
     # Other lines than the block's, no symbol: the block's lines, and no name it lacks.
     restated = restate_source_headers("[3] cia/git_sync.py lines 1-40", blocks)
-    assert restated == "`cia/git_sync.py`, lines 1-12 [3]:"
+    assert restated == "`cia/git_sync.py`, lines 1-12 [3]"
     example = "[1] cache/lru.py lines 10-15 (LruCache.put)"
     assert restate_source_headers(example, blocks) == example
     # A marker inside a sentence is no header.
@@ -208,7 +208,7 @@ def test_a_source_header_repeated_in_an_answer_is_restated_citing_that_source() 
     # Two blocks of one file: the one the header's lines overlap.
     later = block(4, "cia/sensors.py", 90, 130, "dead_run_sweep")
     restated = restate_source_headers("[1] cia/sensors.py lines 95-120", [*blocks, later])
-    assert restated == "`dead_run_sweep` in `cia/sensors.py`, lines 90-130 [4]:"
+    assert restated == "`dead_run_sweep` in `cia/sensors.py`, lines 90-130 [4]"
 
     # Streamed in pieces of any size, the text is what the whole answer restates to, and
     # text that cannot be a header is not held back.
@@ -221,7 +221,7 @@ def test_a_source_header_repeated_in_an_answer_is_restated_citing_that_source() 
     assert restater.feed("It is tested") == "It is tested"
     assert restater.feed(" here.\n[2] tests/test_sensor.py") == " here.\n"
     assert restater.feed(" lines 30-64\nNext") == (
-        "`test_new_repos_become_partitions` in `tests/test_sensor.py`, lines 30-64 [2]:\nNext"
+        "`test_new_repos_become_partitions` in `tests/test_sensor.py`, lines 30-64 [2]\nNext"
     )
 
 

@@ -168,7 +168,7 @@ _REPEATED_HEADER = re.compile(rf"^[ \t]*{SOURCE_HEADER}(?:[ \t]+\([^)\n]*\))?[ \
 
 def restate_source_headers(answer: str, blocks: Sequence[ContextBlock]) -> str:
     """The answer with each repeated source header restated as a sentence citing the block of
-    that file and lines (`test_corrupted_part` in `tests/test_models.py`, lines 106-121 [2]:),
+    that file and lines (`test_corrupted_part` in `tests/test_models.py`, lines 106-121 [2]),
     the block's own number and symbol in place of the model's. A header no block has (the
     prompt's worked example) is left as it is."""
 
@@ -182,7 +182,7 @@ def restate_source_headers(answer: str, blocks: Sequence[ContextBlock]) -> str:
         if block is None:
             return match.group()
         named = f"`{block.symbol}` in " if block.symbol else ""
-        return f"{named}`{block.path}`, lines {block.line_start}-{block.line_end} [{block.n}]:"
+        return f"{named}`{block.path}`, lines {block.line_start}-{block.line_end} [{block.n}]"
 
     return _REPEATED_HEADER.sub(restate, answer)
 
