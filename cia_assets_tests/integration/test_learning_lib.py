@@ -68,6 +68,7 @@ def test_redaction_keeps_code_and_line_numbers() -> None:
     assert [f.kind for f in result.findings] == ["Private Key"]
 
 
+@pytest.mark.robustness  # issue 18 item 6: what masking shows, and what it must not blank
 def test_a_private_key_without_its_end_line_masks_its_body_and_no_more() -> None:
     """A test that writes only a key's header, or a chunk cut inside a key: the lines that
     look like the key's body are masked, and the code after it is kept (masking to the end
