@@ -2,7 +2,8 @@
 
 The flow, the same for the CLI, the chat app, the OpenAI-compatible API and MCP:
 1. hybrid search over the repos the caller's token may see, with the conversation's previous
-   question folded into the query of a follow-up;
+   question folded into the query of a follow-up (a question that asks where something is
+   tested ranks tests beside the code: `TESTS_SEARCH`);
 2. context assembly: source files before tests, docs and vendored code (unless the question
    asks about those), hits of one file that touch merged, at most a few blocks per file, each
    block re-read from the git mirror at the indexed sha (so what the model sees is exactly what
@@ -11,7 +12,9 @@ The flow, the same for the CLI, the chat app, the OpenAI-compatible API and MCP:
    not mention the question's subject (`grounding.evidence`) the answer is "not found" without
    asking the model;
 4. generation through the `openai` client against the live served endpoint, streamed;
-5. every `[n]` marker is checked as it streams: it must name a block of this context.
+5. a source header the model repeats ("[1] path lines 4-8") is restated as it streams, citing
+   the block of that file and lines (`citations.SourceHeaderRestater`); every `[n]` marker is
+   checked as it streams: it must name a block of this context.
    Markers that do not are removed and reported; an answer left with no valid citation
    becomes an explicit "not found in the indexed code" that lists what was searched;
 6. after generation, every backticked identifier and quoted code line must occur in the

@@ -139,7 +139,7 @@ def _named_definition(body: Sequence[str], names: AbstractSet[str]) -> tuple[int
     line above it)."""
     whole = "\n".join(body)
     dotted = {name for name in names if "." in name}
-    found = first_definition(whole, dotted) or first_definition(whole, names)
+    found = (dotted and first_definition(whole, dotted)) or first_definition(whole, names)
     if found is None:
         return 0, None
     offset, defined = found

@@ -61,7 +61,7 @@ def _private_key_spans(text: str) -> list[tuple[int, int]]:
     armour = list(_PEM_ARMOUR.finditer(text))
     spans: list[tuple[int, int]] = []
     for index, begin in enumerate(armour):
-        if begin["edge"] != "BEGIN" or (spans and begin.start() < spans[-1][1]):
+        if begin["edge"] != "BEGIN":
             continue
         following = armour[index + 1] if index + 1 < len(armour) else None
         if following is not None and following["edge"] == "END":
@@ -222,14 +222,14 @@ def redact(
     values: set[str] = set()
 
     pieces: list[str] = []
-    done, line = 0, 1
+    done, key_line = 0, 1
     for start, end in _private_key_spans(text):
-        line += text.count("\n", done, start)
-        findings.append(Finding(line=line, kind="Private Key"))
+        key_line += text.count("\n", done, start)
+        findings.append(Finding(line=key_line, kind="Private Key"))
         # Keep the line count so later line numbers do not move.
         newlines = text.count("\n", start, end)
         pieces += [text[done:start], PLACEHOLDER, "\n" * newlines]
-        line += newlines
+        key_line += newlines
         done = end
     text = "".join([*pieces, text[done:]])
     lines = text.split("\n")
