@@ -4,6 +4,7 @@ packaged embedding model, the real embedded Qdrant engine, real Dagster material
 from __future__ import annotations
 
 import threading
+import traceback
 from collections.abc import Callable
 
 import dagster as dg
@@ -312,7 +313,7 @@ def test_searches_during_full_rebuilds_never_fail(
         stop.set()
         for thread in threads:
             thread.join()
-    assert errors == []
+    assert errors == [], "".join(traceback.format_exception(errors[0]))
     assert empty == []
     assert searches[0] > 10, f"only {searches[0]} searches ran during {rebuilds} rebuilds"
 

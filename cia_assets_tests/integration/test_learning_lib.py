@@ -5,6 +5,8 @@ real MLflow registry in SQLite)."""
 from __future__ import annotations
 
 import json
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,6 +114,41 @@ def test_a_private_key_without_its_end_line_masks_its_body_and_no_more() -> None
     assert result.text.split("\n")[1:3] == ["def keep_me():", "    return 1"]
     assert "MIIEowIBAAKCAQEAu1SU1Lf" not in result.text
     assert [f.line for f in result.findings] == [1, 4]
+
+
+@pytest.mark.robustness  # found when searches ran during a re-index: masking raced itself
+def test_redaction_from_many_threads_at_once_finds_what_one_thread_finds() -> None:
+    text = (
+        'AWS_KEY = "AKIAIOSFODNN7EXAMPLE"\n'
+        'password = "hunter2-is-not-a-password"\n'
+        'token = "ghp_R7b2Xk9QmV4tL1sN8wE3yU6iO0pA5zD2cF7h"\n'
+        "def check_permission(user):\n"
+        "    return user.is_admin\n"
+    )
+    expected = redact(text, filename="settings.py")
+    results: list[object] = []
+    # Switching threads every few bytecodes makes the interleavings that a loaded server hits
+    # now and then happen within a second here (detect-secrets' global settings broke then).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+
+        def scan() -> None:
+            for _ in range(25):
+                try:
+                    results.append(redact(text, filename="settings.py"))
+                except Exception as error:
+                    results.append(error)
+
+        threads = [threading.Thread(target=scan) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    failures = [result for result in results if result != expected]
+    assert len(results) == 100 and failures == [], failures[:3]
 
 
 def test_shannon_entropy() -> None:

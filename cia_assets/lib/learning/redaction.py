@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,11 @@ from pathlib import PurePosixPath
 from cia_assets.lib.answering.citations import SOURCE_BLOCK
 
 PLACEHOLDER = "<REDACTED>"
+# detect-secrets keeps its settings, plugins and filters in process-global state that
+# `default_settings()` swaps in and out and its caches rebuild: two threads scanning at once
+# (the chat server's requests, searches during a re-index) broke each other's scans
+# ("dictionary changed size during iteration", KeyError on a plugin name). Scans take turns.
+_DETECT_SECRETS_SETTINGS = threading.Lock()
 MIN_ENTROPY_TOKEN = 20
 # "=" only as base64 padding: `name=VALUE` in code is two tokens, not one long one.
 _TOKEN = re.compile(r"[A-Za-z0-9+/_\-.~]{" + str(MIN_ENTROPY_TOKEN) + ",}={0,2}")
@@ -235,7 +241,7 @@ def redact(
     lines = text.split("\n")
     name = scan_name(filename)
     program = _is_program(filename)
-    with default_settings():
+    with _DETECT_SECRETS_SETTINGS, default_settings():
         # As scan_line does: lines are not read from a file, so no file can be invalid.
         get_settings().disable_filters("detect_secrets.filters.common.is_invalid_file")
         get_filters.cache_clear()
