@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from cia_assets.config import CiaConfig, load_config
-from cia_assets.lib.answering.answer import Answer, AnswerDelta, AskRequest
+from cia_assets.lib.answering.answer import Answer, AnswerDelta, AnswerError, AskRequest
 from cia_assets.lib.answering.answerer import Answerer
 from cia_assets.lib.answering.citations import CitationFilter, ContextBlock
 from cia_assets.lib.answering.grounding import UNGROUNDED_MARK, evidence
@@ -376,6 +376,34 @@ def test_an_endpoint_that_refuses_log_probabilities_answers_without_the_odds(
     assert len(asked_odds) == 1 and "refused the log-probabilities request" in caplog.text
     assert "AnswerDelta" in kinds and not answer.not_found, answer.answer
     assert [c.path for c in answer.citations] == ["payments/auth.py"]
+
+
+def test_an_answer_the_endpoint_cuts_short_is_an_error_not_a_not_found(indexed: CiaConfig) -> None:
+    """A stream that ends with no finish_reason (llama-cpp-python's server cut one so for the
+    next request; a proxy's timeout) is no answer: it fails naming the endpoint, where it was
+    read as an answer without a citation, "Not found in the indexed code"."""
+
+    def reply(request: dict[str, Any]) -> str:
+        prompt = request["messages"][-1]["content"]
+        cited = re.search(r"^\[(\d+)\] payments/auth\.py", prompt, re.M)
+        assert cited, prompt
+        return f"`authorize_refund` allows a refund for a manager [{cited.group(1)}]."
+
+    with fake_openai(reply, model="remote-coder", cut_streams=True) as fake:
+        llm = indexed.llm.model_copy(
+            update={"engine": "openai", "base_url": fake.base_url, "model": "remote-coder"}
+        )
+        remote = indexed.model_copy(update={"llm": llm, "answering": indexed.answering.model_copy(
+            update={"abstain_not_found_odds": 0.0, "abstain_unsupported_odds": 0.0}
+        )})  # fmt: skip
+        endpoint = EndpointRecord(
+            version=1, spec=EndpointSpec.from_config(remote), base_url=fake.base_url,
+            started_at="2026-12-06T00:00:00Z", origin="deploy",
+        )  # fmt: skip
+        with pytest.raises(AnswerError, match=r"ended the answer before it was finished") as failure:
+            _ask(remote, "When is a refund authorized?", endpoint=endpoint)
+    assert fake.base_url in str(failure.value)
+    assert any(r.get("stream") for r in fake.requests)
 
 
 def test_a_source_listed_under_another_number_streams_and_ends_restated(indexed: CiaConfig) -> None:

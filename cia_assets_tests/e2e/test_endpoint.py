@@ -307,6 +307,44 @@ def test_a_server_too_busy_to_answer_is_not_mistaken_for_a_dead_one(
         stop_local_endpoint(config)
 
 
+def test_two_answers_streamed_at_once_both_run_to_their_end(llm_config: Callable[..., CiaConfig]) -> None:
+    """Two people asking at once: llama-cpp-python's server, by default, cut the first stream
+    ([DONE] with no finish_reason) as soon as the second request waited for the model, and
+    both answers read "Not found". Queued, each runs to its end."""
+    config = llm_config()
+    record = ensure_endpoint(config, idle_stop_s=0)
+    client = chat_client(record, config)
+    finished: dict[int, tuple[str | None, str]] = {}
+
+    def stream(n: int) -> None:
+        reasons: list[str | None] = []
+        pieces: list[str] = []
+        with client.chat.completions.create(
+            model=record.model,
+            messages=[{"role": "user", "content": f"Count from {n} to {n + 20}, one number a line."}],
+            max_tokens=24,
+            temperature=0.0,
+            stream=True,
+        ) as chunks:
+            for chunk in chunks:
+                if chunk.choices:
+                    reasons.append(chunk.choices[0].finish_reason)
+                    pieces.append(chunk.choices[0].delta.content or "")
+        finished[n] = (next((r for r in reasons if r), None), "".join(pieces))
+
+    try:
+        threads = [threading.Thread(target=stream, args=(n,)) for n in (1, 50)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        stop_local_endpoint(config)
+    assert sorted(finished) == [1, 50]
+    for n, (reason, text) in finished.items():
+        assert reason in ("stop", "length") and text.strip(), (n, reason, text)
+
+
 def test_an_on_demand_server_stops_itself_when_idle_and_the_next_question_restarts_it(
     llm_config: Callable[..., CiaConfig],
 ) -> None:

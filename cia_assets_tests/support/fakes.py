@@ -43,10 +43,11 @@ class FakeOpenAI:
 
 @contextmanager
 def fake_openai(
-    reply: Reply, model: str = "teacher-large", *, refuse_logprobs: bool = False
+    reply: Reply, model: str = "teacher-large", *, refuse_logprobs: bool = False, cut_streams: bool = False
 ) -> Iterator[FakeOpenAI]:
     """With `refuse_logprobs`, a request for log-probabilities gets HTTP 400, as from an API
-    that does not offer them."""
+    that does not offer them; with `cut_streams`, a streamed reply ends after its first piece
+    with no finish_reason, as llama-cpp-python's server ends one for the next request."""
     fake = FakeOpenAI(reply=reply, model=model)
 
     class Handler(BaseHTTPRequestHandler):
@@ -62,13 +63,19 @@ def fake_openai(
             self.wfile.write(body)
 
         def _stream(self, request: dict[str, Any], text: str) -> None:
-            """OpenAI's server-sent chunks: the text in two deltas, then [DONE]."""
+            """OpenAI's server-sent chunks: the text in two deltas, an empty one with the
+            finish_reason, then [DONE]."""
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
             half = len(text) // 2
-            for n, piece in enumerate((text[:half], text[half:])):
-                choice: dict[str, Any] = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+            pieces: list[tuple[str, str | None]] = [(text[:half], None), (text[half:], None), ("", "stop")]
+            for n, (piece, finish_reason) in enumerate(pieces[:1] if cut_streams else pieces):
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "delta": {"content": piece},
+                    "finish_reason": finish_reason,
+                }
                 if n == 0 and request.get("logprobs"):
                     choice["logprobs"] = first_token_logprobs(text)
                 chunk = {

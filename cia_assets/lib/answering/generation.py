@@ -107,6 +107,7 @@ class Generation:
         """Stream the completion; yield it as it comes, its repeated source headers restated
         (`restater`) and its markers checked (`checker`)."""
         released = 0  # characters of the (left-stripped) raw answer fed to the checker
+        finish_reason: str | None = None
         try:
             stream = client.chat.completions.create(
                 model=endpoint.request_model,
@@ -128,6 +129,7 @@ class Generation:
                         }
                     if not chunk.choices:
                         continue
+                    finish_reason = chunk.choices[0].finish_reason or finish_reason
                     piece = chunk.choices[0].delta.content or ""
                     if not piece:
                         continue
@@ -144,6 +146,15 @@ class Generation:
                         yield AnswerDelta(visible)
         except Exception as error:
             _raise_endpoint_failure(endpoint, error)
+        if finish_reason is None:
+            # Every OpenAI-compatible server ends a completed stream with a finish_reason (stop,
+            # length); a stream that ends without one was cut short (a server that interrupts an
+            # answer for the next request, a proxy timing out), and what arrived is no answer:
+            # read as one, it was "Not found" for want of a citation.
+            raise AnswerError(
+                f"the model endpoint {endpoint.base_url} ended the answer before it was finished "
+                f"(after {self.chunks} pieces, no finish_reason)"
+            )
         self.finished_at = time.perf_counter()
         if self.usage["completion_tokens"] is None:
             from cia_assets.lib.serving.llm_server import count_prompt_tokens

@@ -188,6 +188,11 @@ def start_llama_server(
         # Flash attention reads a prompt faster on CPU too: 1,300 tokens of code took 2-15 % less
         # (bench_prefill.py, two runs), SWE-QA xarray's first token p50/p95 4.1/6.8 -> 3.7/6.0 s.
         "--flash_attn", "true",
+        # llama-cpp-python's server ends a streamed answer ([DONE], no finish_reason) as soon
+        # as another request waits for the model, by default: two people asking at once both
+        # got "Not found" (each stream cut after a token or two by the other's request). Queued,
+        # the second answer starts when the first one ends.
+        "--interrupt_requests", "false",
         # No `--cache`: llama-cpp-python's RAM prompt cache copies every prompt's logits with its
         # state (tokens x 152k vocabulary x 4 bytes, ~0.9 GB for a 1,500-token prompt) but counts
         # only the KV bytes against its size, so distinct questions grew the server past 20 GB
