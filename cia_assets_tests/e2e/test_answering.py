@@ -525,6 +525,38 @@ def test_openai_client_gets_a_cited_answer_streaming_and_not(chat_app: str) -> N
     assert "Sources:" in streamed and "payments/auth.py#L" in streamed, streamed
 
 
+@pytest.mark.parametrize("route", ["/api/ask", "/v1/chat/completions"])
+def test_a_client_that_goes_away_mid_answer_stops_its_generation(
+    chat_app: str, indexed: CiaConfig, route: str
+) -> None:
+    """The page's new conversation, a closed IDE: the model server answers one question at a
+    time, so an answer nobody reads must stop, not make the next question wait for its end."""
+    from cia_assets.lib.serving.endpoint import ensure_endpoint
+
+    question = "When is a refund authorized?"
+    body: dict[str, Any] = {"question": question}
+    if route.startswith("/v1"):
+        body = {"model": "cia", "messages": [{"role": "user", "content": question}], "stream": True}
+    record = ensure_endpoint(indexed)  # the one the app answers with (started if it was not)
+    assert record.log_path
+    log = Path(record.log_path)
+    gone_before = log.read_text().count("Disconnected from client")
+    with httpx.stream("POST", f"{chat_app}{route}", json=body, headers=ALL, timeout=120) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            # The first piece of the explanation: the page's "event: delta", OpenAI's content.
+            if line == "event: delta" or (line.startswith("data: {") and '"content": "' in line
+                                          and '"content": ""' not in line):  # fmt: skip
+                break
+        else:
+            raise AssertionError(f"the answer ended before it streamed any text: {line}")
+    # The connection is closed: llama-cpp-python's server notes the client it lost.
+    deadline = time.monotonic() + 30
+    while log.read_text().count("Disconnected from client") == gone_before:
+        assert time.monotonic() < deadline, "the model server generated the abandoned answer to its end"
+        time.sleep(0.2)
+
+
 @pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_a_token_never_reaches_a_repo_it_lacks(chat_app: str, indexed: CiaConfig) -> None:
     client = openai.OpenAI(base_url=f"{chat_app}/v1", api_key=TOKEN_BILLING)

@@ -32,10 +32,11 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -344,7 +345,7 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
         )
         events = _checked(service.answerer.stream(request))
 
-        def sse() -> Iterator[str]:
+        def sse() -> Generator[str]:
             try:
                 for event in events:
                     if isinstance(event, AnswerSources):
@@ -356,7 +357,7 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
             except _answer_errors() as error:
                 yield _sse("error", {"message": str(error)})
 
-        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return AnswerStream(sse(), events)
 
     @app.post("/api/feedback")
     def feedback(body: FeedbackBody, who: Caller) -> dict[str, Any]:
@@ -413,11 +414,7 @@ def create_app(config_path: str | Path | None = None, *, forward_in_background: 
                 raise _as_api_error(error) from error
             assert final is not None
             return _completion(final, body.model, created)
-        return StreamingResponse(
-            _completion_chunks(events, body.model, created),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
-        )
+        return AnswerStream(_completion_chunks(events, body.model, created), events)
 
     return app
 
@@ -439,7 +436,33 @@ def _as_api_error(error: Exception) -> ApiError:
     return ApiError(503, str(error))
 
 
-def _checked(events: Iterator[Any]) -> Iterator[Any]:
+class AnswerStream(StreamingResponse):
+    """An answer's server-sent events, whose generation stops when the response ends, however
+    it ends. A client that goes away (the page's new conversation, a closed IDE) left its
+    answer generating to the end: the local model server answers one question at a time, so
+    the next question waited ~20 s for an answer nobody read. Closing the answer's generator
+    closes its request to the model server, which then stops generating."""
+
+    def __init__(self, pieces: Generator[str], events: Generator[Any]) -> None:
+        super().__init__(pieces, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._generators = (pieces, events)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Starlette cancels the response when the client disconnects, after the thread
+            # reading the next piece has returned: no generator is running now. Shielded, or
+            # the cancellation would skip the close.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close)
+
+    def _close(self) -> None:
+        for generator in self._generators:  # outer first: the inner one is not running then
+            generator.close()
+
+
+def _checked(events: Iterator[Any]) -> Generator[Any]:
     """Run the answer up to its first event (the sources) now, so bad input and denied repos
     become HTTP errors (401/403/400) before a 200 stream has started. A model server that
     fails after that is an `error` event of the stream (a 503 without streaming)."""
@@ -450,7 +473,7 @@ def _checked(events: Iterator[Any]) -> Iterator[Any]:
     except StopIteration:  # pragma: no cover - a stream always ends with the Answer
         raise ApiError(500, "no answer was produced", "server_error") from None
 
-    def chained() -> Iterator[Any]:
+    def chained() -> Generator[Any]:
         yield first
         yield from events
 
@@ -518,7 +541,7 @@ def _completion(answer: Answer, model: str, created: int) -> dict[str, Any]:
     }
 
 
-def _completion_chunks(events: Iterator[Any], model: str, created: int) -> Iterator[str]:
+def _completion_chunks(events: Iterator[Any], model: str, created: int) -> Generator[str]:
     """OpenAI's chunk stream. The first chunk carries the retrieved sources in a `cia` field
     beside OpenAI's (clients ignore fields they do not know); the text streams as generated
     (markers already checked); the last content chunk carries the cited sources, or, when no

@@ -210,6 +210,9 @@ def start_llama_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # The server's own lines (a client gone mid-answer, an idle stop) reach its log as
+            # they happen, not when a buffer fills.
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,  # survives the starting command and its Ctrl-C
             cwd=log_dir,
         )
