@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -523,6 +524,29 @@ def test_openai_client_gets_a_cited_answer_streaming_and_not(chat_app: str) -> N
     streamed = "".join(pieces)
     assert len(pieces) > 3
     assert "Sources:" in streamed and "payments/auth.py#L" in streamed, streamed
+
+
+def test_two_people_asking_at_once_both_get_their_answer(chat_app: str) -> None:
+    """Found on a fresh clone: two questions at once both read "Not found" (the model server
+    cut each answer for the other's request)."""
+    finals: dict[str, dict[str, Any]] = {}
+
+    def ask(question: str) -> None:
+        with httpx.stream(
+            "POST", f"{chat_app}/api/ask", json={"question": question}, headers=ALL, timeout=300
+        ) as response:
+            data = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        finals[question] = json.loads(data[-1])
+
+    questions = ["When is a refund authorized?", "How are funds moved between accounts?"]
+    threads = [threading.Thread(target=ask, args=(question,)) for question in questions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for question in questions:
+        final = finals[question]
+        assert not final["not_found"] and final["citations"], (question, final["answer"])
 
 
 @pytest.mark.parametrize("route", ["/api/ask", "/v1/chat/completions"])
