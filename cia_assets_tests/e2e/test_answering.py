@@ -349,28 +349,41 @@ def test_the_model_s_weight_on_not_found_decides_a_question_near_the_repo_s_code
     assert asked.not_found_reason != "model odds"
 
 
+def _cites_auth(request: dict[str, Any]) -> str:
+    """A remote model's reply: one sentence citing the prompt's block of payments/auth.py."""
+    prompt = request["messages"][-1]["content"]
+    cited = re.search(r"^\[(\d+)\] payments/auth\.py", prompt, re.M)
+    assert cited, prompt
+    return f"`authorize_refund` allows a refund for a manager [{cited.group(1)}]."
+
+
+def _remote_coder(indexed: CiaConfig, base_url: str, *, abstain: bool) -> tuple[CiaConfig, EndpointRecord]:
+    """`indexed` answering from the OpenAI-compatible endpoint at `base_url` (model
+    "remote-coder"), and that endpoint's record, given to one answerer only: the module's live
+    endpoint stays the local server. Without `abstain`, no odds bar can turn the reply into
+    "not found"."""
+    llm = indexed.llm.model_copy(update={"engine": "openai", "base_url": base_url, "model": "remote-coder"})
+    update: dict[str, Any] = {"llm": llm}
+    if not abstain:
+        update["answering"] = indexed.answering.model_copy(
+            update={"abstain_not_found_odds": 0.0, "abstain_unsupported_odds": 0.0}
+        )
+    remote = indexed.model_copy(update=update)
+    endpoint = EndpointRecord(
+        version=1, spec=EndpointSpec.from_config(remote), base_url=base_url,
+        started_at="2026-12-06T00:00:00Z", origin="deploy",
+    )  # fmt: skip
+    return remote, endpoint
+
+
 def test_an_endpoint_that_refuses_log_probabilities_answers_without_the_odds(
     indexed: CiaConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An OpenAI-compatible API without log-probabilities (HTTP 400 to the odds request)
     still answers: the explanation is generated, and a warning says the odds were skipped."""
 
-    def reply(request: dict[str, Any]) -> str:
-        prompt = request["messages"][-1]["content"]
-        cited = re.search(r"^\[(\d+)\] payments/auth\.py", prompt, re.M)
-        assert cited, prompt
-        return f"`authorize_refund` allows a refund for a manager [{cited.group(1)}]."
-
-    with fake_openai(reply, model="remote-coder", refuse_logprobs=True) as fake:
-        llm = indexed.llm.model_copy(
-            update={"engine": "openai", "base_url": fake.base_url, "model": "remote-coder"}
-        )
-        remote = indexed.model_copy(update={"llm": llm})
-        # Given to this answerer only: the module's live endpoint stays the local server.
-        endpoint = EndpointRecord(
-            version=1, spec=EndpointSpec.from_config(remote), base_url=fake.base_url,
-            started_at="2026-12-06T00:00:00Z", origin="deploy",
-        )  # fmt: skip
+    with fake_openai(_cites_auth, model="remote-coder", refuse_logprobs=True) as fake:
+        remote, endpoint = _remote_coder(indexed, fake.base_url, abstain=True)
         with caplog.at_level(logging.WARNING):
             kinds, answer = _ask(remote, "When is a refund authorized?", endpoint=endpoint)
     asked_odds = [r for r in fake.requests if r.get("logprobs")]
@@ -384,23 +397,8 @@ def test_an_answer_the_endpoint_cuts_short_is_an_error_not_a_not_found(indexed: 
     next request; a proxy's timeout) is no answer: it fails naming the endpoint, where it was
     read as an answer without a citation, "Not found in the indexed code"."""
 
-    def reply(request: dict[str, Any]) -> str:
-        prompt = request["messages"][-1]["content"]
-        cited = re.search(r"^\[(\d+)\] payments/auth\.py", prompt, re.M)
-        assert cited, prompt
-        return f"`authorize_refund` allows a refund for a manager [{cited.group(1)}]."
-
-    with fake_openai(reply, model="remote-coder", cut_streams=True) as fake:
-        llm = indexed.llm.model_copy(
-            update={"engine": "openai", "base_url": fake.base_url, "model": "remote-coder"}
-        )
-        remote = indexed.model_copy(update={"llm": llm, "answering": indexed.answering.model_copy(
-            update={"abstain_not_found_odds": 0.0, "abstain_unsupported_odds": 0.0}
-        )})  # fmt: skip
-        endpoint = EndpointRecord(
-            version=1, spec=EndpointSpec.from_config(remote), base_url=fake.base_url,
-            started_at="2026-12-06T00:00:00Z", origin="deploy",
-        )  # fmt: skip
+    with fake_openai(_cites_auth, model="remote-coder", cut_streams=True) as fake:
+        remote, endpoint = _remote_coder(indexed, fake.base_url, abstain=False)
         with pytest.raises(AnswerError, match=r"ended the answer before it was finished") as failure:
             _ask(remote, "When is a refund authorized?", endpoint=endpoint)
     assert fake.base_url in str(failure.value)
@@ -423,16 +421,7 @@ def test_a_source_listed_under_another_number_streams_and_ends_restated(indexed:
         return f"[{wrong}] {header.group(2)} ({header.group(3)})\n{code}"
 
     with fake_openai(reply, model="remote-coder") as fake:
-        llm = indexed.llm.model_copy(
-            update={"engine": "openai", "base_url": fake.base_url, "model": "remote-coder"}
-        )
-        remote = indexed.model_copy(update={"llm": llm, "answering": indexed.answering.model_copy(
-            update={"abstain_not_found_odds": 0.0, "abstain_unsupported_odds": 0.0}
-        )})  # fmt: skip
-        endpoint = EndpointRecord(
-            version=1, spec=EndpointSpec.from_config(remote), base_url=fake.base_url,
-            started_at="2026-12-06T00:00:00Z", origin="deploy",
-        )  # fmt: skip
+        remote, endpoint = _remote_coder(indexed, fake.base_url, abstain=False)
         answerer = Answerer(remote, endpoint=endpoint)
         grant = Grant(name="all", repos=("payments",))
         request = AskRequest(question="When is a refund authorized?", grant=grant)
