@@ -178,19 +178,30 @@ class _State:
             ) from error
 
     def ask(
-        self, config: CiaConfig, request: AskRequest, on_sources: Callable[[AnswerSources], None]
+        self,
+        config: CiaConfig,
+        request: AskRequest,
+        on_sources: Callable[[AnswerSources], None],
+        stop_if_cancelled: Callable[[], None],
     ) -> dict[str, Any]:
         """The answer's JSON with its sources; `on_sources` gets the sources as soon as they
-        are retrieved, before generation starts."""
+        are retrieved, before generation starts. `stop_if_cancelled` raises once the client
+        has cancelled the call: it is asked between two pieces of the answer."""
         from cia_assets.lib.answering.answer import Answer, AnswerSources
 
         # One question at a time: the local model answers one at a time anyway, and the
         # service is swapped here when the config changes.
         with self._ask_lock:
+            stop_if_cancelled()  # cancelled while an earlier answer held the lock
             service = self._service_for(config)
             sources: dict[str, Any] = {"sources": []}
+            events = service.answerer.stream(request)
             try:
-                for event in service.answerer.stream(request):
+                for event in events:
+                    # A call the client cancels (MCP clients also cancel a call that passes
+                    # their timeout, 60 s by default) must stop generating: the next question
+                    # waits for the model otherwise, for an answer nobody reads.
+                    stop_if_cancelled()
                     if isinstance(event, AnswerSources):
                         sources = event.to_json()
                         on_sources(event)
@@ -198,6 +209,8 @@ class _State:
                         return {**event.to_json(), **sources}
                 raise AssertionError("the answer stream ended without an answer")
             finally:
+                # Closes the request to the model server, which then stops generating.
+                events.close()
                 service.flush()
 
     def project_for(self, config: CiaConfig) -> Project:
@@ -348,7 +361,9 @@ def build_server(config_path: Path, token: str | None) -> Any:
 
         def run() -> AskResult:
             started = time.perf_counter()
-            answer = state.ask(config, request, send_sources)
+            # The session cancels this tool call's scope on the client's notifications/cancelled;
+            # the worker thread sees that through anyio's check.
+            answer = state.ask(config, request, send_sources, anyio.from_thread.check_cancelled)
             log.info(
                 "ask_codebase token=%s trace=%s: %d citations in %.0f ms",
                 grant.name, answer["trace_id"], len(answer["citations"]),

@@ -19,8 +19,9 @@ from cia_assets.config import CiaConfig, load_config
 from cia_assets.lib.core.layout import DataLayout
 from cia_assets.lib.observability.traces import TraceStore
 from cia_assets_tests.support.cli import ANSWER_JSON_KEYS
+from cia_assets_tests.support.fakes import fake_openai
 from cia_assets_tests.support.materialize import materialize_repo
-from cia_assets_tests.support.mcp_client import Call, run_client
+from cia_assets_tests.support.mcp_client import Call, CancelledCall, run_client
 from cia_assets_tests.support.models import TINY_MODEL
 from cia_assets_tests.support.net import free_port
 from cia_assets_tests.support.repos import GitRepo
@@ -286,3 +287,48 @@ def test_the_token_a_client_presents_never_defines_what_is_accepted(
         (error, text, _), (error2, text2, _) = valid
         assert not error and json.loads(text)["hits"][0]["path"] == "billing/invoice.py"
         assert not error2 and json.loads(text2)["hits"][0]["path"] == "payments/refunds.py"
+
+
+def test_a_cancelled_answer_stops_generating_and_the_next_question_is_answered(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent's user stops `ask_codebase` (or the client's 60 s timeout passes: MCP clients
+    then cancel the call): the answer stops generating. Answers take turns on the model, so an
+    answer left running made the next question wait for its end, and held the model meanwhile."""
+    long_answer = " ".join(["`render_invoice_total` sums the line amounts [1]."] * 60)  # ~12 s
+
+    def reply(request: dict[str, Any]) -> str:
+        question = request["messages"][-1]["content"].rsplit("Question:", 1)[-1]  # after the sources
+        return long_answer if "total" in question else "A refund is recorded as a credit note [1]."
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "model").symlink_to(model_dir)
+    repo = GitRepo(tmp_path / "remotes" / "billing")
+    repo.path.mkdir(parents=True)
+    repo.git("init", "-q", "-b", "main")
+    repo.commit(dict(BILLING_FILES), "initial")
+    with fake_openai(reply, model="remote-coder", drip_s=0.2) as fake:
+        urls = {"billing": repo.url}
+        config_path = _write_config(tmp_path / "cia.yaml", tmp_path, urls, TOKENS, free_port())
+        raw = yaml.safe_load(config_path.read_text())
+        # The model behind an OpenAI-compatible endpoint; no odds request before the answer.
+        raw["llm"] = {"engine": "openai", "base_url": fake.base_url, "model": "remote-coder"}
+        raw["answering"] = {"abstain_not_found_odds": 0.0, "abstain_unsupported_odds": 0.0}
+        config_path.write_text(yaml.safe_dump(raw))
+        materialize_repo(load_config(config_path), dg.DagsterInstance.ephemeral(), "billing")
+        out = run_client(
+            config_path,
+            TOKEN_ALL,
+            [
+                CancelledCall("ask_codebase", {"question": "How is the invoice total computed?"}),
+                ("ask_codebase", {"question": "How is a refund recorded on an invoice?"}),
+            ],
+        )
+        cancelled, (error, text, _) = out["results"]
+        streamed = [r for r in fake.requests if r.get("stream")]
+        assert cancelled == (None, "cancelled", None) and len(streamed) == 2
+        # The cancelled answer's stream was dropped by its reader, not read to its end.
+        assert fake.abandoned_streams == 1
+    assert not error, text
+    answer = json.loads(text)
+    assert answer["answer"].startswith("A refund is recorded as a credit note") and answer["citations"]

@@ -8,6 +8,7 @@ import json
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ class FakeOpenAI:
     raw_bodies: list[bytes] = field(default_factory=list)
     adapters: list[dict[str, Any]] = field(default_factory=list)  # vLLM load_lora_adapter calls
     base_url: str = ""
+    # Streams whose client went away before their end (a write to it failed).
+    abandoned_streams: int = 0
 
     @property
     def off_machine_url(self) -> str:
@@ -43,11 +46,18 @@ class FakeOpenAI:
 
 @contextmanager
 def fake_openai(
-    reply: Reply, model: str = "teacher-large", *, refuse_logprobs: bool = False, cut_streams: bool = False
+    reply: Reply,
+    model: str = "teacher-large",
+    *,
+    refuse_logprobs: bool = False,
+    cut_streams: bool = False,
+    drip_s: float = 0.0,
 ) -> Iterator[FakeOpenAI]:
     """With `refuse_logprobs`, a request for log-probabilities gets HTTP 400, as from an API
     that does not offer them; with `cut_streams`, a streamed reply ends after its first piece
-    with no finish_reason, as llama-cpp-python's server ends one for the next request."""
+    with no finish_reason, as llama-cpp-python's server ends one for the next request; with
+    `drip_s`, a streamed reply comes a word every `drip_s` seconds, as a model generates it, and
+    stops when its client goes away (counted in `abandoned_streams`)."""
     fake = FakeOpenAI(reply=reply, model=model)
 
     class Handler(BaseHTTPRequestHandler):
@@ -63,14 +73,23 @@ def fake_openai(
             self.wfile.write(body)
 
         def _stream(self, request: dict[str, Any], text: str) -> None:
-            """OpenAI's server-sent chunks: the text in two deltas, an empty one with the
-            finish_reason, then [DONE]."""
+            """OpenAI's server-sent chunks: the text in two deltas (a word each with `drip_s`),
+            an empty one with the finish_reason, then [DONE]."""
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
             half = len(text) // 2
-            pieces: list[tuple[str, str | None]] = [(text[:half], None), (text[half:], None), ("", "stop")]
-            for n, (piece, finish_reason) in enumerate(pieces[:1] if cut_streams else pieces):
+            parts = re.findall(r"\S+\s*", text) if drip_s else [text[:half], text[half:]]
+            pieces: list[tuple[str, str | None]] = [*((part, None) for part in parts), ("", "stop")]
+            try:
+                self._write_chunks(request, text, pieces[:1] if cut_streams else pieces)
+            except (BrokenPipeError, ConnectionResetError):
+                fake.abandoned_streams += 1
+
+        def _write_chunks(
+            self, request: dict[str, Any], text: str, pieces: list[tuple[str, str | None]]
+        ) -> None:
+            for n, (piece, finish_reason) in enumerate(pieces):
                 choice: dict[str, Any] = {
                     "index": 0,
                     "delta": {"content": piece},
@@ -86,6 +105,9 @@ def fake_openai(
                     "choices": [choice],
                 }
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                if drip_s:
+                    self.wfile.flush()
+                    time.sleep(drip_s)
             self.wfile.write(b"data: [DONE]\n\n")
             self.wfile.flush()
 

@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,18 @@ import anyio
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-Call = tuple[str, dict[str, Any]] | Callable[[], object]
+
+@dataclass(frozen=True)
+class CancelledCall:
+    """A tool call the client cancels as soon as its first progress notification arrives, as
+    an agent's user stops it (or its timeout passes): the session sends notifications/cancelled.
+    Its result is `(None, "cancelled", None)`."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+Call = tuple[str, dict[str, Any]] | CancelledCall | Callable[[], object]
 
 
 def run_client(config_path: Path, token: str | None, calls: list[Call]) -> dict[str, Any]:
@@ -40,6 +52,9 @@ def run_client(config_path: Path, token: str | None, calls: list[Call]) -> dict[
                 await session.initialize()
                 out["tools"] = {tool.name: tool for tool in (await session.list_tools()).tools}
                 for call in calls:
+                    if isinstance(call, CancelledCall):
+                        await _call_and_cancel(session, call, out)
+                        continue
                     if callable(call):
                         call()
                         continue
@@ -58,3 +73,23 @@ def run_client(config_path: Path, token: str | None, calls: list[Call]) -> dict[
         return out
 
     return anyio.run(session_run)
+
+
+async def _call_and_cancel(session: ClientSession, call: CancelledCall, out: dict[str, Any]) -> None:
+    index = len(out["results"])
+    progressed = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        out["progress"].append((index, time.monotonic(), message))
+        progressed.set()
+
+    async with anyio.create_task_group() as calls:
+
+        async def make_call() -> None:
+            await session.call_tool(call.name, call.arguments, progress_callback=on_progress)
+
+        calls.start_soon(make_call)
+        await progressed.wait()
+        calls.cancel_scope.cancel()  # the session sends notifications/cancelled for it
+    out["results"].append((None, "cancelled", None))
+    out.setdefault("returned_at", []).append(time.monotonic())

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from cia_assets.config import CiaConfig
@@ -140,9 +140,10 @@ class Answerer:
         assert final is not None
         return final
 
-    def stream(self, request: AskRequest) -> Iterator[AnswerEvent]:
+    def stream(self, request: AskRequest) -> Generator[AnswerEvent]:
         """The sources, then deltas of the answer text as it is generated, then the verified
-        `Answer`."""
+        `Answer`. Closing it before its end (its reader went away) closes the request to the
+        model, which stops generating."""
         from cia_assets.lib.observability.traces import new_trace_id
 
         question = request.question.strip()
