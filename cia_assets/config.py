@@ -286,7 +286,11 @@ class AnsweringConfig(_Strict):
         default=0.05, ge=0.0, description="the same odds for a question it does not support (0 = never ask)"
     )  # fmt: skip
     history_messages: int = Field(
-        default=4, ge=0, le=20, description="earlier messages of a conversation given to the model"
+        default=4,
+        ge=0,
+        le=20,
+        description="earlier messages of a conversation a follow-up looks back on: the last user question "
+        "among them is searched and asked with it (0: every question stands alone)",
     )
     prompt_name: str = "rag-code-assistant"
     prompt_label: str = "production"

@@ -337,6 +337,16 @@ def test_ask_case_times_the_sources_the_first_text_and_the_final_answer() -> Non
     assert (request.question, request.grant.repos, request.repos, request.interface) == (
         "q?", ("acme__pay",), None, "eval",
     )  # fmt: skip
+    assert request.history == ()
+    # A follow-up is asked with the conversation before it, as an API client sends it.
+    conversation = (
+        {"role": "user", "content": "What is a refund?"},
+        {"role": "assistant", "content": "Money back."},
+    )
+    follow_up = _FakeAnswerer([(0.1, _sources_event()), (0.2, final)])
+    ask_case(follow_up, dataclasses.replace(case, history=conversation), "acme__pay", model="m", commit=None,
+             clock=lambda: follow_up.now)  # type: ignore[arg-type]  # fmt: skip
+    assert follow_up.requests[0].history == conversation
 
     # Nothing streamed (a "not found"): the first text a user reads is the final answer.
     quiet = _FakeAnswerer([(0.1, _sources_event()), (0.4, _answer("Not found", not_found=True))])
@@ -494,6 +504,11 @@ GOOD = {"id": "q1", "repo": "acme/pay", "commit": "abc1234", "question": "How?",
         ({**GOOD, "id": "q2", "absent": "yes"}, r"bad\.jsonl:2: case q2: 'absent' must be"),
         ({**GOOD, "id": "q2", "absent": True}, r"bad\.jsonl:2: case q2 is absent .* but has a reference"),
         (GOOD, r"bad\.jsonl:2: id 'q1' already used on line 1"),
+        ({**GOOD, "id": "q2", "history": "What is it?"}, r"bad\.jsonl:2: case q2: 'history' must be a list"),
+        (
+            {**GOOD, "id": "q2", "history": [{"role": "user", "content": "What is it?"}, {"role": "tool"}]},
+            r"bad\.jsonl:2: case q2: 'history' message 2 must be",
+        ),
     ],
 )
 def test_bad_rows_are_named_by_file_and_line(tmp_path: Path, row: Any, message: str) -> None:
@@ -536,6 +551,11 @@ def test_sets_load_absent_questions_and_select_per_repo(tmp_path: Path) -> None:
 
 
 def test_the_shipped_sets_load_and_their_references_are_in_this_repo() -> None:
+    follow_ups = load_answer_cases(SETS / "cia_followups_qa.jsonl")
+    assert len(follow_ups) >= 12
+    for case in follow_ups:  # the question before it, and CIA's answer to that
+        assert [turn["role"] for turn in case.history] == ["user", "assistant"], case.case_id
+        assert set(case.reference_files) <= set(_tracked_files()), case.case_id
     cases = load_sets([SETS / "cia_qa.jsonl"], [SETS / "absent_features.jsonl"])
     real = [c for c in cases if not c.absent]
     absent = [c for c in cases if c.absent]
@@ -544,9 +564,7 @@ def test_the_shipped_sets_load_and_their_references_are_in_this_repo() -> None:
     assert per_repo["sqlfluff/sqlfluff"] >= 10 and per_repo["conan-io/conan"] >= 10 and per_repo["cia"] >= 12
     assert {c.commit for c in absent if c.repo == "sqlfluff/sqlfluff"} == {"db9801b"}
     assert {c.commit for c in absent if c.repo == "conan-io/conan"} == {"52f43d9"}
-    tracked = set(
-        subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.split()
-    )
+    tracked = _tracked_files()
     for case in real:
         assert case.reference_files and set(case.reference_files) <= tracked, case.case_id
         code = "\n".join((REPO_ROOT / path).read_text() for path in case.reference_files)
@@ -555,6 +573,12 @@ def test_the_shipped_sets_load_and_their_references_are_in_this_repo() -> None:
         # Every identifier a reference names is in its files: a rename makes the set stale.
         stale = [name for name in identifiers if not names_identifier(code, name)]
         assert not stale, (case.case_id, stale)
+
+
+def _tracked_files() -> set[str]:
+    return set(
+        subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.split()
+    )
 
 
 # --- end to end: a temp repo, the real answering path, the packaged model ----------------------

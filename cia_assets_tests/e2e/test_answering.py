@@ -458,6 +458,28 @@ def test_sources_come_before_the_explanation_and_a_follow_up_uses_the_conversati
     assert alone.searched != follow_up.searched
 
 
+def test_the_model_reads_a_follow_up_as_one_question_after_the_one_it_follows(indexed: CiaConfig) -> None:
+    """Not as chat turns holding the earlier answer: given back without its markers, an earlier
+    answer taught the 0.5B to answer without citing (README, "Follow-up questions")."""
+    history = [
+        {"role": "user", "content": "When is a refund authorized?"},
+        {
+            "role": "assistant",
+            "content": "Managers may refund any amount [1].\n\nSources:\n[1] https://x/a.py#L4-L8",
+        },
+    ]
+    with fake_openai(_cites_auth, model="remote-coder") as fake:
+        remote, endpoint = _remote_coder(indexed, fake.base_url, abstain=False)
+        _, answer = _ask(remote, "Which role does that check?", endpoint=endpoint, history=history)
+    [asked] = [r for r in fake.requests if r.get("stream")]
+    assert [m["role"] for m in asked["messages"]] == ["system", "user"]
+    assert asked["messages"][-1]["content"].endswith(
+        "When is a refund authorized? Which role does that check?"
+    )
+    assert "Managers may refund" not in json.dumps(asked)
+    assert any(c.path == "payments/auth.py" for c in answer.citations), answer.answer
+
+
 # -- the chat app over real HTTP ----------------------------------------------------------------
 
 

@@ -8,9 +8,10 @@ import pytest
 
 from cia_assets.lib.answering.citations import ContextBlock
 from cia_assets.lib.answering.context import (
-    conversation,
+    condensed_question,
     explanation_order,
     only_tests_or_vendored,
+    previous_question,
     retrieval_query,
 )
 from cia_assets.lib.answering.generation import first_token_odds, starts_not_found
@@ -27,6 +28,7 @@ from cia_assets.lib.answering.grounding import (
     question_terms,
     quoted_lines,
 )
+from cia_assets.lib.answering.prompts import PACKAGED_PROMPT
 from cia_assets.lib.indexing.file_roles import asks_for_tests, file_role, wanted_roles
 from cia_assets.lib.retrieval.query_plan import QueryPlan, defines_in, definition_names
 from cia_assets.lib.retrieval.search import CodeHit
@@ -356,24 +358,30 @@ def test_an_explanation_reads_the_definitions_the_question_names_first_in_any_fi
     assert [h.path for h in ordered] == ["core/indexing.py", "backends/file_manager.py"]
 
 
-def test_a_follow_up_carries_the_conversation_without_old_sources_or_markers() -> None:
+def test_a_follow_up_is_one_question_that_names_the_question_it_follows() -> None:
     history = [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": "When is a refund authorized?"},
         {"role": "assistant", "content": "Managers may [1].\n\nSources:\n[1] https://x/a.py#L1-L5"},
         {"role": "user", "content": ""},
     ]
-    turns = conversation(history, limit=4)
-    assert turns == [
-        {"role": "user", "content": "When is a refund authorized?"},
-        {"role": "assistant", "content": "Managers may."},
-    ]
-    assert conversation(history, limit=1) == turns[-1:]
-    assert conversation(history, limit=0) == []
+    previous = previous_question(history, limit=4)
+    assert previous == "When is a refund authorized?"
     assert (
-        retrieval_query("Where is it tested?", turns) == "Where is it tested?\nWhen is a refund authorized?"
+        retrieval_query("Where is it tested?", previous)
+        == "Where is it tested?\nWhen is a refund authorized?"
     )
-    assert retrieval_query("Where is it tested?", []) == "Where is it tested?"
+    asked = condensed_question("Where is it tested?", previous)
+    assert asked == "When is a refund authorized? Where is it tested?"
+    # The model reads one question, as for any other: no earlier answer, whose markers name
+    # another question's sources (given back without them, it taught the model not to cite).
+    messages = PACKAGED_PROMPT.render("[1] a.py", asked)
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert messages[-1]["content"].endswith(asked) and "Managers may" not in str(messages)
+    # Only the last `limit` messages count; none: every question stands alone.
+    assert previous_question(history, limit=1) is None
+    assert previous_question(history, limit=0) is None
+    assert condensed_question("Where is it tested?", None) == "Where is it tested?"
 
 
 def _block(path: str) -> ContextBlock:

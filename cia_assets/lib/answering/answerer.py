@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator
 from typing import Any
 
 from cia_assets.config import CiaConfig
@@ -50,10 +50,11 @@ from cia_assets.lib.answering.citations import (
 )
 from cia_assets.lib.answering.context import (
     assemble_context,
-    conversation,
+    condensed_question,
     estimate_tokens,
     explanation_order,
     only_tests_or_vendored,
+    previous_question,
     retrieval_query,
 )
 from cia_assets.lib.answering.generation import Generation, not_found_odds
@@ -158,8 +159,9 @@ class Answerer:
         started = time.perf_counter()
         settings = self.config.answering
 
-        history = conversation(request.history, settings.history_messages)
-        query = retrieval_query(question, history)
+        previous = previous_question(request.history, settings.history_messages)
+        query = retrieval_query(question, previous)
+        asked = condensed_question(question, previous)
         hits = rerank_code(
             self.project,
             query,
@@ -180,7 +182,7 @@ class Answerer:
             hits,
             self.read_lines,
             max_blocks_per_file=settings.max_chunks_per_file,
-            budget_tokens=self._code_budget(prompt, question, history),
+            budget_tokens=self._code_budget(prompt, asked),
             focus_names=named,
             # One long chunk (a 90-line method) would take the whole budget: several files
             # explain more than one.
@@ -201,7 +203,7 @@ class Answerer:
             "prompt_name": prompt.name,
             "prompt_version": prompt.version,
             "repos": repos,
-            "history_messages": len(history),
+            "follows": previous,
         }
 
         from cia_assets.lib.serving.endpoint import chat_client, choose_endpoint
@@ -227,7 +229,7 @@ class Answerer:
             yield self._emit_trace(request, answer, details)
             return
 
-        messages = prompt.render(format_sources(blocks), question, history)
+        messages = prompt.render(format_sources(blocks), asked)
         client = chat_client(endpoint, self.config)
         # The code found may be near the subject without being it (an absent feature of a repo
         # whose main classes the question names): the model's own weight on NOT FOUND decides,
@@ -361,10 +363,9 @@ class Answerer:
             not_found_reason=reason,
         )
 
-    def _code_budget(self, prompt: PromptTemplate, question: str, history: Sequence[dict[str, str]]) -> int:
+    def _code_budget(self, prompt: PromptTemplate, question: str) -> int:
         llm = self.config.llm
         fixed = sum(estimate_tokens(content) for _, content in prompt.messages) + estimate_tokens(question)
-        fixed += sum(estimate_tokens(turn["content"]) + 4 for turn in history)
         room = llm.context_tokens - llm.max_answer_tokens - fixed - 32  # chat-template overhead
         share = int(llm.context_tokens * self.config.answering.context_share)
         return max(0, min(room, share, self.config.answering.code_tokens))

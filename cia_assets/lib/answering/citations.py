@@ -2,8 +2,8 @@
 reads, the citations an answer keeps, and the check of markers as an answer streams.
 
 A context block is source `n` of a prompt; a marker `[n]` in an answer cites it. Every user of
-markers (the answerer, synthetic Q&A, training data, conversations) reads them through
-`CITATION_MARKER`, `cited_numbers` and `strip_markers`, and every prompt shows blocks through
+markers (the answerer, synthetic Q&A, training data) reads them through `CITATION_MARKER` and
+`cited_numbers`, and every prompt shows blocks through
 `format_sources` / `source_block`.
 """
 
@@ -38,12 +38,6 @@ def renumber_markers(text: str, mapping: dict[int, int]) -> str:
         return "".join(f"[{n}]" for n in kept)
 
     return " ".join(CITATION_MARKER.sub(replace, text).split())
-
-
-def strip_markers(text: str) -> str:
-    """The text without its markers (an earlier answer given back to the model: its numbers name
-    another question's sources), whitespace tidied."""
-    return tidy_answer(CITATION_MARKER.sub("", text))
 
 
 def tidy_answer(text: str) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -69,11 +68,8 @@ class PromptTemplate:
     version: str
     messages: tuple[tuple[str, str], ...]  # (role, content)
 
-    def render(
-        self, sources: str, question: str, history: Sequence[dict[str, str]] = ()
-    ) -> list[dict[str, str]]:
-        """The messages for one question; earlier turns of a conversation (`history`) go
-        before the last message, the one that holds the sources and the question."""
+    def render(self, sources: str, question: str) -> list[dict[str, str]]:
+        """The messages for one question (a follow-up's question says which one it follows)."""
         values = {"sources": sources, "question": question}
 
         def fill(text: str) -> str:
@@ -81,8 +77,7 @@ class PromptTemplate:
             # never expanded again.
             return re.sub(r"\{\{\s*(sources|question)\s*\}\}", lambda m: values[m.group(1)], text)
 
-        rendered = [{"role": role, "content": fill(content)} for role, content in self.messages]
-        return [*rendered[:-1], *(dict(turn) for turn in history), *rendered[-1:]]
+        return [{"role": role, "content": fill(content)} for role, content in self.messages]
 
 
 PACKAGED_PROMPT = PromptTemplate(

@@ -334,7 +334,7 @@ def ask_case(
         grant=Grant(name="answer-eval", repos=(repo_id,)),
         repos=None,
         interface="eval",
-        history=(),
+        history=case.history,
     )
     started = clock()
     sources_at: float | None = None

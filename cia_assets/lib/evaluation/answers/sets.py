@@ -3,6 +3,8 @@
 A set is JSONL in SWE-QA's format (id, repo "owner/name", commit, question, reference_answer,
 reference_files), plus absent-feature questions: the same format with `"absent": true` and no
 reference, asking about code the repo does not have, which should be answered "not found".
+A follow-up question carries the conversation before it, as an API client sends it:
+`"history": [{"role": "user" | "assistant", "content": ...}, ...]`.
 A row that cannot be used is named by its file and line.
 """
 
@@ -28,6 +30,7 @@ class AnswerCase:
     reference: str  # "" for absent-feature questions
     reference_files: tuple[str, ...]
     absent: bool = False
+    history: tuple[dict[str, str], ...] = ()  # the conversation before a follow-up question
 
     @classmethod
     def from_json(cls, row: Any, where: str, *, absent_default: bool = False) -> AnswerCase:
@@ -68,7 +71,28 @@ class AnswerCase:
             reference=reference,
             reference_files=tuple(files),
             absent=absent,
+            history=_history(row.get("history", []), f"{where}: case {case_id}"),
         )
+
+
+def _history(turns: Any, where: str) -> tuple[dict[str, str], ...]:
+    """A follow-up's conversation: user and assistant messages, each a non-empty string."""
+    if not isinstance(turns, list):
+        raise AnswerEvalError(f"{where}: 'history' must be a list of messages")
+    history: list[dict[str, str]] = []
+    for number, turn in enumerate(turns, start=1):
+        if (
+            not isinstance(turn, dict)
+            or turn.get("role") not in ("user", "assistant")
+            or not isinstance(turn.get("content"), str)
+            or not turn["content"].strip()
+        ):
+            raise AnswerEvalError(
+                f"{where}: 'history' message {number} must be "
+                '{"role": "user" or "assistant", "content": a non-empty string}'
+            )
+        history.append({"role": turn["role"], "content": turn["content"]})
+    return tuple(history)
 
 
 def load_answer_cases(path: Path, *, absent: bool = False) -> list[AnswerCase]:
