@@ -556,6 +556,14 @@ def test_the_shipped_sets_load_and_their_references_are_in_this_repo() -> None:
     for case in follow_ups:  # the question before it, and CIA's answer to that
         assert [turn["role"] for turn in case.history] == ["user", "assistant"], case.case_id
         assert set(case.reference_files) <= set(_tracked_files()), case.case_id
+    usage = load_answer_cases(SETS / "cia_usage_qa.jsonl")  # "How do I ...?": docs and config
+    assert len(usage) >= 10
+    for case in usage:
+        assert case.reference_files and set(case.reference_files) <= _tracked_files(), case.case_id
+        code = "\n".join((REPO_ROOT / path).read_text() for path in case.reference_files)
+        assert all(names_identifier(code, name) for name in reference_identifiers(case.reference)), (
+            case.case_id
+        )
     cases = load_sets([SETS / "cia_qa.jsonl"], [SETS / "absent_features.jsonl"])
     real = [c for c in cases if not c.absent]
     absent = [c for c in cases if c.absent]

@@ -374,13 +374,25 @@ REFUND_TEST = {
 }
 
 
-def test_an_answer_about_where_code_is_tested_reads_the_tests(
+REFUND_DOCS: dict[str, str | bytes | None] = {
+    "README.md": (
+        "# Payments\n\n"
+        "## Changing the refund deadline\n\n"
+        "The refund deadline is 30 days after delivery. To change it, set `refund_deadline_days`\n"
+        "in `payments.yaml` and restart the service.\n"
+    ),
+    "payments.yaml": "# Days after delivery until the refund deadline.\nrefund_deadline_days: 30\n",
+}
+
+
+def test_an_answer_reads_the_tests_or_docs_a_question_asks_for(
     make_repo: Callable[..., GitRepo], write_config: Callable[..., CiaConfig]
 ) -> None:
     """The answering path's search follows the roles a question asks for: asked where the
-    refund deadline is tested, the test is among the sources; asked how the deadline works,
-    the sources are code. (The search's own default, the source prior, ranked the test below
-    every source file that shares its words, out of the answer's context.)"""
+    refund deadline is tested, the test is among the sources; asked how to change it, the
+    README and the config file that say how; asked how the deadline works, the sources are
+    code. (The search's own default, the source prior, ranked the test, the README and the
+    config below every source file that shares their words, out of the answer's context.)"""
     import dagster as dg
 
     from cia_assets.lib.answering.answer import AnswerSources, AskRequest
@@ -388,7 +400,7 @@ def test_an_answer_about_where_code_is_tested_reads_the_tests(
     from cia_assets.lib.core.access import Grant
     from cia_assets_tests.support.materialize import materialize_repo
 
-    repo = make_repo("payments", {**REFUND_SOURCES, **REFUND_TEST})
+    repo = make_repo("payments", {**REFUND_SOURCES, **REFUND_TEST, **REFUND_DOCS})
     config = write_config([{"url": repo.url, "id": "payments"}])
     materialize_repo(config, dg.DagsterInstance.ephemeral(), "payments")  # type: ignore[arg-type]
 
@@ -405,8 +417,10 @@ def test_an_answer_about_where_code_is_tested_reads_the_tests(
         return [source.path for source in first.sources]
 
     assert "tests/test_refund_deadline.py" in sources("Where is the refund deadline tested?")
+    how_to = sources("How do I change the refund deadline?")
+    assert {"README.md", "payments.yaml"} <= set(how_to), how_to
     explained = sources("How is the refund deadline computed?")
-    assert explained and "tests/test_refund_deadline.py" not in explained, explained
+    assert explained and not {"tests/test_refund_deadline.py", "README.md"} & set(explained), explained
 
 
 def test_file_role_prior_holds_when_repos_are_merged(

@@ -29,7 +29,7 @@ from cia_assets.lib.answering.grounding import (
     quoted_lines,
 )
 from cia_assets.lib.answering.prompts import PACKAGED_PROMPT
-from cia_assets.lib.indexing.file_roles import asks_for_tests, file_role, wanted_roles
+from cia_assets.lib.indexing.file_roles import asks_for_tests, asks_how_to, file_role, wanted_roles
 from cia_assets.lib.retrieval.query_plan import QueryPlan, defines_in, definition_names
 from cia_assets.lib.retrieval.search import CodeHit
 
@@ -251,7 +251,8 @@ def test_file_roles_and_what_a_question_wants() -> None:
     assert wanted_roles("Where is authorize_refund tested?") == {"source", "test"}
     assert wanted_roles("What does the README say about installation?") == {"source", "doc"}
     assert wanted_roles("What changed in the changelog for 2.0?") == {"source", "changelog"}
-    assert wanted_roles("How do I configure the re-ranker?") == {"source", "config"}
+    assert wanted_roles("Which config file sets the re-ranker?") == {"source", "config"}
+    assert wanted_roles("How do I configure the re-ranker?") == {"source", "config", "doc"}
     assert wanted_roles("Which third-party parser is bundled?") == {"source", "vendored"}
 
 
@@ -288,6 +289,26 @@ def test_file_roles_and_what_a_question_wants() -> None:
 )
 def test_a_question_asking_for_tests_is_told_from_one_mentioning_them(question: str, asks: bool) -> None:
     assert asks_for_tests(question) is asks
+
+
+@pytest.mark.parametrize(
+    ("question", "asks"),
+    [
+        ("How do I add a new repository to index?", True),
+        ("How can I turn off secret masking in search results?", True),
+        ("How to point CIA at a vLLM server?", True),
+        ("Can I use a different embedding model?", True),
+        ("How should we rotate the chat tokens?", True),
+        # How the code works, not how to use it: SWE-QA's kinds, and this repository's own.
+        ("How does the repo change sensor decide to re-index a repository?", False),
+        ("How is a refund authorized?", False),
+        ("What does make run do?", False),
+        ("Where in the codebase is the skipna parameter handling logic implemented?", False),
+    ],
+)
+def test_a_how_to_question_wants_the_docs_and_config_too(question: str, asks: bool) -> None:
+    assert asks_how_to(question) is asks
+    assert ({"doc", "config"} <= wanted_roles(question)) is asks
 
 
 def _hit(path: str, score: float, symbol: str | None = None, text: str = "x") -> CodeHit:

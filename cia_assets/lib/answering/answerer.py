@@ -3,7 +3,8 @@
 The flow, the same for the CLI, the chat app, the OpenAI-compatible API and MCP:
 1. hybrid search over the repos the caller's token may see, with the conversation's previous
    question folded into the query of a follow-up (a question that asks where something is
-   tested ranks tests beside the code: `TESTS_SEARCH`);
+   tested, or how to use or set something up, ranks tests, or docs and config, beside the
+   code: `QUESTION_ROLES_SEARCH`);
 2. context assembly: source files before tests, docs and vendored code (unless the question
    asks about those), hits of one file that touch merged, at most a few blocks per file, each
    block re-read from the git mirror at the indexed sha (so what the model sees is exactly what
@@ -70,7 +71,7 @@ from cia_assets.lib.answering.grounding import (
 from cia_assets.lib.answering.prompts import PromptTemplate, load_prompt
 from cia_assets.lib.core.access import AccessDenied
 from cia_assets.lib.core.project import Project
-from cia_assets.lib.indexing.file_roles import asks_for_tests
+from cia_assets.lib.indexing.file_roles import asks_for_tests, asks_how_to
 from cia_assets.lib.learning.redaction import mask_secrets
 from cia_assets.lib.observability.langfuse.prompts import PromptCache
 from cia_assets.lib.retrieval.query_plan import definition_names
@@ -82,10 +83,12 @@ log = logging.getLogger(__name__)
 # An explanation needs the definitions of the code a question names, even where the lists
 # that rank files for a report do not reach them.
 ANSWER_SEARCH = SearchOptions(fetch_definitions=True, shown=False)
-# A question that asks where something is tested: the role prior follows the roles the question
-# names, tests included. The default prior (source files) ranked every test below the code it
-# tests, so "where is the redaction tested?" was answered from the redaction itself.
-TESTS_SEARCH = dataclasses.replace(ANSWER_SEARCH, roles_from_question=True)
+# A question that asks where something is tested, or how to use or set something up: the role
+# prior follows the roles the question wants (`file_roles.wanted_roles`: tests; docs and
+# config). The default prior (source files) ranked every test below the code it tests, so
+# "where is the redaction tested?" was answered from the redaction itself, and "how do I add a
+# repository?" from search code instead of the README and cia.yaml.
+QUESTION_ROLES_SEARCH = dataclasses.replace(ANSWER_SEARCH, roles_from_question=True)
 
 
 class Answerer:
@@ -170,7 +173,11 @@ class Answerer:
                 query,
                 repos=repos,
                 k=settings.top_k,
-                options=TESTS_SEARCH if asks_for_tests(question) else ANSWER_SEARCH,
+                options=(
+                    QUESTION_ROLES_SEARCH
+                    if asks_for_tests(question) or asks_how_to(question)
+                    else ANSWER_SEARCH
+                ),
             ),
         )
         # The code the question names (`_getitem_with_mask`): its definitions go first and a

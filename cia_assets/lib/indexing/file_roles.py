@@ -82,6 +82,13 @@ _ASKS_FOR_TESTS = re.compile(
     r"|\btest\s+coverage\b",
     re.I | re.M,
 )
+# A question that asks how to use or set up something, by how it starts ("How do I ...?", "Can
+# I ...?"). SWE-QA's questions ("How does X ...") never start so; a clause later in a question
+# about something else does not count: "Where does xarray send usage telemetry, and how do I
+# opt out of it?" (an absent feature) searched with the docs got an invented setting answered.
+_ASKS_HOW_TO = re.compile(
+    r"^\W*(how\s+(do|can|should|would|could)\s+(i|we|you|one)|how\s+to|(can|may|could)\s+(i|we))\b", re.I
+)
 
 
 def file_role(path: str) -> Role:
@@ -115,11 +122,14 @@ def file_role(path: str) -> Role:
 
 def wanted_roles(question: str) -> frozenset[Role]:
     """The roles an answer to `question` should be read from first: source files, and the
-    others only when the question asks about them."""
+    others only when the question asks about them; a how-to question also wants the docs and
+    configuration that say how."""
     roles: set[Role] = {"source"}
     for role, asks in _WANTS.items():
         if asks.search(question):
             roles.add(role)
+    if asks_how_to(question):
+        roles |= {"doc", "config"}
     return frozenset(roles)
 
 
@@ -127,3 +137,10 @@ def asks_for_tests(question: str) -> bool:
     """Whether `question` asks where or how something is tested (which the answering search
     then ranks tests for, beside the code)."""
     return bool(_ASKS_FOR_TESTS.search(question))
+
+
+def asks_how_to(question: str) -> bool:
+    """Whether `question` asks how to use or set up something ("How do I add a repository?",
+    "How can I turn off masking?"): the docs, the config file and the Makefile say that, and
+    the answering search then ranks them beside the code."""
+    return bool(_ASKS_HOW_TO.search(question))

@@ -106,7 +106,7 @@ class SearchOptions:
     # docs when it names them) get that list instead. Commit messages and reports name tests
     # in passing ("fix the failing test"): on the commit set indexed whole it cost 0.022 file
     # Acc@5 and 0.027 MRR, so it is off; the answerer turns it on for a question that asks
-    # where something is tested (`answering.answerer.TESTS_SEARCH`).
+    # where something is tested or how to do something (`answering.answerer.QUESTION_ROLES_SEARCH`).
     roles_from_question: bool = False
     # The hits' text is shown to a person (search results): masked per `retrieval.mask_secrets`.
     # The answering path shows context blocks instead, masked when they are built.
