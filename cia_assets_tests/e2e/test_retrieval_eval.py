@@ -388,11 +388,12 @@ REFUND_DOCS: dict[str, str | bytes | None] = {
 def test_an_answer_reads_the_tests_or_docs_a_question_asks_for(
     make_repo: Callable[..., GitRepo], write_config: Callable[..., CiaConfig]
 ) -> None:
-    """The answering path's search follows the roles a question asks for: asked where the
-    refund deadline is tested, the test is among the sources; asked how to change it, the
-    README and the config file that say how; asked how the deadline works, the sources are
-    code. (The search's own default, the source prior, ranked the test, the README and the
-    config below every source file that shares their words, out of the answer's context.)"""
+    """The answering path's search follows the roles a question asks for: the refund
+    deadline's test for a question about its tests, the README and the config file for one
+    about changing the deadline, code for one about how it works. (The search's own default,
+    the source prior, ranked the test, the README and the config below every source file that
+    shares their words, out of the answer's context.) Worded unlike the questions it holds:
+    this repository indexes its tests, and the 0.5B cites a block that echoes a question."""
     import dagster as dg
 
     from cia_assets.lib.answering.answer import AnswerSources, AskRequest
