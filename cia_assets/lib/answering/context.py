@@ -155,7 +155,9 @@ def previous_question(history: Sequence[dict[str, str]], limit: int) -> str | No
     one: the question stands alone). A follow-up ("and where is it tested?") names its subject
     only there."""
     turns = [
-        m for m in history if m.get("role") in ("user", "assistant") and str(m.get("content") or "").strip()
+        message
+        for message in history
+        if message.get("role") in ("user", "assistant") and str(message.get("content") or "").strip()
     ]
     recent = turns[-limit:] if limit else []
     asked = [str(turn["content"]).strip() for turn in recent if turn["role"] == "user"]
