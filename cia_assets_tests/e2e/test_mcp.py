@@ -63,17 +63,29 @@ BILLING_FILES: dict[str, str | bytes | None] = {
 
 
 def _write_config(
-    path: Path, root: Path, urls: dict[str, str], tokens: list[dict[str, Any]], port: int
+    path: Path, root: Path, urls: dict[str, str], tokens: list[dict[str, Any]], port: int, **sections: Any
 ) -> Path:
+    """cia.yaml for the repos at `urls`, the tiny packaged model on `port`; `sections` replace
+    whole sections (another `llm`, `answering` bars)."""
     raw = {
         "data_dir": str(root / "data"),
         "codebases": [{"url": url, "id": repo} for repo, url in urls.items()],
         "embedding": {"path": str(root / "model")},
         "llm": {"model": TINY_MODEL, "port": port, "max_answer_tokens": 64, "drain_s": 1},
         "chat": {"tokens": tokens},
+        **sections,
     }
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+def _remote(root: Path, name: str, files: dict[str, str | bytes | None]) -> GitRepo:
+    """A git repo under `root/remotes` with `files` in one commit."""
+    repo = GitRepo(root / "remotes" / name)
+    repo.path.mkdir(parents=True)
+    repo.git("init", "-q", "-b", "main")
+    repo.commit(dict(files), "initial")
+    return repo
 
 
 TOKENS = [
@@ -90,13 +102,10 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterat
 
     root = tmp_path_factory.mktemp("mcp")
     (root / "model").symlink_to(model_dir)
-    urls = {}
-    for name, files in (("payments", PAYMENTS_FILES), ("billing", BILLING_FILES)):
-        repo = GitRepo(root / "remotes" / name)
-        repo.path.mkdir(parents=True)
-        repo.git("init", "-q", "-b", "main")
-        repo.commit(dict(files), "initial")
-        urls[name] = repo.url
+    urls = {
+        name: _remote(root, name, files).url
+        for name, files in (("payments", PAYMENTS_FILES), ("billing", BILLING_FILES))
+    }
     config = load_config(_write_config(root / "cia.yaml", root, urls, TOKENS, free_port()))
     old_home = os.environ.get("DAGSTER_HOME")
     os.environ["DAGSTER_HOME"] = str(root / "dagster_home")
@@ -303,18 +312,14 @@ def test_a_cancelled_answer_stops_generating_and_the_next_question_is_answered(
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     (tmp_path / "model").symlink_to(model_dir)
-    repo = GitRepo(tmp_path / "remotes" / "billing")
-    repo.path.mkdir(parents=True)
-    repo.git("init", "-q", "-b", "main")
-    repo.commit(dict(BILLING_FILES), "initial")
+    urls = {"billing": _remote(tmp_path, "billing", BILLING_FILES).url}
     with fake_openai(reply, model="remote-coder", drip_s=0.2) as fake:
-        urls = {"billing": repo.url}
-        config_path = _write_config(tmp_path / "cia.yaml", tmp_path, urls, TOKENS, free_port())
-        raw = yaml.safe_load(config_path.read_text())
-        # The model behind an OpenAI-compatible endpoint; no odds request before the answer.
-        raw["llm"] = {"engine": "openai", "base_url": fake.base_url, "model": "remote-coder"}
-        raw["answering"] = {"abstain_not_found_odds": 0.0, "abstain_unsupported_odds": 0.0}
-        config_path.write_text(yaml.safe_dump(raw))
+        config_path = _write_config(
+            tmp_path / "cia.yaml", tmp_path, urls, TOKENS, free_port(),
+            # The model behind an OpenAI-compatible endpoint; no odds request before the answer.
+            llm={"engine": "openai", "base_url": fake.base_url, "model": "remote-coder"},
+            answering={"abstain_not_found_odds": 0.0, "abstain_unsupported_odds": 0.0},
+        )  # fmt: skip
         materialize_repo(load_config(config_path), dg.DagsterInstance.ephemeral(), "billing")
         out = run_client(
             config_path,

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,43 +54,42 @@ def run_client(config_path: Path, token: str | None, calls: list[Call]) -> dict[
                 out["tools"] = {tool.name: tool for tool in (await session.list_tools()).tools}
                 for call in calls:
                     if isinstance(call, CancelledCall):
-                        await _call_and_cancel(session, call, out)
-                        continue
-                    if callable(call):
+                        await _call(session, call.name, call.arguments, out, cancel_on_progress=True)
+                    elif callable(call):
                         call()
-                        continue
-                    index = len(out["results"])
-
-                    async def on_progress(
-                        progress: float, total: float | None, message: str | None, index: int = index
-                    ) -> None:
-                        # When each notification arrived, beside which call it belongs to.
-                        out["progress"].append((index, time.monotonic(), message))
-
-                    result = await session.call_tool(*call, progress_callback=on_progress)
-                    text = "".join(getattr(part, "text", "") for part in result.content)
-                    out["results"].append((result.is_error, text, result.structured_content))
-                    out.setdefault("returned_at", []).append(time.monotonic())
+                    else:
+                        await _call(session, *call, out)
         return out
 
     return anyio.run(session_run)
 
 
-async def _call_and_cancel(session: ClientSession, call: CancelledCall, out: dict[str, Any]) -> None:
+async def _call(
+    session: ClientSession,
+    name: str,
+    arguments: dict[str, Any],
+    out: dict[str, Any],
+    *,
+    cancel_on_progress: bool = False,
+) -> None:
+    """One tool call, its result and when each progress notification and the result arrived;
+    with `cancel_on_progress`, cancelled at its first notification (result "cancelled")."""
     index = len(out["results"])
     progressed = anyio.Event()
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        # When each notification arrived, beside which call it belongs to.
         out["progress"].append((index, time.monotonic(), message))
         progressed.set()
 
-    async with anyio.create_task_group() as calls:
-
-        async def make_call() -> None:
-            await session.call_tool(call.name, call.arguments, progress_callback=on_progress)
-
-        calls.start_soon(make_call)
-        await progressed.wait()
-        calls.cancel_scope.cancel()  # the session sends notifications/cancelled for it
-    out["results"].append((None, "cancelled", None))
+    if cancel_on_progress:
+        async with anyio.create_task_group() as calls:
+            calls.start_soon(partial(session.call_tool, name, arguments, progress_callback=on_progress))
+            await progressed.wait()
+            calls.cancel_scope.cancel()  # the session sends notifications/cancelled for it
+        out["results"].append((None, "cancelled", None))
+    else:
+        result = await session.call_tool(name, arguments, progress_callback=on_progress)
+        text = "".join(getattr(part, "text", "") for part in result.content)
+        out["results"].append((result.is_error, text, result.structured_content))
     out.setdefault("returned_at", []).append(time.monotonic())
