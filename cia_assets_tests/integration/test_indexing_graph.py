@@ -190,6 +190,42 @@ def test_second_run_without_changes_reuses_everything(payments: GitRepo, config:
     assert check_results(rebuilt) == dict.fromkeys(ALL_CHECKS, True)
 
 
+# Sections of 12-14 lines: cut into pieces at `chunking.max_lines: 10`.
+PAYMENTS_SETTINGS = "".join(
+    f"{section}:\n" + "".join(f"  {section}_setting_{i}: {i}\n" for i in range(12)) + "\n"
+    for section in ("service", "refunds", "ledger")
+)
+
+
+def test_a_new_chunking_recuts_the_live_collection(
+    payments: GitRepo,
+    config: CiaConfig,
+    write_config: Callable[..., CiaConfig],
+    project_of: Callable[[CiaConfig], Project],
+) -> None:
+    """`chunking.max_lines` changed (as a new chunker's version does) at the same commit: the
+    chunks are recut, and the collection follows them. It kept the old points before, as no
+    file had changed, so search cited ranges the chunks no longer had."""
+    payments.commit({"deploy/payments.yaml": PAYMENTS_SETTINGS})
+    instance = dg.DagsterInstance.ephemeral()
+    first = materialize_repo(config, instance, "payments")
+    finer = write_config(
+        [{"url": payments.url, "web_url": "https://git.example.com/acme/payments"}],
+        vector_store=config.vector_store.model_dump(mode="json", exclude_defaults=True),
+        chunking={"max_lines": 10},
+    )
+    second = materialize_repo(finer, instance, "payments")
+    assert asset_metadata(second, "code_chunks")["chunks"] > asset_metadata(first, "code_chunks")["chunks"]
+    assert asset_metadata(second, "qdrant_collection")["mode"] == "full"
+    chunks = indexing.read_chunks(DataLayout(finer.data_dir).chunks("payments"))
+    store = project_of(finer).store
+    live = store.resolve_alias(collection_alias("cia", "payments"))
+    assert live is not None
+    points = {(p["path"], p["line_start"], p["line_end"]) for _, p in store.scroll(live)}
+    assert points == {(c.path, c.line_start, c.line_end) for c in chunks}
+    assert check_results(second) == dict.fromkeys(ALL_CHECKS, True)
+
+
 @pytest.mark.robustness  # a red-team probe that held (issue 18's standing suite)
 def test_skipped_files_are_counted(
     make_repo: Callable[..., GitRepo],

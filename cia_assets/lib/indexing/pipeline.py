@@ -260,6 +260,10 @@ class IndexState:
     commit_sha: str
     files: dict[str, str]
     point_count: int
+    # The chunking the points were cut with (`ChunkSetMeta.format_version`): another one (a
+    # new chunker, `chunking.max_lines` changed) re-chunks every file, so no point is kept.
+    # "" in a state written before it was recorded.
+    chunk_format: str = ""
 
 
 @dataclass(frozen=True)
@@ -389,6 +393,7 @@ def update_collection(
         and live is not None
         and state.collection == live
         and state.model_id == model_id
+        and state.chunk_format == chunk_meta.format_version
         and in_branch_history(state.commit_sha)
     )
     current_files = chunk_meta.files
@@ -444,6 +449,7 @@ def update_collection(
                 commit_sha=chunk_meta.commit_sha,
                 files=current_files,
                 point_count=point_count,
+                chunk_format=chunk_meta.format_version,
             )
         ),
     )
