@@ -1618,3 +1618,187 @@ def test_shebang_without_extension() -> None:
 )
 def test_detect_language(path: str, language: str | None) -> None:
     assert detect_language(path) == language
+
+
+# --- configuration files: a chunk per top-level entry ---------------------------------------
+
+SETTINGS_YAML = """\
+# Service settings: read at start-up.
+
+server:
+  host: 0.0.0.0
+  port: 8080
+  workers: 4
+  # tls: off by default
+  tls: false
+  timeout_s: 30
+
+# Who may call the API.
+auth:
+  issuer: https://login.example.com
+  audience: payments
+  leeway_s: 30
+  roles:
+    - manager
+    - clerk
+  # secret: ${AUTH_SECRET}
+
+log_level: info
+trace: false
+metrics: true
+
+refunds:
+  window_days: 30
+  manager_threshold: 50
+  currencies: [EUR, USD]
+  notify: refunds@example.com
+  retries: 3
+
+database:
+  url: postgres://ledger
+  pool_size: 10
+  echo: false
+
+cache:
+  backend: redis
+  url: redis://cache:6379
+  ttl_s: 300
+  max_entries: 10000
+"""
+
+MAKEFILE = """\
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+\ttest -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+\t$(BIN)/pip install -e .
+\ttouch $@
+
+# Index the repositories, then serve the chat app and the Dagster UI.
+run: install
+\t$(BIN)/app index
+\t$(BIN)/app serve
+
+test: install
+\t$(BIN)/pytest
+
+lint: install
+\t$(BIN)/ruff check .
+\t$(BIN)/mypy app
+\t$(BIN)/ruff format --check .
+
+bench: install
+\t$(BIN)/python -m app.bench
+\t$(BIN)/python -m app.bench --set quick
+
+docs: install
+\t$(BIN)/mkdocs build
+\t$(BIN)/mkdocs serve
+
+release: test lint
+\t$(BIN)/python -m build
+\t$(BIN)/twine upload dist/*
+
+clean:
+\trm -rf .app $(VENV)
+\trm -rf dist build
+"""
+
+MANIFESTS = "---\n".join(
+    f"apiVersion: v1\nkind: {kind}\nmetadata:\n  name: web\n  labels:\n    app: web\nspec:\n"
+    + "".join(f"  field_{i}: {i}\n" for i in range(6))
+    for kind in ("Deployment", "Service", "ConfigMap")
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "source", "max_lines", "expected"),
+    [
+        pytest.param(
+            "settings.yaml",
+            SETTINGS_YAML,
+            120,
+            [
+                # The file's header comment opens the first entry; "# Who may call the API."
+                # is auth's; the indented "# secret:" stays with auth, the key it comments.
+                ("section", "server", 1, 9),
+                ("section", "auth", 11, 19),
+                # One-line settings side by side are one chunk.
+                ("section", None, 21, 23),
+                ("section", "refunds", 25, 30),
+                ("section", "database", 32, 35),
+                ("section", "cache", 37, 41),
+            ],
+            id="yaml",
+        ),
+        pytest.param(
+            "Makefile",
+            MAKEFILE,
+            120,
+            [
+                ("section", None, 1, 7),
+                ("section", "$(VENV)/.installed", 9, 12),
+                ("section", "run", 14, 17),
+                ("section", "test", 19, 20),
+                ("section", "lint", 22, 25),
+                ("section", "bench", 27, 29),
+                ("section", "docs", 31, 33),
+                ("section", "release", 35, 37),
+                ("section", "clean", 39, 41),
+            ],
+            id="make",
+        ),
+        pytest.param(
+            "deploy/web.yaml",
+            MANIFESTS,
+            10,
+            [
+                # A document of a stream is an entry, named by its kind and name; one longer
+                # than max_lines is cut, its later piece named by its context.
+                ("section", "Deployment web", 1, 10),
+                ("section", "Deployment web", 11, 13),
+                ("section", "Service web", 14, 23),
+                ("section", "Service web", 24, 27),
+                ("section", "ConfigMap web", 28, 37),
+                ("section", "ConfigMap web", 38, 41),
+            ],
+            id="yaml-documents",
+        ),
+    ],
+)
+def test_config_files_are_cut_at_their_top_level_entries(
+    path: str, source: str, max_lines: int, expected: Expected
+) -> None:
+    """A question about the `llm:` settings or the `run` target finds that entry: packed into
+    120-line pieces, cia.yaml's `llm:` sat in the middle of a 115-line chunk whose first 256
+    tokens (all the embedding model reads) were about other keys."""
+    drafts = chunk_file(path, source.encode(), max_lines=max_lines)
+    assert [(d.kind, d.symbol, d.line_start, d.line_end) for d in drafts] == expected
+    # Only a later piece of a long entry has a context: the entry's name.
+    assert [d.context for d in drafts] == [
+        d.symbol if path == "deploy/web.yaml" and d.line_start in (11, 24, 38) else "" for d in drafts
+    ]
+    _check_invariants(source.encode(), drafts)
+
+
+def test_a_short_config_file_stays_whole_and_toml_tables_are_named() -> None:
+    short = "[tool.ruff]\nline-length = 110\n\n[tool.mypy]\nstrict = true\n"
+    assert [(d.kind, d.line_start, d.line_end) for d in chunk_file("pyproject.toml", short.encode())] == [
+        ("module", 1, 5)
+    ]
+    tables = "".join(
+        f"[tool.{name}]\n" + "".join(f"option_{i} = {i}\n" for i in range(7)) + "\n"
+        for name in ("ruff", "mypy", "pytest", "coverage", "isort")
+    )
+    drafts = chunk_file("pyproject.toml", tables.encode())
+    assert [(d.symbol, d.line_start, d.line_end) for d in drafts] == [
+        (f"tool.{name}", 1 + 9 * i, 8 + 9 * i)
+        for i, name in enumerate(("ruff", "mypy", "pytest", "coverage", "isort"))
+    ]
+    _check_invariants(tables.encode(), drafts)

@@ -36,7 +36,9 @@ from cia_assets.lib.vectorstore.base import (
 )
 
 # Bump when chunking output changes for the same input, so cached chunks are recut.
-CHUNK_FORMAT_VERSION = "2"  # 2: non-UTF-8 files parsed as their decoded text; NUL anywhere = binary
+# 2: non-UTF-8 files parsed as their decoded text; NUL anywhere = binary.
+# 3: config files (YAML, TOML, INI, Makefiles) cut at their top-level entries.
+CHUNK_FORMAT_VERSION = "3"
 # Above this share of changed files an in-place update costs about as much as a rebuild,
 # and a fresh collection also sheds the deleted-point tombstones.
 FULL_REBUILD_CHANGED_SHARE = 0.5

@@ -16,8 +16,11 @@ Kinds emitted (`ChunkDraft.kind`):
   alias, Haskell data/class/instance. Also the header/attribute pieces of a split large class.
 - "block": an HCL/Terraform block (`resource "aws_s3_bucket" "b" { ... }`).
 - "module": top-level code between definitions (imports, constants, scripts) and whole files of
-  structural languages (JSON, YAML, ...), cut at syntax boundaries when large.
-- "section": a Markdown / reStructuredText section (symbol = heading path "Install > From source").
+  structural languages (JSON, short YAML, ...), cut at syntax boundaries when large.
+- "section": a Markdown / reStructuredText section (symbol = heading path "Install > From source"),
+  or a top-level entry of a config file longer than 30 lines (YAML key or document, TOML table,
+  INI section, make rule; symbol = its name: "llm", "tool.ruff", "Deployment web", "run";
+  `chunking.config_files`).
 - "window": fixed line windows, for files without a grammar (or a failed parse).
 
 Every line holding something other than whitespace and closing punctuation (`}`, `);`, `end`,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cia_assets.lib.core.records import ChunkDraft
+from cia_assets.lib.indexing.chunking.config_files import CONFIG_LANGUAGES, chunk_config
 from cia_assets.lib.indexing.chunking.decode import decode_source, split_lines
 from cia_assets.lib.indexing.chunking.documents import chunk_document, markdown_headings, rst_headings
 from cia_assets.lib.indexing.chunking.languages import STRUCTURAL_LANGUAGES, sniff_language
@@ -49,6 +50,10 @@ def chunk_file(
             # tree-sitter reads UTF-8: a file in another encoding (Latin-1) is parsed as its
             # decoded text, so `calcule_réduction` stays one name; the lines are the same.
             source = text.encode("utf-8")
+            if language in CONFIG_LANGUAGES:
+                sections = chunk_config(language, parser.parse(source).root_node, lines, max_lines)
+                if sections is not None:
+                    return sections
             drafts = chunk_tree(language, spec, parser, source, lines, max_lines, min_lines)
             if drafts is not None:
                 return drafts
