@@ -40,6 +40,7 @@ from cia_assets.lib.evaluation.answers import (
     select_cases,
     summarize,
 )
+from cia_assets.lib.indexing.file_roles import asks_how_to
 from cia_assets_tests.support.net import free_port
 from cia_assets_tests.support.repos import GitRepo
 
@@ -564,6 +565,11 @@ def test_the_shipped_sets_load_and_their_references_are_in_this_repo() -> None:
         assert all(names_identifier(code, name) for name in reference_identifiers(case.reference)), (
             case.case_id
         )
+    # How-to questions about features CIA does not have: what an answer that reads the docs
+    # and config for how-to questions must still decline.
+    absent_usage = load_sets([], [SETS / "cia_usage_absent.jsonl"])
+    assert len(absent_usage) >= 10
+    assert all(c.absent and c.repo == "cia" and asks_how_to(c.question) for c in absent_usage)
     cases = load_sets([SETS / "cia_qa.jsonl"], [SETS / "absent_features.jsonl"])
     real = [c for c in cases if not c.absent]
     absent = [c for c in cases if c.absent]
@@ -692,6 +698,9 @@ def test_eval_answers_indexes_asks_through_the_answering_path_and_reports_every_
     asked_model = [r for r in rows if r["not_found_reason"] not in ("no code", "only tests")]
     assert asked_model and all(isinstance(r["supported"], bool) for r in asked_model)
     assert all(r["not_found_odds"] is not None and r["not_found_odds"] >= 0 for r in asked_model)
+    # ... and which blocks the model read: a miss is the retrieval's or the model's.
+    # (The harness indexes acme/payments under the repo id acme__payments.)
+    assert any(block.startswith("acme__payments:payments/auth.py#L") for block in refund["context_blocks"])
     # The harness worked in its own data dir: the live index was never made or moved.
     assert not (config.data_dir / "index").exists()
     assert (config.data_dir / "answer-eval" / "index" / "acme__payments.json").exists()

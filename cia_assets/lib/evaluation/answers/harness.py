@@ -194,6 +194,7 @@ class AnswerHarness:
                             row = ask_case(answerer, case, source.repo_id, model=label, commit=sha)
                             row.supported = details.get("supported")
                             row.not_found_odds = details.get("not_found_odds")
+                            row.context_blocks = list(details.get("blocks") or [])
                             report.rows.append(row)
                             progress(
                                 f"{label} {source.repo} {position}/{len(group)} {case.case_id}: {_brief(row)}"

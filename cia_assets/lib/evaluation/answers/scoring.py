@@ -196,6 +196,9 @@ class CaseRow:
     # (None when the model was not asked).
     supported: bool | None = None
     not_found_odds: float | None = None
+    # The blocks the model read ("repo:path#Lstart-Lend", in the prompt's order): whether an
+    # answer's miss is the retrieval's or the model's.
+    context_blocks: list[str] = field(default_factory=list)
     words: int = 0
     sources_ms: float | None = None  # None: the answering path sent no sources event
     first_token_ms: float | None = None
