@@ -80,6 +80,8 @@ _ABLATIONS: dict[str, SearchOptions] = {
     "+graph": SearchOptions(graph_weight=1.0),
     "graph*0.5": SearchOptions(graph_weight=0.5),
     "graph seeds=5": SearchOptions(graph_weight=1.0, graph_seeds=5),
+    "-title": SearchOptions(title_weight=0.0),
+    "title*0.5": SearchOptions(title_weight=0.5),
 }
 RETRIEVERS: dict[str, SearchOptions] = {
     **{name: replace(options, rerank=False) for name, options in _ABLATIONS.items()},

@@ -698,3 +698,46 @@ def _file_hit(path: str, text: str) -> FileHit:
         text=text,
     )
     return FileHit("payments", path, 1.0, (chunk,))
+
+
+def test_a_name_in_a_reports_title_lifts_the_file_that_defines_it(
+    make_repo: Callable[..., GitRepo],
+    write_config: Callable[..., object],
+    project_of: Callable[[CiaConfig], Project],
+) -> None:
+    import dagster as dg
+
+    from cia_assets_tests.support.materialize import materialize_repo
+
+    repo = make_repo(
+        "algebra",
+        {
+            # The title names `Derivative`; the report's other words are all in kinds.py.
+            "algebra/function.py": (
+                "class Derivative:\n    def __init__(self, expr, *variables):\n"
+                "        self.expr, self.variables = expr, variables\n"
+            ),
+            "algebra/kinds.py": (
+                "# The kind attribute of an expression: a matrix kind, a number kind or the\n"
+                "# undefined kind, when the kind of a matrix symbol is not known.\n"
+                "def kind_of(expression):\n    return getattr(expression, 'kind', 'undefined kind')\n"
+            ),
+            "algebra/matrices.py": "class MatrixSymbol:\n    kind = 'matrix kind'\n",
+            "algebra/printing.py": "def print_kind(kind):\n    return f'kind: {kind}'\n",
+        },
+    )
+    config = write_config([{"url": repo.url, "id": "algebra"}])
+    materialize_repo(config, dg.DagsterInstance.ephemeral(), "algebra")  # type: ignore[arg-type]
+    report = (
+        "Wrong Derivative kind attribute\n\n"
+        "The kind attribute of a matrix symbol is the matrix kind, but the kind of its "
+        "derivative is the undefined kind."
+    )
+
+    def ranked(title_weight: float) -> list[str]:
+        options = SearchOptions(title_weight=title_weight)
+        return [hit.path for hit in search_files(project_of(config), report, options=options)]  # type: ignore[arg-type]
+
+    without, with_title = ranked(0.0), ranked(1.0)
+    assert without.index("algebra/function.py") > 0
+    assert with_title.index("algebra/function.py") < without.index("algebra/function.py")

@@ -81,8 +81,9 @@ from cia_assets.lib.sources.mirrors import MirrorPool
 
 log = logging.getLogger(__name__)
 # An explanation needs the definitions of the code a question names, even where the lists
-# that rank files for a report do not reach them.
-ANSWER_SEARCH = SearchOptions(fetch_definitions=True, shown=False)
+# that rank files for a report do not reach them. The title list was measured on reports and
+# commit subjects, not on answers: off here.
+ANSWER_SEARCH = SearchOptions(fetch_definitions=True, shown=False, title_weight=0.0)
 # A question that asks where something is tested, or how to use or set something up: the role
 # prior follows the roles the question wants (`file_roles.wanted_roles`: tests; docs and
 # config). The default prior (source files) ranked every test below the code it tests, so

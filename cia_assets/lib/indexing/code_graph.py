@@ -28,6 +28,7 @@ from scipy import sparse
 
 from cia_assets.lib.core.fsio import read_by_version, write_jsonl_atomic
 from cia_assets.lib.indexing.code_symbols import SYMBOLS_FORMAT, FileSymbols
+from cia_assets.lib.indexing.file_roles import file_role
 
 DAMPING = 0.85
 ITERATIONS = 30
@@ -161,6 +162,21 @@ def read_symbols(path: Path) -> dict[str, FileSymbols]:
                 node = FileSymbols.from_json(data)
                 found[node.path] = node
     return found
+
+
+def read_source_definers(path: Path) -> dict[str, tuple[str, ...]]:
+    """name -> the source files (not tests, docs or vendored copies) that define it, from the
+    symbols file at `path`; read once per version of the file."""
+    return read_by_version(path, _source_definers) or {}
+
+
+def _source_definers(path: Path) -> dict[str, tuple[str, ...]]:
+    by_name: dict[str, list[str]] = {}
+    for node in read_symbols(path).values():
+        if file_role(node.path) == "source":
+            for name in node.defines:
+                by_name.setdefault(name, []).append(node.path)
+    return {name: tuple(paths) for name, paths in by_name.items()}
 
 
 def write_code_graph(path: Path, graph: CodeGraph) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from cia_assets.lib.core.layout import collection_alias
 from cia_assets.lib.core.project import Project
 from cia_assets.lib.core.records import LinkedSpan, sha256_text
 from cia_assets.lib.indexing import lexical
-from cia_assets.lib.indexing.code_graph import CodeGraph, read_code_graph
+from cia_assets.lib.indexing.code_graph import CodeGraph, read_code_graph, read_source_definers
 from cia_assets.lib.indexing.embeddings import Embedder
 from cia_assets.lib.indexing.file_roles import Role, file_role, wanted_roles
 from cia_assets.lib.indexing.pipeline import collection_models_path, read_collection_models, read_index_state
@@ -25,6 +26,8 @@ from cia_assets.lib.vectorstore.base import SearchHit, SparseVector, VectorStore
 MERGE_RRF_K = 60  # as the stores' own fusion
 # Files of the lexical-mass list: beyond the first few dozen, RRF adds next to nothing.
 LEXICAL_FILES = 30
+TITLE_DEFINERS = 2
+_TITLE_WORD = re.compile(r"[A-Za-z_]\w{2,}")
 
 
 class SearchError(RuntimeError):
@@ -116,6 +119,11 @@ class SearchOptions:
     # weight: candidates expand to the code they use and import (`indexing.code_graph`). 0 = off.
     graph_weight: float = 0.0
     graph_seeds: int = 10
+    # The source files that define a name the text's first line (a report's title, a commit's
+    # subject) spells as written (`Derivative` in "Wrong Derivative kind attribute"), when at
+    # most `TITLE_DEFINERS` do, get a list of this weight. 0 = off. On the 21 SWE-bench issues
+    # indexed whole: file Acc@5 0.857 -> 0.905, MRR 0.679 -> 0.703 (README, "Measured").
+    title_weight: float = 1.0
     # File searches go through the configured LLM re-ranker (`retrieval.reranker`, off unless
     # configured); False skips it (the benchmarks' ablation).
     rerank: bool = True
@@ -210,6 +218,12 @@ def _search_repo(
         if by_graph:
             lists = [*lists, (_represent_files(store, alias, hybrid, lists, by_graph), options.graph_weight)]
             fused = _fuse(lists)
+    if options.title_weight:
+        title_files = _title_definers(config.layout.code_symbols(repo), plan.text)
+        if title_files:
+            title_list = _represent_files(store, alias, hybrid, lists, title_files)
+            lists = [*lists, (title_list, options.title_weight)]
+            fused = _fuse(lists)
     wanted = _wanted_roles(plan, options)
     if wanted:
         of_wanted_roles = [hit for hit, _ in fused if file_role(hit.payload["path"]) in wanted]
@@ -217,6 +231,19 @@ def _search_repo(
             fused = _fuse([*lists, (of_wanted_roles, options.role_weight)])
     chat_url = config.chat.resolved_public_url
     return [_code_hit(hit, score, chat_url) for hit, score in fused[:limit]]
+
+
+def _title_definers(symbols_path: Path, text: str) -> list[str]:
+    """The source files defining a name of the text's first line, for names that at most
+    TITLE_DEFINERS files define (a plain word such as `kind` is defined everywhere)."""
+    definers = read_source_definers(symbols_path)
+    title = next((line for line in text.splitlines() if line.strip()), "")
+    files: dict[str, None] = {}
+    for word in dict.fromkeys(_TITLE_WORD.findall(title)):
+        paths = definers.get(word, ())
+        if len(paths) <= TITLE_DEFINERS:
+            files.update(dict.fromkeys(paths))
+    return list(files)
 
 
 def _wanted_roles(plan: QueryPlan, options: SearchOptions) -> frozenset[Role]:
