@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tree_sitter import Node
+from tree_sitter import Node, Parser
 
 from cia_assets.lib.core.records import ChunkDraft
 from cia_assets.lib.indexing.chunking.kinds import KIND_SECTION
@@ -40,12 +40,15 @@ class _Entry:
     one_line: bool  # `log_level: info`, `VENV := .venv`: joins the one-line entries beside it
 
 
-def chunk_config(language: str, root: Node, lines: list[str], max_lines: int) -> list[ChunkDraft] | None:
-    """Chunks of one parsed config file, in line order; None when it is short enough to read
-    whole (`WHOLE_FILE_LINES`) or has fewer than two top-level entries: the structural
-    chunker's pieces are then as good."""
+def chunk_config(
+    language: str, parser: Parser, source: bytes, lines: list[str], max_lines: int
+) -> list[ChunkDraft] | None:
+    """Chunks of one config file, in line order; None when it is short enough to read whole
+    (`WHOLE_FILE_LINES`: most are, and they are not parsed here) or has fewer than two
+    top-level entries: the structural chunker's pieces are then as good."""
     if sum(1 for line in lines if line.strip()) <= WHOLE_FILE_LINES:
         return None
+    root = parser.parse(source).root_node
     entries = _yaml_entries(root) if language == "yaml" else _entries(language, root)
     if len(entries) < 2:
         return None

@@ -51,7 +51,7 @@ def chunk_file(
             # decoded text, so `calcule_réduction` stays one name; the lines are the same.
             source = text.encode("utf-8")
             if language in CONFIG_LANGUAGES:
-                sections = chunk_config(language, parser.parse(source).root_node, lines, max_lines)
+                sections = chunk_config(language, parser, source, lines, max_lines)
                 if sections is not None:
                     return sections
             drafts = chunk_tree(language, spec, parser, source, lines, max_lines, min_lines)
